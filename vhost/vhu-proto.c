@@ -1,0 +1,1 @@
+#include "vhu-proto.h"

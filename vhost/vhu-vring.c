@@ -1,0 +1,1 @@
+#include "vhu-vring-private.h"
