@@ -1,0 +1,1 @@
+#include "vhu-msg.h"
