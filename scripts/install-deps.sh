@@ -40,14 +40,15 @@ need_bpo && bpo=1
 [ -z "$base_missing" ] && [ "$bpo" = 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
-    echo "install-deps: missing packages: $base_missing${bpo:+ (and QEMU 10 from backports)}" >&2
+    [ "$bpo" = 1 ] && base_missing="$base_missing qemu-system-x86/bookworm-backports qemu-system-gui/bookworm-backports"
+    echo "install-deps: missing packages: $(echo $base_missing)" >&2
     echo "install-deps: run as root to install them" >&2
     exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
 [ "$bpo" = 1 ] && add_backports
-echo "install-deps: installing $(echo $base_missing) ${bpo:+qemu(backports)}"
+echo "install-deps: installing $(echo $base_missing)$([ "$bpo" = 1 ] && echo " $BPO_PKGS (bookworm-backports)")"
 apt-get update -qq
 [ -n "$base_missing" ] && apt-get install -y -qq --no-install-recommends $base_missing >/dev/null
 [ "$bpo" = 1 ] &&
