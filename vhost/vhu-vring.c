@@ -1,1 +1,999 @@
+/* vhu-vring.c: device side of a split virtqueue.
+ *
+ * The rings live in memory the guest writes concurrently, so every value read
+ * from it is loaded once into a local and checked there; nothing is re-read
+ * after validation.  Indirect tables are copied out whole before they are
+ * walked.  Memory ordering: avail->idx is loaded with acquire semantics
+ * before the entries it publishes; used entries are stored before used->idx
+ * with release semantics; a full fence separates "publish used" from
+ * "read the guest's notification wishes" and "enable notifications" from
+ * "re-check avail->idx". */
 #include "vhu-vring-private.h"
+
+#include <errno.h>
+#include <gio/gio.h>
+#include <linux/virtio_ring.h>
+#include <string.h>
+#include <unistd.h>
+
+#define VHU_INDIRECT_MAX 1024u
+/* A chain of VHU_MAX_QUEUE_SIZE descriptors, some of which cross a region
+ * boundary. */
+#define VHU_ELEM_MAX_IOV (VHU_MAX_QUEUE_SIZE + 64u)
+
+#define GUEST_LOAD(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
+#define GUEST_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+
+G_DEFINE_QUARK(vhu - vring - error - quark, vhu_vring_error)
+
+/* A descriptor after it was copied out of guest memory. */
+typedef struct {
+  guint64 addr;
+  guint32 len;
+  guint16 flags;
+  guint16 next;
+} VhuDesc;
+
+/* A request to hand out again before new ones: unpopped out of order, or
+ * recorded as inflight by a previous run. */
+typedef struct {
+  guint16 head;
+  gboolean from_avail; /* popped from avail ring position avail_pos */
+  guint16 avail_pos;
+  guint64 counter;
+} VhuResubmit;
+
+typedef struct {
+  VhuElem elem; /* first: a VhuElem pointer is a VhuElemPriv pointer */
+  gboolean from_avail;
+  guint16 avail_pos;
+  struct iovec iov[];
+} VhuElemPriv;
+
+struct _VhuVring {
+  guint index;
+  guint num; /* 0 until set */
+  guint64 features;
+  gboolean has_addr;
+  VhuVringAddr addr;
+  VhuMemTable *mem;
+  /* Host views of the rings; NULL while not mapped. */
+  struct vring_desc *desc;
+  struct vring_avail *avail;
+  struct vring_used *used;
+
+  guint16 last_avail_idx;
+  guint16 last_used_idx;
+  guint16 signalled_used;
+  gboolean signalled_used_valid;
+  guint16 used_flags;
+  guint inuse; /* popped and neither pushed nor unpopped */
+
+  gboolean started;
+  gboolean enabled;
+  gboolean broken;
+  gboolean notify_enabled;
+  guint64 generation;
+
+  int call_fd;
+  int err_fd;
+
+  GArray *resubmit; /* of VhuResubmit, handed out from index 0 */
+
+  volatile VhuInflightQueue *inflight;
+  gsize inflight_size;
+  guint64 inflight_counter;
+
+  /* Scratch space, reused by every pop. */
+  struct iovec *iov;
+  struct vring_desc *indirect;
+};
+
+static gboolean
+has_feature(const VhuVring *vring, guint bit)
+{
+  return (vring->features & (G_GUINT64_CONSTANT(1) << bit)) != 0;
+}
+
+/* ---- elements ---------------------------------------------------------- */
+
+void
+vhu_elem_free(VhuElem *elem)
+{
+  if (elem == NULL)
+    return;
+  vhu_mem_table_unref(elem->mem);
+  g_free((VhuElemPriv *)elem);
+}
+
+gsize
+vhu_elem_read(const VhuElem *elem, gsize offset, void *buf, gsize len)
+{
+  return vhu_iov_to_buf(elem->out_sg, elem->out_num, offset, buf, len);
+}
+
+gsize
+vhu_elem_write(const VhuElem *elem, gsize offset, const void *buf, gsize len)
+{
+  return vhu_iov_from_buf(elem->in_sg, elem->in_num, offset, buf, len);
+}
+
+/* ---- life cycle -------------------------------------------------------- */
+
+VhuVring *
+vhu_vring_new(guint index)
+{
+  VhuVring *vring = g_new0(VhuVring, 1);
+
+  vring->index = index;
+  vring->call_fd = -1;
+  vring->err_fd = -1;
+  vring->notify_enabled = TRUE;
+  vring->generation = 1;
+  vring->resubmit = g_array_new(FALSE, FALSE, sizeof(VhuResubmit));
+  vring->iov = g_new(struct iovec, VHU_ELEM_MAX_IOV);
+  vring->indirect = g_new(struct vring_desc, VHU_INDIRECT_MAX);
+  return vring;
+}
+
+static void
+replace_fd(int *slot, int fd)
+{
+  if (*slot >= 0)
+    close(*slot);
+  *slot = fd;
+}
+
+void
+vhu_vring_free(VhuVring *vring)
+{
+  if (vring == NULL)
+    return;
+  replace_fd(&vring->call_fd, -1);
+  replace_fd(&vring->err_fd, -1);
+  vhu_mem_table_unref(vring->mem);
+  g_array_unref(vring->resubmit);
+  g_free(vring->iov);
+  g_free(vring->indirect);
+  g_free(vring);
+}
+
+guint
+vhu_vring_index(const VhuVring *vring)
+{
+  return vring->index;
+}
+
+guint
+vhu_vring_size(const VhuVring *vring)
+{
+  return vring->num;
+}
+
+gboolean
+vhu_vring_is_started(const VhuVring *vring)
+{
+  return vring->started;
+}
+
+gboolean
+vhu_vring_is_enabled(const VhuVring *vring)
+{
+  return vring->enabled;
+}
+
+gboolean
+vhu_vring_is_broken(const VhuVring *vring)
+{
+  return vring->broken;
+}
+
+static gboolean
+is_mapped(const VhuVring *vring)
+{
+  return vring->desc != NULL;
+}
+
+static void
+unmap_rings(VhuVring *vring)
+{
+  vring->desc = NULL;
+  vring->avail = NULL;
+  vring->used = NULL;
+}
+
+/* Translates the three rings over their full sizes (event index fields
+ * included) and checks that the host pointers keep the ring alignment, which
+ * an odd mmap_offset could break. */
+static gboolean
+map_rings(VhuVring *vring, GError **error)
+{
+  const guint64 num = vring->num;
+  const struct {
+    const char *what;
+    guint64 uva, size, align;
+  } parts[3] = {
+    { "descriptor table", vring->addr.desc_user_addr, 16 * num, VRING_DESC_ALIGN_SIZE },
+    { "available ring", vring->addr.avail_user_addr, 4 + 2 * num + 2, VRING_AVAIL_ALIGN_SIZE },
+    { "used ring", vring->addr.used_user_addr, 4 + 8 * num + 2, VRING_USED_ALIGN_SIZE },
+  };
+  void *host[3];
+
+  unmap_rings(vring);
+  if (vring->num == 0 || !vring->has_addr || vring->mem == NULL) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "queue %u: size, addresses and memory table are not all set", vring->index);
+    return FALSE;
+  }
+  for (guint i = 0; i < 3; i++) {
+    host[i] = vhu_mem_uva_to_host(vring->mem, parts[i].uva, parts[i].size);
+    if (host[i] == NULL || (guintptr)host[i] % parts[i].align != 0) {
+      g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                  "queue %u: %s at 0x%" G_GINT64_MODIFIER "x (+%" G_GUINT64_FORMAT
+                  ") is %s frontend memory",
+                  vring->index, parts[i].what, parts[i].uva, parts[i].size,
+                  host[i] == NULL ? "not in" : "misaligned in");
+      return FALSE;
+    }
+  }
+  vring->desc = host[0];
+  vring->avail = host[1];
+  vring->used = host[2];
+  return TRUE;
+}
+
+gboolean
+vhu_vring_set_num(VhuVring *vring, guint num, GError **error)
+{
+  if (num == 0 || num > VHU_MAX_QUEUE_SIZE || (num & (num - 1)) != 0) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "queue %u: size %u is not a power of two in 1..%u", vring->index, num,
+                VHU_MAX_QUEUE_SIZE);
+    return FALSE;
+  }
+  if (vring->started) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "queue %u: size changed while started", vring->index);
+    return FALSE;
+  }
+  vring->num = num;
+  /* The rings now have other sizes; start maps them again if this fails. */
+  if (vring->has_addr && vring->mem != NULL)
+    map_rings(vring, NULL);
+  else
+    unmap_rings(vring);
+  return TRUE;
+}
+
+gboolean
+vhu_vring_set_addr(VhuVring *vring, const VhuVringAddr *addr, GError **error)
+{
+  VhuVringAddr a;
+
+  memcpy(&a, addr, sizeof a);
+  if (a.desc_user_addr % VRING_DESC_ALIGN_SIZE || a.avail_user_addr % VRING_AVAIL_ALIGN_SIZE
+      || a.used_user_addr % VRING_USED_ALIGN_SIZE) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "queue %u: misaligned ring address (desc 0x%" G_GINT64_MODIFIER
+                "x avail 0x%" G_GINT64_MODIFIER "x used 0x%" G_GINT64_MODIFIER "x)",
+                vring->index, (guint64)a.desc_user_addr, (guint64)a.avail_user_addr,
+                (guint64)a.used_user_addr);
+    return FALSE;
+  }
+  vring->addr = a;
+  vring->has_addr = TRUE;
+  /* Without a memory table yet, translation waits for set_mem/start. */
+  if (vring->num == 0 || vring->mem == NULL) {
+    unmap_rings(vring);
+    return TRUE;
+  }
+  return map_rings(vring, error);
+}
+
+gboolean
+vhu_vring_set_base(VhuVring *vring, guint num, GError **error)
+{
+  if (num > G_MAXUINT16 || vring->started) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                vring->started ? "queue %u: base %u set while started"
+                               : "queue %u: base %u out of range",
+                vring->index, num);
+    return FALSE;
+  }
+  vring->last_avail_idx = num;
+  vring->signalled_used_valid = FALSE;
+  return TRUE;
+}
+
+guint16
+vhu_vring_get_base(const VhuVring *vring)
+{
+  /* Requests unpopped in stack order were rewound already; one unpopped
+   * out of order stays counted: handing out requests after it again would
+   * complete them twice. */
+  return vring->last_avail_idx;
+}
+
+void
+vhu_vring_set_features(VhuVring *vring, guint64 features)
+{
+  vring->features = features;
+}
+
+gboolean
+vhu_vring_set_mem(VhuVring *vring, VhuMemTable *mem, GError **error)
+{
+  if (mem != NULL)
+    vhu_mem_table_ref(mem);
+  vhu_mem_table_unref(vring->mem);
+  vring->mem = mem;
+  if (mem == NULL || vring->num == 0 || !vring->has_addr) {
+    unmap_rings(vring);
+    return TRUE;
+  }
+  return map_rings(vring, error);
+}
+
+void
+vhu_vring_set_call_fd(VhuVring *vring, int fd)
+{
+  replace_fd(&vring->call_fd, fd);
+}
+
+void
+vhu_vring_set_err_fd(VhuVring *vring, int fd)
+{
+  replace_fd(&vring->err_fd, fd);
+}
+
+void
+vhu_vring_set_enabled(VhuVring *vring, gboolean enabled)
+{
+  vring->enabled = enabled;
+}
+
+static void
+signal_fd(int fd)
+{
+  guint64 one = 1;
+  ssize_t r;
+
+  if (fd < 0)
+    return;
+  do
+    r = write(fd, &one, sizeof one);
+  while (r < 0 && errno == EINTR);
+  /* EAGAIN: the counter is saturated, the reader will wake up anyway. */
+}
+
+void
+vhu_vring_signal_error(VhuVring *vring)
+{
+  signal_fd(vring->err_fd);
+}
+
+/* ---- inflight tracking ------------------------------------------------- */
+
+gsize
+vhu_vring_inflight_region_size(guint queue_size)
+{
+  /* Same stride as libvhost-user's ALIGN_UP(16 * size + 2, 64): the two
+   * agree for every size because 16 * size is a multiple of 16. */
+  gsize raw = sizeof(VhuInflightQueue) + (gsize)queue_size * sizeof(VhuInflightDesc);
+
+  return (raw + 63) & ~(gsize)63;
+}
+
+gboolean
+vhu_vring_set_inflight(VhuVring *vring, void *region, gsize size, GError **error)
+{
+  volatile VhuInflightQueue *q = region;
+
+  if (vring->started) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "queue %u: inflight region set while started", vring->index);
+    return FALSE;
+  }
+  if (region == NULL) {
+    vring->inflight = NULL;
+    vring->inflight_size = 0;
+    return TRUE;
+  }
+  if (size < sizeof(VhuInflightQueue)
+      || (vring->num != 0 && size < vhu_vring_inflight_region_size(vring->num))) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "queue %u: inflight region of %" G_GSIZE_FORMAT " bytes is too small", vring->index,
+                size);
+    return FALSE;
+  }
+  if (q->version != 0 && size < vhu_vring_inflight_region_size(q->desc_num)) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "queue %u: inflight region of %" G_GSIZE_FORMAT " bytes cannot hold %u entries",
+                vring->index, size, (guint)q->desc_num);
+    return FALSE;
+  }
+  vring->inflight = q;
+  vring->inflight_size = size;
+  return TRUE;
+}
+
+static gint
+resubmit_compare(gconstpointer a, gconstpointer b)
+{
+  const VhuResubmit *x = a, *y = b;
+
+  if (x->counter != y->counter)
+    return x->counter < y->counter ? -1 : 1;
+  return (gint)x->head - (gint)y->head;
+}
+
+/* Brings the region in line with the used ring and queues the requests it
+ * records as inflight, oldest first. */
+static gboolean
+inflight_start(VhuVring *vring, GError **error)
+{
+  volatile VhuInflightQueue *q = vring->inflight;
+  guint num = vring->num;
+  guint64 max_counter = 0;
+
+  if (q == NULL)
+    return TRUE;
+  if (vring->inflight_size < vhu_vring_inflight_region_size(num)) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "queue %u: inflight region of %" G_GSIZE_FORMAT " bytes is too small for %u",
+                vring->index, vring->inflight_size, num);
+    return FALSE;
+  }
+  if (q->version == 0) {
+    /* Fresh region: nothing to recover. */
+    q->features = 0;
+    q->desc_num = num;
+    q->last_batch_head = 0;
+    q->used_idx = vring->last_used_idx;
+    for (guint i = 0; i < num; i++) {
+      q->desc[i].inflight = 0;
+      q->desc[i].next = 0;
+      q->desc[i].counter = 0;
+    }
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    q->version = 1;
+    vring->inflight_counter = 1;
+    return TRUE;
+  }
+  if (q->desc_num != num) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "queue %u: inflight region has %u entries, the queue %u", vring->index,
+                (guint)q->desc_num, num);
+    return FALSE;
+  }
+  if (q->used_idx != vring->last_used_idx) {
+    /* We died after publishing the last used entry and before recording
+     * it: that batch is complete. */
+    guint16 head = q->last_batch_head;
+
+    if (head < num)
+      q->desc[head].inflight = 0;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    q->used_idx = vring->last_used_idx;
+  }
+  for (guint i = 0; i < num; i++) {
+    VhuResubmit r = { .head = i, .counter = q->desc[i].counter };
+
+    if (q->desc[i].inflight != 1)
+      continue;
+    g_array_append_val(vring->resubmit, r);
+    max_counter = MAX(max_counter, r.counter);
+  }
+  g_array_sort(vring->resubmit, resubmit_compare);
+  vring->inflight_counter = max_counter + 1;
+  /* Everything up to the last used entry and the requests still inflight
+   * were taken from the avail ring. */
+  vring->last_avail_idx = vring->last_used_idx + vring->resubmit->len;
+  return TRUE;
+}
+
+static void
+inflight_mark(VhuVring *vring, guint16 head)
+{
+  if (vring->inflight == NULL)
+    return;
+  vring->inflight->desc[head].counter = vring->inflight_counter++;
+  __atomic_thread_fence(__ATOMIC_RELEASE);
+  vring->inflight->desc[head].inflight = 1;
+}
+
+static void
+inflight_clear(VhuVring *vring, guint16 head)
+{
+  if (vring->inflight != NULL)
+    vring->inflight->desc[head].inflight = 0;
+}
+
+/* ---- start / stop ------------------------------------------------------ */
+
+static void
+forget_requests(VhuVring *vring)
+{
+  vring->generation++;
+  vring->inuse = 0;
+  g_array_set_size(vring->resubmit, 0);
+}
+
+gboolean
+vhu_vring_start(VhuVring *vring, GError **error)
+{
+  if (vring->started)
+    return TRUE;
+  if (!is_mapped(vring) && !map_rings(vring, error))
+    return FALSE;
+  forget_requests(vring);
+  vring->last_used_idx = __atomic_load_n(&vring->used->idx, __ATOMIC_ACQUIRE);
+  if (!inflight_start(vring, error))
+    return FALSE;
+  /* A restart by the frontend gives the ring a fresh chance. */
+  vring->broken = FALSE;
+  vring->signalled_used_valid = FALSE;
+  vring->notify_enabled = TRUE;
+  vring->used_flags = 0;
+  GUEST_STORE(&vring->used->flags, vring->used_flags);
+  if (has_feature(vring, VIRTIO_RING_F_EVENT_IDX))
+    GUEST_STORE((guint16 *)&vring->used->ring[vring->num], vring->last_avail_idx);
+  vring->started = TRUE;
+  return TRUE;
+}
+
+void
+vhu_vring_stop(VhuVring *vring)
+{
+  vring->started = FALSE;
+  forget_requests(vring);
+}
+
+void
+vhu_vring_reset(VhuVring *vring)
+{
+  vhu_vring_stop(vring);
+  /* The memory table is the backend's, not ring state: it stays so that a
+   * frontend that does not resend it (QEMU keeps its own copy) can restart. */
+  vring->num = 0;
+  vring->features = 0;
+  vring->has_addr = FALSE;
+  memset(&vring->addr, 0, sizeof vring->addr);
+  unmap_rings(vring);
+  vring->last_avail_idx = 0;
+  vring->last_used_idx = 0;
+  vring->signalled_used = 0;
+  vring->signalled_used_valid = FALSE;
+  vring->used_flags = 0;
+  vring->enabled = FALSE;
+  vring->broken = FALSE;
+  vring->notify_enabled = TRUE;
+  replace_fd(&vring->call_fd, -1);
+  replace_fd(&vring->err_fd, -1);
+  vring->inflight = NULL;
+  vring->inflight_size = 0;
+  vring->inflight_counter = 0;
+}
+
+/* ---- pop --------------------------------------------------------------- */
+
+static void break_ring(VhuVring *vring, GError **error, const char *format, ...)
+    G_GNUC_PRINTF(3, 4);
+
+/* Marks the ring broken and says why; the caller fails. */
+static void
+break_ring(VhuVring *vring, GError **error, const char *format, ...)
+{
+  va_list args;
+  g_autofree char *what = NULL;
+
+  va_start(args, format);
+  what = g_strdup_vprintf(format, args);
+  va_end(args);
+  vring->broken = TRUE;
+  g_set_error(error, VHU_VRING_ERROR, VHU_VRING_ERROR_BROKEN, "queue %u: %s", vring->index, what);
+}
+
+static void
+load_desc(const struct vring_desc *d, VhuDesc *out)
+{
+  out->addr = GUEST_LOAD(&d->addr);
+  out->len = GUEST_LOAD(&d->len);
+  out->flags = GUEST_LOAD(&d->flags);
+  out->next = GUEST_LOAD(&d->next);
+}
+
+/* Copies [gpa, gpa+len) out of guest memory; FALSE if a byte is unmapped. */
+static gboolean
+copy_from_guest(const VhuMemTable *mem, guint64 gpa, guint64 len, void *dst)
+{
+  guint8 *out = dst;
+
+  while (len > 0) {
+    guint64 chunk = len;
+    const void *src = vhu_mem_gpa_to_host(mem, gpa, &chunk);
+
+    if (src == NULL)
+      return FALSE;
+    memcpy(out, src, chunk);
+    out += chunk;
+    gpa += chunk;
+    len -= chunk;
+  }
+  return TRUE;
+}
+
+static gboolean
+range_mapped(const VhuMemTable *mem, guint64 gpa, guint64 len)
+{
+  guint64 end;
+
+  if (!g_uint64_checked_add(&end, gpa, len))
+    return FALSE;
+  while (gpa < end) {
+    guint64 chunk = end - gpa;
+
+    if (vhu_mem_gpa_to_host(mem, gpa, &chunk) == NULL)
+      return FALSE;
+    gpa += chunk;
+  }
+  return TRUE;
+}
+
+typedef struct {
+  guint n_iov;
+  guint out_num;
+  gsize out_len;
+  gsize in_len;
+  gboolean writable_seen;
+} VhuGather;
+
+/* Adds one (already copied) descriptor's buffer to @g. */
+static gboolean
+gather_desc(VhuVring *vring, VhuGather *g, const VhuDesc *d, guint16 head, GError **error)
+{
+  gboolean writable = (d->flags & VRING_DESC_F_WRITE) != 0;
+  gsize *total = writable ? &g->in_len : &g->out_len;
+  int n;
+
+  if (d->len == 0)
+    return TRUE;
+  if (!writable && g->writable_seen) {
+    break_ring(vring, error, "head %u: device-readable buffer after a device-writable one", head);
+    return FALSE;
+  }
+  n = vhu_mem_gpa_to_iov(vring->mem, d->addr, d->len, vring->iov + g->n_iov,
+                         VHU_ELEM_MAX_IOV - g->n_iov);
+  if (n < 0 && !range_mapped(vring->mem, d->addr, d->len)) {
+    break_ring(vring, error, "head %u: buffer 0x%" G_GINT64_MODIFIER "x+%u is not in guest memory",
+               head, d->addr, d->len);
+    return FALSE;
+  }
+  if (n < 0) {
+    break_ring(vring, error, "head %u: chain needs more than %u memory segments", head,
+               VHU_ELEM_MAX_IOV);
+    return FALSE;
+  }
+  if (!g_size_checked_add(total, *total, d->len)) {
+    break_ring(vring, error, "head %u: chain length overflows", head);
+    return FALSE;
+  }
+  g->n_iov += n;
+  if (writable)
+    g->writable_seen = TRUE;
+  else
+    g->out_num += n;
+  return TRUE;
+}
+
+/* Copies the indirect table @d points at into the scratch table. */
+static gboolean
+load_indirect(VhuVring *vring, const VhuDesc *d, guint16 head, guint *n_entries, GError **error)
+{
+  if (!has_feature(vring, VIRTIO_RING_F_INDIRECT_DESC)) {
+    break_ring(vring, error, "head %u: indirect descriptor, but INDIRECT_DESC not negotiated",
+               head);
+    return FALSE;
+  }
+  if (d->flags & VRING_DESC_F_NEXT) {
+    break_ring(vring, error, "head %u: descriptor has both INDIRECT and NEXT", head);
+    return FALSE;
+  }
+  if (d->len == 0 || d->len % sizeof(struct vring_desc) != 0
+      || d->len / sizeof(struct vring_desc) > VHU_INDIRECT_MAX) {
+    break_ring(vring, error, "head %u: indirect table of %u bytes", head, d->len);
+    return FALSE;
+  }
+  if (!copy_from_guest(vring->mem, d->addr, d->len, vring->indirect)) {
+    break_ring(vring, error,
+               "head %u: indirect table 0x%" G_GINT64_MODIFIER "x+%u is not in guest memory", head,
+               d->addr, d->len);
+    return FALSE;
+  }
+  *n_entries = d->len / sizeof(struct vring_desc);
+  return TRUE;
+}
+
+/* Walks the chain of @head (through at most one indirect table) into an
+ * element.  NULL with the ring broken on any violation. */
+static VhuElemPriv *
+gather_chain(VhuVring *vring, guint16 head, GError **error)
+{
+  const struct vring_desc *table = vring->desc;
+  guint table_size = vring->num, count = 0, i = head;
+  gboolean indirect = FALSE;
+  VhuGather g = { 0 };
+  VhuElemPriv *priv;
+
+  for (;;) {
+    VhuDesc d;
+
+    if (count++ >= table_size) {
+      break_ring(vring, error, "head %u: chain longer than its %s table of %u (loop?)", head,
+                 indirect ? "indirect" : "descriptor", table_size);
+      return NULL;
+    }
+    load_desc(&table[i], &d);
+    if (d.flags & VRING_DESC_F_INDIRECT) {
+      if (indirect) {
+        break_ring(vring, error, "head %u: nested indirect table", head);
+        return NULL;
+      }
+      if (!load_indirect(vring, &d, head, &table_size, error))
+        return NULL;
+      table = vring->indirect;
+      indirect = TRUE;
+      count = 0;
+      i = 0;
+      continue;
+    }
+    if (!gather_desc(vring, &g, &d, head, error))
+      return NULL;
+    if (!(d.flags & VRING_DESC_F_NEXT))
+      break;
+    if (d.next >= table_size) {
+      break_ring(vring, error, "head %u: next %u beyond %s table of %u", head, d.next,
+                 indirect ? "indirect" : "descriptor", table_size);
+      return NULL;
+    }
+    i = d.next;
+  }
+
+  priv = g_malloc(sizeof(VhuElemPriv) + g.n_iov * sizeof(struct iovec));
+  memcpy(priv->iov, vring->iov, g.n_iov * sizeof(struct iovec));
+  priv->elem = (VhuElem){
+    .head = head,
+    .out_num = g.out_num,
+    .in_num = g.n_iov - g.out_num,
+    .out_sg = g.out_num ? priv->iov : NULL,
+    .in_sg = g.n_iov > g.out_num ? priv->iov + g.out_num : NULL,
+    .out_len = g.out_len,
+    .in_len = g.in_len,
+    .mem = vhu_mem_table_ref(vring->mem),
+    .generation = vring->generation,
+  };
+  priv->from_avail = FALSE;
+  priv->avail_pos = 0;
+  return priv;
+}
+
+static gboolean
+can_process(const VhuVring *vring)
+{
+  return vring->started && vring->enabled && !vring->broken && is_mapped(vring);
+}
+
+static VhuElem *
+pop_resubmit(VhuVring *vring, GError **error)
+{
+  VhuResubmit r = g_array_index(vring->resubmit, VhuResubmit, 0);
+  VhuElemPriv *priv;
+
+  g_array_remove_index(vring->resubmit, 0);
+  priv = gather_chain(vring, r.head, error);
+  if (priv == NULL)
+    return NULL;
+  priv->from_avail = r.from_avail;
+  priv->avail_pos = r.avail_pos;
+  vring->inuse++;
+  inflight_mark(vring, r.head);
+  return &priv->elem;
+}
+
+VhuElem *
+vhu_vring_pop(VhuVring *vring, GError **error)
+{
+  guint16 avail_idx, pending, head;
+  VhuElemPriv *priv;
+
+  if (!can_process(vring))
+    return NULL;
+  if (vring->resubmit->len > 0)
+    return pop_resubmit(vring, error);
+
+  avail_idx = __atomic_load_n(&vring->avail->idx, __ATOMIC_ACQUIRE);
+  pending = avail_idx - vring->last_avail_idx;
+  if (pending > vring->num) {
+    break_ring(vring, error, "avail index moved from %u to %u, beyond ring size %u",
+               vring->last_avail_idx, avail_idx, vring->num);
+    return NULL;
+  }
+  if (pending == 0)
+    return NULL;
+  head = GUEST_LOAD(&vring->avail->ring[vring->last_avail_idx & (vring->num - 1)]);
+  if (head >= vring->num) {
+    break_ring(vring, error, "head %u beyond ring size %u", head, vring->num);
+    return NULL;
+  }
+  priv = gather_chain(vring, head, error);
+  if (priv == NULL)
+    return NULL;
+  priv->from_avail = TRUE;
+  priv->avail_pos = vring->last_avail_idx;
+  vring->last_avail_idx++;
+  vring->inuse++;
+  inflight_mark(vring, head);
+  /* Tell the guest how far we read, so it kicks for the next one only. */
+  if (vring->notify_enabled && has_feature(vring, VIRTIO_RING_F_EVENT_IDX))
+    GUEST_STORE((guint16 *)&vring->used->ring[vring->num], vring->last_avail_idx);
+  return &priv->elem;
+}
+
+static gboolean
+is_current(const VhuVring *vring, const VhuElem *elem)
+{
+  return elem->generation == vring->generation && vring->started && !vring->broken
+         && is_mapped(vring);
+}
+
+/* Rewinds over out-of-order unpops that became the most recent pop. */
+static void
+rewind_resubmits(VhuVring *vring)
+{
+  gboolean again = TRUE;
+
+  while (again) {
+    again = FALSE;
+    for (guint i = 0; i < vring->resubmit->len; i++) {
+      VhuResubmit *r = &g_array_index(vring->resubmit, VhuResubmit, i);
+
+      if (r->from_avail && r->avail_pos == (guint16)(vring->last_avail_idx - 1)) {
+        inflight_clear(vring, r->head);
+        vring->last_avail_idx--;
+        g_array_remove_index(vring->resubmit, i);
+        again = TRUE;
+        break;
+      }
+    }
+  }
+}
+
+void
+vhu_vring_unpop(VhuVring *vring, VhuElem *elem)
+{
+  VhuElemPriv *priv = (VhuElemPriv *)elem;
+
+  if (elem == NULL)
+    return;
+  if (is_current(vring, elem)) {
+    vring->inuse--;
+    if (priv->from_avail && priv->avail_pos == (guint16)(vring->last_avail_idx - 1)) {
+      inflight_clear(vring, elem->head);
+      vring->last_avail_idx--;
+      rewind_resubmits(vring);
+    } else {
+      VhuResubmit r = {
+        .head = elem->head,
+        .from_avail = priv->from_avail,
+        .avail_pos = priv->avail_pos,
+      };
+
+      g_array_prepend_val(vring->resubmit, r);
+    }
+  }
+  vhu_elem_free(elem);
+}
+
+/* ---- push / notify ----------------------------------------------------- */
+
+void
+vhu_vring_push(VhuVring *vring, VhuElem *elem, guint32 len)
+{
+  volatile VhuInflightQueue *q = vring->inflight;
+  struct vring_used_elem *slot;
+  guint16 head;
+
+  if (elem == NULL)
+    return;
+  if (!is_current(vring, elem)) {
+    vhu_elem_free(elem);
+    return;
+  }
+  head = elem->head;
+  /* Never claim more than the guest offered. */
+  if (len > elem->in_len)
+    len = (guint32)elem->in_len;
+  if (q != NULL)
+    q->last_batch_head = head;
+  slot = &vring->used->ring[vring->last_used_idx & (vring->num - 1)];
+  GUEST_STORE(&slot->id, head);
+  GUEST_STORE(&slot->len, len);
+  vring->last_used_idx++;
+  __atomic_store_n(&vring->used->idx, vring->last_used_idx, __ATOMIC_RELEASE);
+  if (q != NULL) {
+    q->desc[head].inflight = 0;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    q->used_idx = vring->last_used_idx;
+  }
+  vring->inuse--;
+  vhu_elem_free(elem);
+}
+
+static gboolean
+ring_is_empty(const VhuVring *vring)
+{
+  return vring->resubmit->len == 0
+         && __atomic_load_n(&vring->avail->idx, __ATOMIC_ACQUIRE) == vring->last_avail_idx;
+}
+
+static gboolean
+guest_wants_interrupt(VhuVring *vring)
+{
+  guint16 old, used_event;
+  gboolean valid;
+
+  if (has_feature(vring, VHU_F_NOTIFY_ON_EMPTY) && vring->inuse == 0 && ring_is_empty(vring))
+    return TRUE;
+  if (!has_feature(vring, VIRTIO_RING_F_EVENT_IDX))
+    return !(GUEST_LOAD(&vring->avail->flags) & VRING_AVAIL_F_NO_INTERRUPT);
+  valid = vring->signalled_used_valid;
+  old = vring->signalled_used;
+  vring->signalled_used = vring->last_used_idx;
+  vring->signalled_used_valid = TRUE;
+  used_event = GUEST_LOAD(&vring->avail->ring[vring->num]);
+  return !valid || vring_need_event(used_event, vring->last_used_idx, old);
+}
+
+gboolean
+vhu_vring_notify(VhuVring *vring)
+{
+  if (!vring->started || vring->broken || !is_mapped(vring))
+    return FALSE;
+  /* Publish the used entries before reading what the guest asks for. */
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  if (!guest_wants_interrupt(vring) || vring->call_fd < 0)
+    return FALSE;
+  signal_fd(vring->call_fd);
+  return TRUE;
+}
+
+void
+vhu_vring_complete(VhuVring *vring, VhuElem *elem, guint32 len)
+{
+  vhu_vring_push(vring, elem, len);
+  vhu_vring_notify(vring);
+}
+
+gboolean
+vhu_vring_set_notification(VhuVring *vring, gboolean enable)
+{
+  vring->notify_enabled = enable;
+  if (!vring->started || vring->broken || !is_mapped(vring))
+    return FALSE;
+  if (has_feature(vring, VIRTIO_RING_F_EVENT_IDX)) {
+    /* Disabled: avail_event simply stops advancing. */
+    if (enable)
+      GUEST_STORE((guint16 *)&vring->used->ring[vring->num], vring->last_avail_idx);
+  } else {
+    if (enable)
+      vring->used_flags &= ~VRING_USED_F_NO_NOTIFY;
+    else
+      vring->used_flags |= VRING_USED_F_NO_NOTIFY;
+    GUEST_STORE(&vring->used->flags, vring->used_flags);
+  }
+  if (!enable)
+    return FALSE;
+  /* The guest may have added a request before it saw the change. */
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  return !ring_is_empty(vring);
+}
