@@ -39,6 +39,13 @@ typedef struct {
   guint64 cursor_updates, cursor_moves;
   guint64 errors;       /* malformed messages seen */
   guint64 negotiated_features; /* from SET_PROTOCOL_FEATURES */
+  /* Requests seen, by kind (for tools that report the handshake). */
+  guint64 protocol_features_requests; /* GET_PROTOCOL_FEATURES */
+  guint64 set_protocol_features;      /* SET_PROTOCOL_FEATURES */
+  guint64 display_info_requests;      /* GET_DISPLAY_INFO */
+  guint64 edid_requests;              /* GET_EDID */
+  guint64 dmabuf_scanouts;            /* DMABUF_SCANOUT and DMABUF_SCANOUT2 */
+  guint64 dmabuf_updates;             /* DMABUF_UPDATE */
 } VhuDisplayStats;
 void vhu_display_server_get_stats (VhuDisplayServer *ds, VhuDisplayStats *stats);
 

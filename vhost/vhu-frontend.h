@@ -17,6 +17,13 @@ typedef struct _VhuFrontend VhuFrontend;
 typedef struct _VhuDriverQueue VhuDriverQueue;
 
 #define VHU_FRONTEND_DEFAULT_TIMEOUT_MS 5000
+/* Protocol features the frontend implements (what init may negotiate):
+ * MQ, REPLY_ACK, BACKEND_REQ, CONFIG, BACKEND_SEND_FD, RESET_DEVICE,
+ * CONFIGURE_MEM_SLOTS, STATUS. */
+#define VHU_FRONTEND_PROTOCOL_FEATURES                                                           \
+  ((1ull << VHU_PF_MQ) | (1ull << VHU_PF_REPLY_ACK) | (1ull << VHU_PF_BACKEND_REQ)                \
+   | (1ull << VHU_PF_CONFIG) | (1ull << VHU_PF_BACKEND_SEND_FD) | (1ull << VHU_PF_RESET_DEVICE)   \
+   | (1ull << VHU_PF_CONFIGURE_MEM_SLOTS) | (1ull << VHU_PF_STATUS))
 
 /* A guest-physical buffer handed to a ring. */
 typedef struct {
@@ -57,6 +64,10 @@ gboolean vhu_frontend_init (VhuFrontend *fe, guint64 protocol_mask, GError **err
 guint64 vhu_frontend_get_backend_features (VhuFrontend *fe);
 guint64 vhu_frontend_get_protocol_features (VhuFrontend *fe); /* negotiated */
 guint vhu_frontend_get_num_queues (VhuFrontend *fe);
+/* What the backend offered in GET_PROTOCOL_FEATURES (before masking). */
+guint64 vhu_frontend_get_backend_protocol_features (VhuFrontend *fe);
+/* GET_MAX_MEM_SLOTS answer; 0 when CONFIGURE_MEM_SLOTS was not negotiated. */
+guint64 vhu_frontend_get_max_mem_slots (VhuFrontend *fe);
 gboolean vhu_frontend_has_protocol_feature (VhuFrontend *fe, guint bit);
 gboolean vhu_frontend_get_config (VhuFrontend *fe, guint32 offset, void *buf, guint32 size,
                                   GError **error);
@@ -66,6 +77,10 @@ gboolean vhu_frontend_get_status (VhuFrontend *fe, guint8 *status, GError **erro
  * sent to the backend at start (SET_MEM_TABLE, or ADD_MEM_REG when
  * CONFIGURE_MEM_SLOTS was negotiated), or at once if already started. */
 gboolean vhu_frontend_add_region (VhuFrontend *fe, guint64 gpa, gsize size, GError **error);
+/* Same, but the region starts @mmap_offset bytes into its memfd (as QEMU's
+ * regions above the VGA hole do): the backend must map size + offset. */
+gboolean vhu_frontend_add_region_offset (VhuFrontend *fe, guint64 gpa, gsize size,
+                                         gsize mmap_offset, GError **error);
 /* Host pointer for [gpa, gpa+len), which must lie in one region; NULL if not. */
 void *vhu_frontend_gpa_to_ptr (VhuFrontend *fe, guint64 gpa, gsize len);
 /* Bump allocator over the regions (never crosses one).  Returns the gpa, or
