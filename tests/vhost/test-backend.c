@@ -1,0 +1,2327 @@
+/* test-backend: the backend side of vhost-user.
+ *
+ * - /msg/...: message I/O over socketpairs.
+ * - /backend/...: a VhuBackend in this process (control context on its own
+ *   thread, listening on a real socket), driven by a raw frontend written
+ *   here, so that replies, acks, hostile messages and fd leaks (counted in
+ *   /proc/self/fd) can be checked exactly.
+ * - /null/...: the vhu-null-backend program as a separate process
+ *   (VHU_NULL_BACKEND), driven by the VhuFrontend library or the raw frontend:
+ *   QEMU 7.2 and 10 start sequences, backlog, --once/--fd, broken rings,
+ *   inflight recovery across kill -9. */
+#include <errno.h>
+#include <fcntl.h>
+#include <gio/gio.h>
+#include <gio/gunixinputstream.h>
+#include <glib-unix.h>
+#include <glib/gstdio.h>
+#include <linux/virtio_ring.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "vhu-backend-private.h"
+#include "vhu-frontend.h"
+#include "vhu-msg.h"
+
+#define TIMEOUT_MS 5000
+#define BIT(n)     (G_GUINT64_CONSTANT(1) << (n))
+
+/* ------------------------------------------------------------------ */
+/* Small helpers */
+
+static void
+dump_fds(void)
+{
+  GDir *dir = g_dir_open("/proc/self/fd", 0, NULL);
+  const char *name;
+
+  while ((name = g_dir_read_name(dir)) != NULL) {
+    g_autofree char *path = g_build_filename("/proc/self/fd", name, NULL);
+    g_autofree char *target = g_file_read_link(path, NULL);
+
+    g_printerr("# fd %s -> %s\n", name, target != NULL ? target : "?");
+  }
+  g_dir_close(dir);
+}
+
+static int
+count_fds(void)
+{
+  GDir *dir = g_dir_open("/proc/self/fd", 0, NULL);
+  int n = 0;
+
+  g_assert_nonnull(dir);
+  while (g_dir_read_name(dir) != NULL)
+    n++;
+  g_dir_close(dir);
+  return n;
+}
+
+static int
+new_eventfd(void)
+{
+  int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+
+  g_assert_cmpint(fd, >=, 0);
+  return fd;
+}
+
+/* Waits until @fd is readable (or hung up).  FALSE on timeout. */
+static gboolean
+wait_readable(int fd, int timeout_ms)
+{
+  struct pollfd pfd = { .fd = fd, .events = POLLIN };
+  gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+
+  for (;;) {
+    gint64 left = (deadline - g_get_monotonic_time()) / 1000;
+    int r;
+
+    if (left < 0)
+      left = 0;
+    r = poll(&pfd, 1, (int)left);
+    if (r > 0)
+      return TRUE;
+    if (r == 0)
+      return FALSE;
+    g_assert_cmpint(errno, ==, EINTR);
+  }
+}
+
+static char *
+make_tmpdir(void)
+{
+  g_autoptr(GError) error = NULL;
+  char *dir = g_dir_make_tmp("vhu-backend-XXXXXX", &error);
+
+  g_assert_no_error(error);
+  return dir;
+}
+
+/* Captured log lines of the "vhost" domain (any thread). */
+static GMutex log_lock;
+static GPtrArray *log_lines;
+
+static void
+capture_log(const char *domain, GLogLevelFlags level, const char *message, gpointer data)
+{
+  g_mutex_lock(&log_lock);
+  g_ptr_array_add(log_lines, g_strdup(message));
+  g_mutex_unlock(&log_lock);
+  g_printerr("# [%s] %s\n", (level & G_LOG_LEVEL_WARNING) ? "warning" : "log", message);
+}
+
+static guint
+log_mark(void)
+{
+  guint n;
+
+  g_mutex_lock(&log_lock);
+  n = log_lines->len;
+  g_mutex_unlock(&log_lock);
+  return n;
+}
+
+/* Number of captured lines since @mark that contain @needle. */
+static guint
+log_count_since(guint mark, const char *needle)
+{
+  guint n = 0;
+
+  g_mutex_lock(&log_lock);
+  for (guint i = mark; i < log_lines->len; i++)
+    if (strstr(g_ptr_array_index(log_lines, i), needle) != NULL)
+      n++;
+  g_mutex_unlock(&log_lock);
+  return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* /msg: message I/O */
+
+static void
+socketpair_or_die(int sv[2])
+{
+  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+}
+
+static void
+test_msg_roundtrip(void)
+{
+  g_autoptr(GError) error = NULL;
+  int sv[2], efd[3];
+  guint64 value = 0x1122334455667788;
+  VhuMsg msg;
+
+  socketpair_or_die(sv);
+  for (guint i = 0; i < 3; i++)
+    efd[i] = new_eventfd();
+  g_assert_true(vhu_msg_write(sv[0], VHU_SET_MEM_TABLE, 0x9, &value, sizeof value, efd, 3, &error));
+  g_assert_no_error(error);
+  g_assert_cmpint(vhu_msg_read(sv[1], &msg, 1000, &error), ==, VHU_MSG_OK);
+  g_assert_cmpuint(msg.hdr.request, ==, VHU_SET_MEM_TABLE);
+  g_assert_cmpuint(msg.hdr.flags, ==, 0x9);
+  g_assert_cmpuint(msg.hdr.size, ==, 8);
+  g_assert_cmpmem(msg.payload, 8, &value, 8);
+  g_assert_cmpuint(msg.n_fds, ==, 3);
+  /* The received fds are live eventfds. */
+  {
+    guint64 one = 1, got = 0;
+    int fd = vhu_msg_steal_fd(&msg, 1);
+
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(write(efd[1], &one, 8), ==, 8);
+    g_assert_cmpint(read(fd, &got, 8), ==, 8);
+    g_assert_cmpuint(got, ==, 1);
+    g_assert_cmpint(vhu_msg_steal_fd(&msg, 1), ==, -1);
+    g_assert_cmpint(vhu_msg_steal_fd(&msg, 7), ==, -1);
+    close(fd);
+  }
+  vhu_msg_close_fds(&msg);
+
+  /* Header-only message, then EOF at a boundary. */
+  g_assert_true(vhu_msg_write(sv[0], VHU_GET_FEATURES, 1, NULL, 0, NULL, 0, &error));
+  g_assert_cmpint(vhu_msg_read(sv[1], &msg, 1000, &error), ==, VHU_MSG_OK);
+  g_assert_cmpuint(msg.hdr.size, ==, 0);
+  g_assert_cmpuint(msg.n_fds, ==, 0);
+  close(sv[0]);
+  g_assert_cmpint(vhu_msg_read(sv[1], &msg, 1000, &error), ==, VHU_MSG_EOF);
+  g_assert_no_error(error);
+  close(sv[1]);
+  for (guint i = 0; i < 3; i++)
+    close(efd[i]);
+}
+
+static void
+test_msg_hostile(void)
+{
+  g_autoptr(GError) error = NULL;
+  VhuMsgHeader hdr = { .request = 1, .flags = 1, .size = 8 };
+  int sv[2], fds[12];
+  int before = count_fds();
+  VhuMsg msg;
+  gint64 t0;
+
+  /* Half a payload, then silence: error after the timeout, not a hang. */
+  socketpair_or_die(sv);
+  g_assert_cmpint(write(sv[0], &hdr, sizeof hdr), ==, sizeof hdr);
+  g_assert_cmpint(write(sv[0], "abcd", 4), ==, 4);
+  t0 = g_get_monotonic_time();
+  g_assert_cmpint(vhu_msg_read(sv[1], &msg, 200, &error), ==, VHU_MSG_ERROR);
+  g_assert_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT);
+  g_assert_cmpint(g_get_monotonic_time() - t0, <, 2 * G_USEC_PER_SEC);
+  g_clear_error(&error);
+  close(sv[0]);
+  close(sv[1]);
+
+  /* Closed in the middle of the header. */
+  socketpair_or_die(sv);
+  g_assert_cmpint(write(sv[0], &hdr, 5), ==, 5);
+  close(sv[0]);
+  g_assert_cmpint(vhu_msg_read(sv[1], &msg, 1000, &error), ==, VHU_MSG_ERROR);
+  g_assert_error(error, G_IO_ERROR, G_IO_ERROR_PARTIAL_INPUT);
+  g_clear_error(&error);
+  close(sv[1]);
+
+  /* Oversized payload. */
+  socketpair_or_die(sv);
+  hdr.size = VHU_MAX_PAYLOAD + 1;
+  g_assert_cmpint(write(sv[0], &hdr, sizeof hdr), ==, sizeof hdr);
+  g_assert_cmpint(vhu_msg_read(sv[1], &msg, 1000, &error), ==, VHU_MSG_ERROR);
+  g_assert_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA);
+  g_clear_error(&error);
+  close(sv[0]);
+  close(sv[1]);
+
+  /* Twelve fds: all closed on the receiving side. */
+  socketpair_or_die(sv);
+  for (guint i = 0; i < G_N_ELEMENTS(fds); i++)
+    fds[i] = new_eventfd();
+  {
+    union {
+      struct cmsghdr align;
+      char buf[CMSG_SPACE(sizeof fds)];
+    } control;
+    VhuMsgHeader h = { .request = VHU_SET_OWNER, .flags = 1, .size = 0 };
+    struct iovec iov = { .iov_base = &h, .iov_len = sizeof h };
+    struct msghdr mh = { .msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control.buf,
+                         .msg_controllen = sizeof control.buf };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(c), fds, sizeof fds);
+    g_assert_cmpint(sendmsg(sv[0], &mh, 0), ==, sizeof h);
+  }
+  for (guint i = 0; i < G_N_ELEMENTS(fds); i++)
+    close(fds[i]);
+  g_assert_cmpint(vhu_msg_read(sv[1], &msg, 1000, &error), ==, VHU_MSG_ERROR);
+  g_assert_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA);
+  g_clear_error(&error);
+  close(sv[0]);
+  close(sv[1]);
+
+  /* Writing more than VHU_MAX_FDS is refused. */
+  g_assert_false(vhu_msg_write(0, 1, 1, NULL, 0, fds, VHU_MAX_FDS + 1, &error));
+  g_clear_error(&error);
+
+  g_assert_cmpint(count_fds(), ==, before);
+}
+
+static void
+test_msg_closed_peer(void)
+{
+  g_autoptr(GError) error = NULL;
+  int sv[2];
+
+  /* No SIGPIPE: a closed peer is an error. */
+  socketpair_or_die(sv);
+  close(sv[1]);
+  g_assert_false(vhu_msg_write(sv[0], 1, 1, NULL, 0, NULL, 0, &error));
+  g_assert_nonnull(error);
+  close(sv[0]);
+}
+
+static void
+test_request_names(void)
+{
+  g_assert_cmpstr(vhu_request_name(VHU_GET_FEATURES), ==, "GET_FEATURES");
+  g_assert_cmpstr(vhu_request_name(VHU_GPU_SET_SOCKET), ==, "GPU_SET_SOCKET");
+  g_assert_cmpstr(vhu_request_name(VHU_GET_STATUS), ==, "GET_STATUS");
+  g_assert_cmpstr(vhu_request_name(VHU_REQUEST_MAX), ==, "GET_SHMEM_CONFIG");
+  g_assert_cmpstr(vhu_request_name(45), ==, "UNKNOWN");
+  g_assert_cmpstr(vhu_request_name(G_MAXUINT32), ==, "UNKNOWN");
+}
+
+/* ------------------------------------------------------------------ */
+/* Raw frontend: guest memory in one memfd exposed as two regions (like QEMU
+ * around the VGA hole), split rings written by hand. */
+
+#define RAW_MEM_SIZE  0x200000u
+#define RAW_UVA_BASE  G_GUINT64_CONSTANT(0x7f1200000000)
+#define RAW_QSIZE     16u
+#define RAW_MAX_Q     4u
+#define RAW_SLOT_SIZE 0x400u /* per descriptor buffer */
+
+typedef struct {
+  guint num;
+  guint64 desc_gpa, avail_gpa, used_gpa, buf_gpa;
+  struct vring_desc *desc;
+  struct vring_avail *avail;
+  struct vring_used *used;
+  int kick, call, err;
+  guint16 avail_idx, last_used;
+} RawQueue;
+
+typedef struct {
+  int sock;
+  int memfd;
+  guint8 *mem;
+  guint64 protocol;
+  guint nq;
+  RawQueue q[RAW_MAX_Q];
+} Raw;
+
+static const VhuMemRegionDesc raw_regions[2] = {
+  { .guest_phys_addr = 0,
+    .memory_size = 0xc0000,
+    .userspace_addr = RAW_UVA_BASE,
+    .mmap_offset = 0 },
+  { .guest_phys_addr = 0x100000,
+    .memory_size = 0x100000,
+    .userspace_addr = RAW_UVA_BASE + 0x100000,
+    .mmap_offset = 0x100000 },
+};
+
+static int
+connect_unix(const char *path)
+{
+  struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+  g_assert_cmpint(fd, >=, 0);
+  g_strlcpy(addr.sun_path, path, sizeof addr.sun_path);
+  g_assert_cmpint(connect(fd, (struct sockaddr *)&addr, sizeof addr), ==, 0);
+  return fd;
+}
+
+static void
+raw_layout_queue(Raw *r, guint i, guint num)
+{
+  RawQueue *q = &r->q[i];
+
+  q->num = num;
+  q->desc_gpa = (guint64)i * 0x8000;
+  q->avail_gpa = q->desc_gpa + 0x1000;
+  q->used_gpa = q->desc_gpa + 0x2000;
+  q->buf_gpa = 0x100000 + (guint64)i * 0x10000;
+  q->desc = (void *)(r->mem + q->desc_gpa);
+  q->avail = (void *)(r->mem + q->avail_gpa);
+  q->used = (void *)(r->mem + q->used_gpa);
+}
+
+static Raw *
+raw_new(void)
+{
+  Raw *r = g_new0(Raw, 1);
+
+  r->sock = -1;
+  r->memfd = memfd_create("raw-guest", MFD_CLOEXEC);
+  g_assert_cmpint(r->memfd, >=, 0);
+  g_assert_cmpint(ftruncate(r->memfd, RAW_MEM_SIZE), ==, 0);
+  r->mem = mmap(NULL, RAW_MEM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd, 0);
+  g_assert_true(r->mem != MAP_FAILED);
+  for (guint i = 0; i < RAW_MAX_Q; i++) {
+    r->q[i].kick = r->q[i].call = r->q[i].err = -1;
+    raw_layout_queue(r, i, RAW_QSIZE);
+  }
+  return r;
+}
+
+static Raw *
+raw_connect(const char *path)
+{
+  Raw *r = raw_new();
+
+  r->sock = connect_unix(path);
+  return r;
+}
+
+static void
+raw_close_queue_fds(Raw *r)
+{
+  for (guint i = 0; i < RAW_MAX_Q; i++) {
+    int *fds[] = { &r->q[i].kick, &r->q[i].call, &r->q[i].err };
+
+    for (guint j = 0; j < G_N_ELEMENTS(fds); j++) {
+      if (*fds[j] >= 0)
+        close(*fds[j]);
+      *fds[j] = -1;
+    }
+  }
+}
+
+/* Drops the connection only; memory and ring state stay (reconnect). */
+static void
+raw_disconnect(Raw *r)
+{
+  if (r->sock >= 0)
+    close(r->sock);
+  r->sock = -1;
+  raw_close_queue_fds(r);
+}
+
+static void
+raw_free(Raw *r)
+{
+  raw_disconnect(r);
+  munmap(r->mem, RAW_MEM_SIZE);
+  close(r->memfd);
+  g_free(r);
+}
+
+static void
+raw_send(Raw *r, guint32 req, guint32 flags, const void *payload, gsize size, const int *fds,
+         guint n_fds)
+{
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true(
+      vhu_msg_write(r->sock, req, flags | VHU_VERSION, payload, size, fds, n_fds, &error));
+  g_assert_no_error(error);
+}
+
+/* Next message from the backend; asserts it is the reply to @req. Returns the
+ * payload size; fds are closed unless @fd is given. */
+static gsize
+raw_recv(Raw *r, guint32 req, void *payload, gsize size, int *fd)
+{
+  g_autoptr(GError) error = NULL;
+  VhuMsg msg;
+
+  g_assert_true(wait_readable(r->sock, TIMEOUT_MS));
+  g_assert_cmpint(vhu_msg_read(r->sock, &msg, TIMEOUT_MS, &error), ==, VHU_MSG_OK);
+  g_assert_cmpuint(msg.hdr.request, ==, req);
+  g_assert_cmphex(msg.hdr.flags, ==, VHU_REPLY_FLAGS);
+  if (payload != NULL)
+    memcpy(payload, msg.payload, MIN(size, msg.hdr.size));
+  if (fd != NULL)
+    *fd = vhu_msg_steal_fd(&msg, 0);
+  vhu_msg_close_fds(&msg);
+  return msg.hdr.size;
+}
+
+static guint64
+raw_get_u64(Raw *r, guint32 req)
+{
+  guint64 v = 0;
+
+  raw_send(r, req, 0, NULL, 0, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, req, &v, sizeof v, NULL), ==, 8);
+  return v;
+}
+
+static guint64
+raw_recv_ack(Raw *r, guint32 req)
+{
+  guint64 v = G_MAXUINT64;
+
+  g_assert_cmpuint(raw_recv(r, req, &v, sizeof v, NULL), ==, 8);
+  return v;
+}
+
+/* Sends with NEED_REPLY and returns the ack (REPLY_ACK must be on). */
+static guint64
+raw_acked(Raw *r, guint32 req, const void *payload, gsize size, const int *fds, guint n_fds)
+{
+  raw_send(r, req, VHU_FLAG_NEED_REPLY, payload, size, fds, n_fds);
+  return raw_recv_ack(r, req);
+}
+
+static void
+raw_u64_acked_ok(Raw *r, guint32 req, guint64 v)
+{
+  g_assert_cmpuint(raw_acked(r, req, &v, sizeof v, NULL, 0), ==, 0);
+}
+
+/* TRUE when the backend closed the connection within the timeout (any
+ * pending replies are skipped). */
+static gboolean
+raw_closed(Raw *r, int timeout_ms)
+{
+  guint8 buf[256];
+
+  for (;;) {
+    ssize_t n;
+
+    if (!wait_readable(r->sock, timeout_ms))
+      return FALSE;
+    n = recv(r->sock, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno == ECONNRESET))
+      return TRUE;
+    if (n < 0 && errno != EAGAIN && errno != EINTR)
+      return TRUE;
+  }
+}
+
+/* Realize-time handshake (as QEMU): features, protocol features & @mask. */
+static void
+raw_init(Raw *r, guint64 mask)
+{
+  guint64 features = raw_get_u64(r, VHU_GET_FEATURES);
+  guint64 protocol;
+
+  g_assert_true(features & BIT(VHU_F_PROTOCOL_FEATURES));
+  protocol = raw_get_u64(r, VHU_GET_PROTOCOL_FEATURES);
+  r->protocol = protocol & mask;
+  raw_send(r, VHU_SET_PROTOCOL_FEATURES, 0, &r->protocol, 8, NULL, 0);
+  r->nq = (guint)raw_get_u64(r, VHU_GET_QUEUE_NUM);
+  raw_send(r, VHU_SET_OWNER, 0, NULL, 0, NULL, 0);
+}
+
+static gboolean
+raw_ack_on(Raw *r)
+{
+  return (r->protocol & BIT(VHU_PF_REPLY_ACK)) != 0;
+}
+
+/* Sends @req with NEED_REPLY when REPLY_ACK is on (and checks ack 0). */
+static void
+raw_request(Raw *r, guint32 req, const void *payload, gsize size, const int *fds, guint n_fds)
+{
+  if (raw_ack_on(r))
+    g_assert_cmpuint(raw_acked(r, req, payload, size, fds, n_fds), ==, 0);
+  else
+    raw_send(r, req, 0, payload, size, fds, n_fds);
+}
+
+static void
+raw_set_mem_table(Raw *r)
+{
+  struct {
+    guint32 nregions, padding;
+    VhuMemRegionDesc regions[2];
+  } __attribute__((packed)) table = { .nregions = 2 };
+  int fds[2] = { r->memfd, r->memfd };
+
+  memcpy(table.regions, raw_regions, sizeof raw_regions);
+  raw_request(r, VHU_SET_MEM_TABLE, &table, sizeof table, fds, 2);
+}
+
+static void
+raw_add_mem_regs(Raw *r)
+{
+  for (guint i = 0; i < 2; i++) {
+    VhuMemSingleRegion reg = { .region = raw_regions[i] };
+
+    raw_request(r, VHU_ADD_MEM_REG, &reg, sizeof reg, &r->memfd, 1);
+  }
+}
+
+static guint64
+raw_uva(guint64 gpa)
+{
+  return RAW_UVA_BASE + gpa; /* both regions keep gpa == uva offset */
+}
+
+static void
+raw_vring_fd(Raw *r, guint32 req, guint i, int fd)
+{
+  guint64 v = i | (fd < 0 ? VHU_VRING_NOFD : 0);
+
+  raw_request(r, req, &v, sizeof v, fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0);
+}
+
+/* Per-queue start as QEMU: NUM, BASE, ADDR, KICK, ENABLE, CALL. */
+static void
+raw_start_queue(Raw *r, guint i, guint base, gboolean enable_need_reply)
+{
+  RawQueue *q = &r->q[i];
+  VhuVringState num = { .index = i, .num = q->num };
+  VhuVringState st = { .index = i, .num = base };
+  VhuVringAddr addr = {
+    .index = i,
+    .desc_user_addr = raw_uva(q->desc_gpa),
+    .avail_user_addr = raw_uva(q->avail_gpa),
+    .used_user_addr = raw_uva(q->used_gpa),
+  };
+  VhuVringState en = { .index = i, .num = 1 };
+
+  if (q->kick >= 0)
+    close(q->kick);
+  if (q->call >= 0)
+    close(q->call);
+  q->kick = new_eventfd();
+  q->call = new_eventfd();
+  raw_request(r, VHU_SET_VRING_NUM, &num, sizeof num, NULL, 0);
+  raw_request(r, VHU_SET_VRING_BASE, &st, sizeof st, NULL, 0);
+  raw_request(r, VHU_SET_VRING_ADDR, &addr, sizeof addr, NULL, 0);
+  raw_vring_fd(r, VHU_SET_VRING_KICK, i, q->kick);
+  if (enable_need_reply)
+    raw_request(r, VHU_SET_VRING_ENABLE, &en, sizeof en, NULL, 0);
+  else
+    raw_send(r, VHU_SET_VRING_ENABLE, 0, &en, sizeof en, NULL, 0);
+  raw_vring_fd(r, VHU_SET_VRING_CALL, i, q->call);
+}
+
+static void
+raw_clear_rings(Raw *r)
+{
+  for (guint i = 0; i < RAW_MAX_Q; i++) {
+    memset(r->mem + r->q[i].desc_gpa, 0, 0x3000);
+    r->q[i].avail_idx = r->q[i].last_used = 0;
+  }
+}
+
+/* QEMU 7.2: SET_MEM_TABLE, enable fire-and-forget. */
+static void
+raw_start_72(Raw *r, guint nq)
+{
+  guint64 features = BIT(VHU_F_VERSION_1) | BIT(VHU_F_PROTOCOL_FEATURES);
+  guint8 status;
+
+  raw_clear_rings(r);
+  raw_send(r, VHU_SET_FEATURES, 0, &features, 8, NULL, 0);
+  status = (guint8)raw_get_u64(r, VHU_GET_STATUS);
+  if (!(status & VHU_STATUS_FEATURES_OK)) {
+    guint64 s = status | VHU_STATUS_FEATURES_OK;
+    raw_send(r, VHU_SET_STATUS, 0, &s, 8, NULL, 0);
+  }
+  raw_set_mem_table(r);
+  for (guint i = 0; i < nq; i++)
+    raw_start_queue(r, i, 0, FALSE);
+}
+
+/* QEMU 10: ADD_MEM_REG (unless the backend has the table already),
+ * synchronous enable, DRIVER_OK. */
+static void
+raw_start_10_full(Raw *r, guint nq, gboolean send_mem)
+{
+  guint64 features = BIT(VHU_F_VERSION_1) | BIT(VHU_F_PROTOCOL_FEATURES);
+  guint64 status = VHU_STATUS_ACKNOWLEDGE | VHU_STATUS_DRIVER | VHU_STATUS_FEATURES_OK;
+
+  raw_clear_rings(r);
+  raw_request(r, VHU_SET_FEATURES, &features, 8, NULL, 0);
+  raw_request(r, VHU_SET_STATUS, &status, 8, NULL, 0);
+  if (send_mem)
+    raw_add_mem_regs(r);
+  for (guint i = 0; i < nq; i++)
+    raw_start_queue(r, i, 0, TRUE);
+  status |= VHU_STATUS_DRIVER_OK;
+  raw_request(r, VHU_SET_STATUS, &status, 8, NULL, 0);
+}
+
+static void
+raw_start_10(Raw *r, guint nq)
+{
+  raw_start_10_full(r, nq, TRUE);
+}
+
+/* Adds a two-descriptor chain (out then in) and kicks.  Returns the head. */
+static guint16
+raw_submit(Raw *r, guint i, const void *out, guint32 out_len, guint32 in_len)
+{
+  RawQueue *q = &r->q[i];
+  guint16 slot = (guint16)(q->avail_idx % (q->num / 2));
+  guint16 head = (guint16)(2 * slot);
+  guint64 out_gpa = q->buf_gpa + (guint64)head * RAW_SLOT_SIZE;
+  guint64 in_gpa = out_gpa + RAW_SLOT_SIZE;
+  guint64 one = 1;
+
+  g_assert_cmpuint(out_len, <=, RAW_SLOT_SIZE);
+  g_assert_cmpuint(in_len, <=, RAW_SLOT_SIZE);
+  memcpy(r->mem + out_gpa, out, out_len);
+  memset(r->mem + in_gpa, 0, RAW_SLOT_SIZE);
+  q->desc[head] = (struct vring_desc){
+    .addr = out_gpa, .len = out_len, .flags = VRING_DESC_F_NEXT, .next = (guint16)(head + 1)
+  };
+  q->desc[head + 1]
+      = (struct vring_desc){ .addr = in_gpa, .len = in_len, .flags = VRING_DESC_F_WRITE };
+  q->avail->ring[q->avail_idx % q->num] = head;
+  q->avail_idx++;
+  __atomic_store_n(&q->avail->idx, q->avail_idx, __ATOMIC_RELEASE);
+  if (q->kick >= 0)
+    g_assert_cmpint(write(q->kick, &one, 8), ==, 8);
+  return head;
+}
+
+static const guint8 *
+raw_in_buf(Raw *r, guint i, guint16 head)
+{
+  return r->mem + r->q[i].buf_gpa + (guint64)head * RAW_SLOT_SIZE + RAW_SLOT_SIZE;
+}
+
+/* Waits (on the call eventfd) until @n more used entries are there. */
+static gboolean
+raw_wait_used(Raw *r, guint i, guint n, int timeout_ms)
+{
+  RawQueue *q = &r->q[i];
+  gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+
+  for (;;) {
+    guint16 used = __atomic_load_n(&q->used->idx, __ATOMIC_ACQUIRE);
+    gint64 left = (deadline - g_get_monotonic_time()) / 1000;
+    guint64 v;
+
+    if ((guint16)(used - q->last_used) >= n)
+      return TRUE;
+    if (left <= 0 || !wait_readable(q->call, (int)left))
+      return FALSE;
+    (void)!read(q->call, &v, sizeof v);
+  }
+}
+
+static void
+raw_get_used(Raw *r, guint i, guint32 *id, guint32 *len)
+{
+  RawQueue *q = &r->q[i];
+  struct vring_used_elem *e = &q->used->ring[q->last_used % q->num];
+
+  *id = e->id;
+  *len = e->len;
+  q->last_used++;
+}
+
+/* One echo round trip on queue @i. */
+static void
+raw_echo(Raw *r, guint i, const char *text)
+{
+  guint32 len = (guint32)strlen(text) + 1, id, used_len;
+  guint16 head = raw_submit(r, i, text, len, 64);
+
+  g_assert_true(raw_wait_used(r, i, 1, TIMEOUT_MS));
+  raw_get_used(r, i, &id, &used_len);
+  g_assert_cmpuint(id, ==, head);
+  g_assert_cmpuint(used_len, ==, len);
+  g_assert_cmpstr((const char *)raw_in_buf(r, i, head), ==, text);
+}
+
+/* ------------------------------------------------------------------ */
+/* In-process server: a VhuBackend with an echo device, its control context
+ * iterated by a thread of its own. */
+
+typedef struct {
+  VhuBackend *backend;
+  GMainContext *ctx;
+  GMainLoop *loop;
+  GThread *thread;
+  char *dir;
+  char *path;
+  GMutex lock;
+  GCond cond;
+  guint disconnects;
+  guint resets;
+  guint kicks;
+  int device_fd; /* kept from request 33 */
+  guint8 config[16];
+} Server;
+
+static void
+echo_queue_kick(gpointer data, VhuBackend *backend, guint qidx)
+{
+  Server *s = data;
+  VhuVring *vring = vhu_backend_get_vring(backend, qidx);
+  VhuElem *elem;
+
+  g_mutex_lock(&s->lock);
+  s->kicks++;
+  g_mutex_unlock(&s->lock);
+  while ((elem = vhu_vring_pop(vring, NULL)) != NULL) {
+    guint8 buf[RAW_SLOT_SIZE];
+    gsize n = vhu_elem_read(elem, 0, buf, MIN(sizeof buf, elem->in_len));
+
+    vhu_elem_write(elem, 0, buf, n);
+    vhu_vring_push(vring, elem, (guint32)n);
+  }
+  vhu_vring_notify(vring);
+}
+
+static void
+echo_get_config(gpointer data, guint8 *config, gsize size)
+{
+  Server *s = data;
+
+  memcpy(config, s->config, MIN(size, sizeof s->config));
+}
+
+static gboolean
+echo_set_config(gpointer data, guint32 offset, const guint8 *bytes, gsize size, guint32 flags,
+                GError **error)
+{
+  Server *s = data;
+
+  if (offset == 0 && size >= 1 && bytes[0] == 0xee) {
+    g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED, "read-only byte");
+    return FALSE;
+  }
+  memcpy(s->config + offset, bytes, size);
+  return TRUE;
+}
+
+static gboolean
+echo_device_request(gpointer data, guint32 request, const guint8 *payload, gsize size, int *fds,
+                    guint n_fds, GError **error)
+{
+  Server *s = data;
+
+  if (request != VHU_GPU_SET_SOCKET || n_fds != 1) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED, "request %u not for this device",
+                request);
+    return FALSE;
+  }
+  g_mutex_lock(&s->lock);
+  if (s->device_fd >= 0)
+    close(s->device_fd);
+  s->device_fd = fds[0];
+  fds[0] = -1;
+  g_mutex_unlock(&s->lock);
+  return TRUE;
+}
+
+static void
+echo_reset(gpointer data)
+{
+  Server *s = data;
+
+  g_mutex_lock(&s->lock);
+  s->resets++;
+  if (s->device_fd >= 0)
+    close(s->device_fd);
+  s->device_fd = -1;
+  g_mutex_unlock(&s->lock);
+}
+
+static void
+server_on_disconnect(gpointer data)
+{
+  Server *s = data;
+
+  g_mutex_lock(&s->lock);
+  s->disconnects++;
+  g_cond_broadcast(&s->cond);
+  g_mutex_unlock(&s->lock);
+}
+
+static gpointer
+server_thread(gpointer data)
+{
+  Server *s = data;
+
+  g_main_context_push_thread_default(s->ctx);
+  g_main_loop_run(s->loop);
+  g_main_context_pop_thread_default(s->ctx);
+  return NULL;
+}
+
+static Server *
+server_new_full(guint num_queues, const VhuBackendOptions *options, gboolean listen)
+{
+  g_autoptr(GError) error = NULL;
+  Server *s = g_new0(Server, 1);
+  VhuDeviceIface iface = {
+    .name = "echo",
+    .device_id = 0xfffe,
+    .num_queues = num_queues,
+    .max_queue_size = 256,
+    .features = BIT(0),
+    .config_size = sizeof s->config,
+    .get_config = echo_get_config,
+    .set_config = echo_set_config,
+    .queue_kick = echo_queue_kick,
+    .device_request = echo_device_request,
+    .reset = echo_reset,
+  };
+
+  for (guint i = 0; i < sizeof s->config; i++)
+    s->config[i] = (guint8)(0x10 + i);
+  g_mutex_init(&s->lock);
+  g_cond_init(&s->cond);
+  s->device_fd = -1;
+  s->ctx = g_main_context_new();
+  s->loop = g_main_loop_new(s->ctx, FALSE);
+  s->backend = vhu_backend_new(&iface, s, s->ctx, options);
+  vhu_backend_set_disconnect_func(s->backend, server_on_disconnect, s);
+  s->dir = make_tmpdir();
+  s->path = g_build_filename(s->dir, "sock", NULL);
+  if (listen) {
+    g_assert_true(vhu_backend_listen(s->backend, s->path, &error));
+    g_assert_no_error(error);
+  }
+  return s;
+}
+
+static void
+server_run(Server *s)
+{
+  s->thread = g_thread_new("control", server_thread, s);
+}
+
+static Server *
+server_new(guint num_queues)
+{
+  Server *s = server_new_full(num_queues, NULL, TRUE);
+
+  server_run(s);
+  return s;
+}
+
+static gboolean
+quit_idle(gpointer loop)
+{
+  g_main_loop_quit(loop);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+server_free(Server *s)
+{
+  if (s->thread != NULL) {
+    GSource *src = g_idle_source_new();
+
+    g_source_set_callback(src, quit_idle, s->loop, NULL);
+    g_source_attach(src, s->ctx);
+    g_source_unref(src);
+    g_thread_join(s->thread);
+  }
+  vhu_backend_free(s->backend);
+  g_assert_false(g_file_test(s->path, G_FILE_TEST_EXISTS));
+  if (s->device_fd >= 0)
+    close(s->device_fd);
+  g_main_loop_unref(s->loop);
+  g_main_context_unref(s->ctx);
+  g_rmdir(s->dir);
+  g_free(s->dir);
+  g_free(s->path);
+  g_mutex_clear(&s->lock);
+  g_cond_clear(&s->cond);
+  g_free(s);
+}
+
+static void
+server_wait_disconnects(Server *s, guint n)
+{
+  gint64 deadline = g_get_monotonic_time() + TIMEOUT_MS * G_TIME_SPAN_MILLISECOND;
+
+  g_mutex_lock(&s->lock);
+  while (s->disconnects < n)
+    if (!g_cond_wait_until(&s->cond, &s->lock, deadline))
+      break;
+  g_assert_cmpuint(s->disconnects, >=, n);
+  g_mutex_unlock(&s->lock);
+}
+
+typedef struct {
+  GMutex lock;
+  GCond cond;
+  gboolean done;
+} Barrier;
+
+static gboolean
+barrier_signal(gpointer data)
+{
+  Barrier *b = data;
+
+  g_mutex_lock(&b->lock);
+  b->done = TRUE;
+  g_cond_signal(&b->cond);
+  g_mutex_unlock(&b->lock);
+  return G_SOURCE_REMOVE;
+}
+
+/* Waits until @ctx dispatched everything queued before (deferred closes). */
+static void
+context_barrier(GMainContext *ctx)
+{
+  Barrier b = { 0 };
+  GSource *src = g_idle_source_new();
+  gint64 deadline = g_get_monotonic_time() + TIMEOUT_MS * G_TIME_SPAN_MILLISECOND;
+
+  g_mutex_init(&b.lock);
+  g_cond_init(&b.cond);
+  g_source_set_priority(src, G_PRIORITY_LOW);
+  g_source_set_callback(src, barrier_signal, &b, NULL);
+  g_source_attach(src, ctx);
+  g_source_unref(src);
+  g_mutex_lock(&b.lock);
+  while (!b.done)
+    if (!g_cond_wait_until(&b.cond, &b.lock, deadline))
+      break;
+  g_assert_true(b.done);
+  g_mutex_unlock(&b.lock);
+  g_mutex_clear(&b.lock);
+  g_cond_clear(&b.cond);
+}
+
+/* After the frontend left: the backend processed it, every fd it held for the
+ * session is closed, and a fresh frontend is served fully. */
+static void
+server_check_recovered(Server *s, guint disconnects, int fds_before)
+{
+  Raw *r;
+
+  server_wait_disconnects(s, disconnects);
+  context_barrier(vhu_backend_get_queue_context(s->backend));
+  if (count_fds() != fds_before)
+    dump_fds();
+  g_assert_cmpint(count_fds(), ==, fds_before);
+  g_assert_cmpuint(vhu_backend_get_status(s->backend), ==, 0);
+
+  r = raw_connect(s->path);
+  raw_init(r, G_MAXUINT64);
+  raw_start_10(r, 2);
+  raw_echo(r, 0, "fresh frontend, queue 0");
+  raw_echo(r, 1, "fresh frontend, queue 1");
+  raw_free(r);
+  server_wait_disconnects(s, disconnects + 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* /backend: in-process */
+
+static void
+test_backend_handshake(void)
+{
+  Server *s = server_new(2);
+  Raw *r = raw_connect(s->path);
+  guint64 features, protocol, v;
+  guint8 config[16];
+  struct {
+    guint32 offset, size, flags;
+    guint8 data[16];
+  } __attribute__((packed)) cfg = { .offset = 4, .size = 8 };
+
+  features = raw_get_u64(r, VHU_GET_FEATURES);
+  g_assert_cmphex(features, ==,
+                  BIT(0) | BIT(VHU_F_VERSION_1) | BIT(VHU_F_RING_INDIRECT_DESC)
+                      | BIT(VHU_F_RING_EVENT_IDX) | BIT(VHU_F_NOTIFY_ON_EMPTY)
+                      | BIT(VHU_F_PROTOCOL_FEATURES));
+  protocol = raw_get_u64(r, VHU_GET_PROTOCOL_FEATURES);
+  g_assert_cmphex(protocol, ==,
+                  BIT(VHU_PF_MQ) | BIT(VHU_PF_REPLY_ACK) | BIT(VHU_PF_CONFIG)
+                      | BIT(VHU_PF_BACKEND_REQ) | BIT(VHU_PF_CONFIGURE_MEM_SLOTS)
+                      | BIT(VHU_PF_RESET_DEVICE) | BIT(VHU_PF_STATUS) | BIT(VHU_PF_INFLIGHT_SHMFD));
+
+  /* Without REPLY_ACK negotiated, NEED_REPLY gets no ack: the next message
+   * from the backend is the reply to GET_QUEUE_NUM. */
+  v = 0;
+  raw_send(r, VHU_SET_PROTOCOL_FEATURES, VHU_FLAG_NEED_REPLY, &v, 8, NULL, 0);
+  raw_send(r, VHU_SET_OWNER, VHU_FLAG_NEED_REPLY, NULL, 0, NULL, 0);
+  g_assert_cmpuint(raw_get_u64(r, VHU_GET_QUEUE_NUM), ==, 2);
+
+  raw_send(r, VHU_SET_PROTOCOL_FEATURES, 0, &protocol, 8, NULL, 0);
+  r->protocol = protocol;
+  /* A getter with NEED_REPLY gets exactly one reply. */
+  raw_send(r, VHU_GET_FEATURES, VHU_FLAG_NEED_REPLY, NULL, 0, NULL, 0);
+  g_assert_cmpuint(raw_recv_ack(r, VHU_GET_FEATURES), ==, features);
+  g_assert_cmpuint(raw_get_u64(r, VHU_GET_MAX_MEM_SLOTS), ==, VHU_MAX_MEM_SLOTS);
+  g_assert_cmpuint(raw_acked(r, VHU_SET_OWNER, NULL, 0, NULL, 0), ==, 0);
+
+  /* Config: reply size equals request size, data from the device. */
+  raw_send(r, VHU_GET_CONFIG, 0, &cfg, 12 + 8, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, VHU_GET_CONFIG, &cfg, sizeof cfg, NULL), ==, 12 + 8);
+  g_assert_cmpuint(cfg.offset, ==, 4);
+  g_assert_cmpuint(cfg.size, ==, 8);
+  for (guint i = 0; i < 8; i++)
+    g_assert_cmpuint(cfg.data[i], ==, 0x14 + i);
+  cfg.offset = 0;
+  cfg.size = 2;
+  cfg.data[0] = 0x55;
+  cfg.data[1] = 0x66;
+  g_assert_cmpuint(raw_acked(r, VHU_SET_CONFIG, &cfg, 12 + 2, NULL, 0), ==, 0);
+  cfg.size = 16;
+  raw_send(r, VHU_GET_CONFIG, 0, &cfg, 12 + 16, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, VHU_GET_CONFIG, &cfg, sizeof cfg, NULL), ==, 12 + 16);
+  memcpy(config, cfg.data, 16);
+  g_assert_cmpuint(config[0], ==, 0x55);
+  g_assert_cmpuint(config[1], ==, 0x66);
+  g_assert_cmpuint(config[2], ==, 0x12);
+  /* The device refuses a write: ack 1, session goes on. */
+  cfg.size = 1;
+  cfg.data[0] = 0xee;
+  g_assert_cmpuint(raw_acked(r, VHU_SET_CONFIG, &cfg, 12 + 1, NULL, 0), ==, 1);
+
+  /* Status round trip. */
+  g_assert_cmpuint(raw_get_u64(r, VHU_GET_STATUS), ==, 0);
+  raw_u64_acked_ok(r, VHU_SET_STATUS, VHU_STATUS_ACKNOWLEDGE | VHU_STATUS_DRIVER);
+  g_assert_cmpuint(raw_get_u64(r, VHU_GET_STATUS), ==, VHU_STATUS_ACKNOWLEDGE | VHU_STATUS_DRIVER);
+  g_assert_cmpuint(vhu_backend_get_status(s->backend), ==,
+                   VHU_STATUS_ACKNOWLEDGE | VHU_STATUS_DRIVER);
+
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  server_free(s);
+}
+
+static void
+run_echo_session(Server *s, gboolean qemu72)
+{
+  Raw *r = raw_connect(s->path);
+  VhuVringState st = { .index = 0 };
+
+  raw_init(r, G_MAXUINT64);
+  if (qemu72)
+    raw_start_72(r, 2);
+  else
+    raw_start_10(r, 2);
+  for (guint i = 0; i < 5; i++) {
+    g_autofree char *text = g_strdup_printf("request %u", i);
+
+    raw_echo(r, i % 2, text);
+  }
+  /* Stop as QEMU does: disable, GET_VRING_BASE gives last_avail. */
+  st.num = 0;
+  raw_request(r, VHU_SET_VRING_ENABLE, &st, sizeof st, NULL, 0);
+  raw_send(r, VHU_GET_VRING_BASE, 0, &st, sizeof st, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, VHU_GET_VRING_BASE, &st, sizeof st, NULL), ==, 8);
+  g_assert_cmpuint(st.index, ==, 0);
+  g_assert_cmpuint(st.num, ==, 3);
+  /* Restart queue 0 where it stopped; requests flow again. */
+  raw_start_queue(r, 0, 3, !qemu72);
+  raw_echo(r, 0, "after restart");
+  raw_free(r);
+}
+
+static void
+test_backend_qemu72(void)
+{
+  Server *s = server_new(2);
+  int fds = count_fds();
+
+  run_echo_session(s, TRUE);
+  server_check_recovered(s, 1, fds);
+  server_free(s);
+}
+
+static void
+test_backend_qemu10(void)
+{
+  Server *s = server_new(2);
+  int fds = count_fds();
+
+  run_echo_session(s, FALSE);
+  server_check_recovered(s, 1, fds);
+  server_free(s);
+}
+
+/* Without PROTOCOL_FEATURES in SET_FEATURES, rings are enabled at once. */
+static void
+test_backend_no_protocol_features(void)
+{
+  Server *s = server_new(1);
+  Raw *r = raw_connect(s->path);
+  guint64 features = BIT(VHU_F_VERSION_1);
+
+  raw_get_u64(r, VHU_GET_FEATURES);
+  raw_send(r, VHU_SET_OWNER, 0, NULL, 0, NULL, 0);
+  raw_send(r, VHU_SET_FEATURES, 0, &features, 8, NULL, 0);
+  raw_set_mem_table(r);
+  {
+    RawQueue *q = &r->q[0];
+    VhuVringState num = { .index = 0, .num = q->num };
+    VhuVringState base = { .index = 0, .num = 0 };
+    VhuVringAddr addr = { .index = 0,
+                          .desc_user_addr = raw_uva(q->desc_gpa),
+                          .avail_user_addr = raw_uva(q->avail_gpa),
+                          .used_user_addr = raw_uva(q->used_gpa) };
+
+    q->kick = new_eventfd();
+    q->call = new_eventfd();
+    raw_send(r, VHU_SET_VRING_NUM, 0, &num, sizeof num, NULL, 0);
+    raw_send(r, VHU_SET_VRING_BASE, 0, &base, sizeof base, NULL, 0);
+    raw_send(r, VHU_SET_VRING_ADDR, 0, &addr, sizeof addr, NULL, 0);
+    raw_vring_fd(r, VHU_SET_VRING_CALL, 0, q->call);
+    raw_vring_fd(r, VHU_SET_VRING_KICK, 0, q->kick);
+  }
+  raw_echo(r, 0, "no SET_VRING_ENABLE needed");
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  server_free(s);
+}
+
+/* vhu_backend_kick runs queue_kick without a guest kick. */
+static void
+test_backend_kick_api(void)
+{
+  Server *s = server_new(2);
+  Raw *r = raw_connect(s->path);
+  guint32 id, len;
+  guint16 head;
+  int kick;
+
+  raw_init(r, G_MAXUINT64);
+  raw_start_10(r, 2);
+  kick = r->q[1].kick;
+  r->q[1].kick = -1; /* submit without kicking */
+  head = raw_submit(r, 1, "quiet", 6, 16);
+  vhu_backend_kick(s->backend, 1);
+  g_assert_true(raw_wait_used(r, 1, 1, TIMEOUT_MS));
+  raw_get_used(r, 1, &id, &len);
+  g_assert_cmpuint(id, ==, head);
+  g_assert_cmpuint(len, ==, 6);
+  r->q[1].kick = kick;
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  server_free(s);
+}
+
+/* RESET_DEVICE: rings stop, the device resets, status clears; restartable. */
+static void
+test_backend_reset_device(void)
+{
+  Server *s = server_new(2);
+  Raw *r = raw_connect(s->path);
+  int sv[2];
+  int fds;
+
+  raw_init(r, G_MAXUINT64);
+  raw_start_10(r, 2);
+  raw_echo(r, 0, "before reset");
+  /* A device request that keeps its fd. */
+  socketpair_or_die(sv);
+  fds = count_fds();
+  g_assert_cmpuint(raw_acked(r, VHU_GPU_SET_SOCKET, NULL, 0, &sv[1], 1), ==, 0);
+  close(sv[1]);
+  g_assert_cmpint(count_fds(), ==, fds); /* one closed here, one kept there */
+  g_mutex_lock(&s->lock);
+  g_assert_cmpint(s->device_fd, >=, 0);
+  g_mutex_unlock(&s->lock);
+
+  g_assert_cmpuint(raw_acked(r, VHU_RESET_DEVICE, NULL, 0, NULL, 0), ==, 0);
+  g_assert_cmpuint(raw_get_u64(r, VHU_GET_STATUS), ==, 0);
+  g_mutex_lock(&s->lock);
+  g_assert_cmpuint(s->resets, ==, 1);
+  g_assert_cmpint(s->device_fd, ==, -1);
+  g_mutex_unlock(&s->lock);
+  /* The peer of the device's socket sees it closed. */
+  g_assert_true(wait_readable(sv[0], TIMEOUT_MS));
+  close(sv[0]);
+
+  /* The memory table survives a device reset (QEMU does not resend it). */
+  raw_close_queue_fds(r);
+  raw_start_10_full(r, 2, FALSE);
+  raw_echo(r, 1, "after reset");
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  server_free(s);
+}
+
+/* A hostile exchange run against a fresh session. */
+typedef void (*HostileFunc)(Raw *r);
+
+static void
+run_hostile(HostileFunc func, gboolean init)
+{
+  Server *s = server_new(2);
+  int fds = count_fds();
+  Raw *r = raw_connect(s->path);
+
+  if (init)
+    raw_init(r, G_MAXUINT64);
+  func(r);
+  raw_free(r);
+  server_check_recovered(s, 1, fds);
+  server_free(s);
+}
+
+/* Sends @req without NEED_REPLY and expects the connection to be dropped
+ * with one warning naming the request. */
+static void
+expect_dropped(Raw *r, guint32 req, const void *payload, gsize size, const int *fds, guint n_fds)
+{
+  guint mark = log_mark();
+
+  raw_send(r, req, 0, payload, size, fds, n_fds);
+  g_assert_true(raw_closed(r, TIMEOUT_MS));
+  g_assert_cmpuint(log_count_since(mark, vhu_request_name(req)), ==, 1);
+}
+
+/* Sends @req with NEED_REPLY, expects ack 1, one warning, and a live
+ * session afterwards. */
+static void
+expect_nack(Raw *r, guint32 req, const void *payload, gsize size, const int *fds, guint n_fds)
+{
+  guint mark = log_mark();
+
+  g_assert_cmpuint(raw_acked(r, req, payload, size, fds, n_fds), ==, 1);
+  g_assert_cmpuint(log_count_since(mark, vhu_request_name(req)), ==, 1);
+  g_assert_cmpuint(raw_get_u64(r, VHU_GET_QUEUE_NUM), ==, 2);
+}
+
+static void
+hostile_unknown_id(Raw *r)
+{
+  expect_nack(r, 99, NULL, 0, NULL, 0);
+  expect_nack(r, VHU_VRING_KICK, NULL, 0, NULL, 0);
+  expect_dropped(r, 1000, NULL, 0, NULL, 0);
+}
+
+static void
+hostile_wrong_size(Raw *r)
+{
+  guint8 junk[64] = { 0 };
+
+  expect_nack(r, VHU_SET_FEATURES, junk, 4, NULL, 0);
+  expect_nack(r, VHU_SET_OWNER, junk, 8, NULL, 0);
+  expect_nack(r, VHU_SET_VRING_ADDR, junk, 39, NULL, 0);
+  expect_nack(r, VHU_SET_VRING_NUM, junk, 12, NULL, 0);
+  expect_nack(r, VHU_ADD_MEM_REG, junk, 32, &r->memfd, 1);
+  expect_nack(r, VHU_SET_MEM_TABLE, junk, 4, NULL, 0);
+  expect_nack(r, VHU_SET_CONFIG, junk, 11, NULL, 0);
+  expect_nack(r, VHU_SET_INFLIGHT_FD, junk, 20, &r->memfd, 1);
+  expect_dropped(r, VHU_SET_STATUS, junk, 2, NULL, 0);
+}
+
+/* Getters have their own reply: malformed ones drop the connection. */
+static void
+hostile_getter_size(Raw *r)
+{
+  guint64 v = 0;
+
+  expect_dropped(r, VHU_GET_FEATURES, &v, 8, NULL, 0);
+}
+
+static void
+hostile_getter_index(Raw *r)
+{
+  VhuVringState st = { .index = 2 };
+
+  expect_dropped(r, VHU_GET_VRING_BASE, &st, sizeof st, NULL, 0);
+}
+
+static void
+hostile_mem_table(Raw *r)
+{
+  struct {
+    guint32 nregions, padding;
+    VhuMemRegionDesc regions[9];
+  } __attribute__((packed)) table = { .nregions = 9 };
+  int fds[8];
+
+  for (guint i = 0; i < 8; i++)
+    fds[i] = r->memfd;
+  /* Nine regions (over the limit of eight). */
+  for (guint i = 0; i < 9; i++)
+    table.regions[i] = (VhuMemRegionDesc){ .guest_phys_addr = i * 0x10000ull,
+                                           .memory_size = 0x10000,
+                                           .userspace_addr = RAW_UVA_BASE + i * 0x10000ull,
+                                           .mmap_offset = i * 0x10000ull };
+  expect_nack(r, VHU_SET_MEM_TABLE, &table, 8 + 9 * 32, fds, 8);
+  /* Two regions, one fd; then two fds for one region. */
+  table.nregions = 2;
+  expect_nack(r, VHU_SET_MEM_TABLE, &table, 8 + 2 * 32, fds, 1);
+  table.nregions = 1;
+  expect_nack(r, VHU_SET_MEM_TABLE, &table, 8 + 32, fds, 2);
+  /* Overlapping regions. */
+  table.nregions = 2;
+  table.regions[1].guest_phys_addr = 0x8000;
+  expect_nack(r, VHU_SET_MEM_TABLE, &table, 8 + 2 * 32, fds, 2);
+  /* Region beyond the end of its fd (mmap of a 2 MiB memfd at 4 GiB). */
+  table.nregions = 1;
+  table.regions[0].mmap_offset = 1ull << 32;
+  expect_nack(r, VHU_SET_MEM_TABLE, &table, 8 + 32, fds, 1);
+  /* Size overflow. */
+  table.regions[0].mmap_offset = 0;
+  table.regions[0].memory_size = G_MAXUINT64;
+  expect_nack(r, VHU_SET_MEM_TABLE, &table, 8 + 32, fds, 1);
+  /* ADD_MEM_REG without fd, REM_MEM_REG of an unknown region. */
+  {
+    VhuMemSingleRegion reg = { .region = raw_regions[0] };
+
+    expect_nack(r, VHU_ADD_MEM_REG, &reg, sizeof reg, NULL, 0);
+    expect_nack(r, VHU_REM_MEM_REG, &reg, sizeof reg, NULL, 0);
+    /* Added twice: overlap. */
+    g_assert_cmpuint(raw_acked(r, VHU_ADD_MEM_REG, &reg, sizeof reg, &r->memfd, 1), ==, 0);
+    expect_nack(r, VHU_ADD_MEM_REG, &reg, sizeof reg, &r->memfd, 1);
+    /* A stray fd on REM_MEM_REG is tolerated (and closed). */
+    g_assert_cmpuint(raw_acked(r, VHU_REM_MEM_REG, &reg, sizeof reg, &r->memfd, 1), ==, 0);
+  }
+  table.nregions = 2;
+  table.regions[0] = raw_regions[0];
+  table.regions[1] = raw_regions[1];
+  expect_dropped(r, VHU_SET_MEM_TABLE, &table, 8 + 2 * 32, fds, 1);
+}
+
+static void
+hostile_rings(Raw *r)
+{
+  VhuVringState st = { .index = 2, .num = 16 };
+  VhuVringAddr addr = { .index = 0,
+                        .desc_user_addr = RAW_UVA_BASE + 0x500000,
+                        .avail_user_addr = RAW_UVA_BASE + 0x1000,
+                        .used_user_addr = RAW_UVA_BASE + 0x2000 };
+  guint64 v;
+  int efd = new_eventfd();
+
+  raw_set_mem_table(r);
+  /* Queue index out of range, for every ring message. */
+  expect_nack(r, VHU_SET_VRING_NUM, &st, sizeof st, NULL, 0);
+  expect_nack(r, VHU_SET_VRING_BASE, &st, sizeof st, NULL, 0);
+  expect_nack(r, VHU_SET_VRING_ENABLE, &st, sizeof st, NULL, 0);
+  v = 7;
+  expect_nack(r, VHU_SET_VRING_KICK, &v, 8, &efd, 1);
+  expect_nack(r, VHU_SET_VRING_CALL, &v, 8, &efd, 1);
+  expect_nack(r, VHU_SET_VRING_ERR, &v, 8, &efd, 1);
+  addr.index = 5;
+  expect_nack(r, VHU_SET_VRING_ADDR, &addr, sizeof addr, NULL, 0);
+  /* Bad ring sizes. */
+  st.index = 0;
+  st.num = 3;
+  expect_nack(r, VHU_SET_VRING_NUM, &st, sizeof st, NULL, 0);
+  st.num = 0;
+  expect_nack(r, VHU_SET_VRING_NUM, &st, sizeof st, NULL, 0);
+  st.num = 512; /* above the device's 256 */
+  expect_nack(r, VHU_SET_VRING_NUM, &st, sizeof st, NULL, 0);
+  st.num = 16;
+  g_assert_cmpuint(raw_acked(r, VHU_SET_VRING_NUM, &st, sizeof st, NULL, 0), ==, 0);
+  /* Ring address not mapped. */
+  addr.index = 0;
+  expect_nack(r, VHU_SET_VRING_ADDR, &addr, sizeof addr, NULL, 0);
+  /* Base out of range, enable value not 0/1. */
+  st.num = 0x10000;
+  expect_nack(r, VHU_SET_VRING_BASE, &st, sizeof st, NULL, 0);
+  st.num = 2;
+  expect_nack(r, VHU_SET_VRING_ENABLE, &st, sizeof st, NULL, 0);
+  /* fd missing, fd extra, unknown bits. */
+  v = 0;
+  expect_nack(r, VHU_SET_VRING_KICK, &v, 8, NULL, 0);
+  v = VHU_VRING_NOFD;
+  expect_nack(r, VHU_SET_VRING_CALL, &v, 8, &efd, 1);
+  v = 0x200;
+  expect_nack(r, VHU_SET_VRING_ERR, &v, 8, &efd, 1);
+  /* Kick on a ring that cannot start (no address). */
+  v = 1;
+  expect_nack(r, VHU_SET_VRING_KICK, &v, 8, &efd, 1);
+  close(efd);
+  v = 0;
+  expect_dropped(r, VHU_SET_VRING_KICK, &v, 8, NULL, 0);
+}
+
+static void
+hostile_fds(Raw *r)
+{
+  int fds[3] = { new_eventfd(), new_eventfd(), r->memfd };
+  guint64 v;
+
+  /* fds where none are expected. */
+  expect_nack(r, VHU_SET_OWNER, NULL, 0, fds, 3);
+  v = BIT(VHU_F_VERSION_1);
+  expect_nack(r, VHU_SET_FEATURES, &v, 8, fds, 1);
+  expect_nack(r, VHU_SET_BACKEND_REQ_FD, NULL, 0, NULL, 0);
+  expect_nack(r, VHU_SET_BACKEND_REQ_FD, NULL, 0, fds, 2);
+  /* Logging was not offered: refused, fds closed, session kept. */
+  {
+    guint64 log[2] = { 4096, 0 };
+    guint mark = log_mark();
+
+    g_assert_cmpuint(raw_acked(r, VHU_SET_LOG_BASE, log, sizeof log, fds, 1), ==, 1);
+    raw_send(r, VHU_SET_LOG_FD, 0, NULL, 0, fds, 1);
+    g_assert_cmpuint(raw_get_u64(r, VHU_GET_QUEUE_NUM), ==, 2);
+    g_assert_cmpuint(log_count_since(mark, "SET_LOG_"), ==, 2);
+  }
+  /* Getter with an fd: dropped. */
+  expect_dropped(r, VHU_GET_STATUS, NULL, 0, fds, 2);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+static void
+hostile_too_many_fds(Raw *r)
+{
+  int fds[10];
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof fds)];
+  } control;
+  VhuMsgHeader h = { .request = VHU_SET_OWNER, .flags = VHU_VERSION, .size = 0 };
+  struct iovec iov = { .iov_base = &h, .iov_len = sizeof h };
+  struct msghdr mh = { .msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = control.buf,
+                       .msg_controllen = sizeof control.buf };
+  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+  for (guint i = 0; i < G_N_ELEMENTS(fds); i++)
+    fds[i] = new_eventfd();
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof fds);
+  memcpy(CMSG_DATA(c), fds, sizeof fds);
+  g_assert_cmpint(sendmsg(r->sock, &mh, MSG_NOSIGNAL), ==, sizeof h);
+  for (guint i = 0; i < G_N_ELEMENTS(fds); i++)
+    close(fds[i]);
+  g_assert_true(raw_closed(r, TIMEOUT_MS));
+}
+
+static void
+hostile_header_only(Raw *r)
+{
+  VhuMsgHeader h = { .request = VHU_SET_FEATURES, .flags = VHU_VERSION, .size = 8 };
+
+  /* The header promises 8 bytes, then the frontend goes away. */
+  g_assert_cmpint(send(r->sock, &h, sizeof h, MSG_NOSIGNAL), ==, sizeof h);
+}
+
+static void
+hostile_stall(Raw *r)
+{
+  VhuMsgHeader h = { .request = VHU_SET_FEATURES, .flags = VHU_VERSION, .size = 8 };
+  gint64 t0 = g_get_monotonic_time();
+
+  /* Half a payload, then silence: dropped after the message timeout. */
+  g_assert_cmpint(send(r->sock, &h, sizeof h, MSG_NOSIGNAL), ==, sizeof h);
+  g_assert_cmpint(send(r->sock, "1234", 4, MSG_NOSIGNAL), ==, 4);
+  g_assert_true(raw_closed(r, TIMEOUT_MS));
+  g_assert_cmpint(g_get_monotonic_time() - t0, <, 4 * G_USEC_PER_SEC);
+}
+
+static void
+hostile_mid_message(Raw *r)
+{
+  VhuMsgHeader h = { .request = VHU_SET_MEM_TABLE, .flags = VHU_VERSION, .size = 72 };
+
+  raw_start_10(r, 2);
+  raw_echo(r, 0, "before");
+  g_assert_cmpint(send(r->sock, &h, sizeof h, MSG_NOSIGNAL), ==, sizeof h);
+  g_assert_cmpint(send(r->sock, "\2\0\0\0\0\0\0\0", 8, MSG_NOSIGNAL), ==, 8);
+}
+
+static void
+hostile_oversized(Raw *r)
+{
+  VhuMsgHeader h = { .request = VHU_SET_CONFIG, .flags = VHU_VERSION, .size = 1 << 20 };
+
+  g_assert_cmpint(send(r->sock, &h, sizeof h, MSG_NOSIGNAL), ==, sizeof h);
+  g_assert_true(raw_closed(r, TIMEOUT_MS));
+}
+
+static void
+hostile_bad_version(Raw *r)
+{
+  guint mark = log_mark();
+  VhuMsgHeader h = { .request = VHU_GET_FEATURES, .flags = 0x2, .size = 0 };
+
+  g_assert_cmpint(send(r->sock, &h, sizeof h, MSG_NOSIGNAL), ==, sizeof h);
+  g_assert_true(raw_closed(r, TIMEOUT_MS));
+  g_assert_cmpuint(log_count_since(mark, "version"), ==, 1);
+}
+
+static void
+hostile_config(Raw *r)
+{
+  struct {
+    guint32 offset, size, flags;
+    guint8 data[300];
+  } __attribute__((packed)) cfg = { .offset = 12, .size = 8 };
+
+  /* Out of range (12 + 8 > 16), zero size, size != payload: empty reply. */
+  raw_send(r, VHU_GET_CONFIG, 0, &cfg, 12 + 8, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, VHU_GET_CONFIG, NULL, 0, NULL), ==, 0);
+  cfg.offset = 0;
+  cfg.size = 0;
+  raw_send(r, VHU_GET_CONFIG, 0, &cfg, 12, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, VHU_GET_CONFIG, NULL, 0, NULL), ==, 0);
+  cfg.size = 4;
+  raw_send(r, VHU_GET_CONFIG, 0, &cfg, 12 + 8, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, VHU_GET_CONFIG, NULL, 0, NULL), ==, 0);
+  cfg.offset = G_MAXUINT32 - 1;
+  expect_nack(r, VHU_SET_CONFIG, &cfg, 12 + 4, NULL, 0);
+  cfg.offset = 0;
+  cfg.size = 257;
+  expect_nack(r, VHU_SET_CONFIG, &cfg, 12 + 257, NULL, 0);
+}
+
+static void
+hostile_features(Raw *r)
+{
+  guint64 v = BIT(VHU_F_VERSION_1) | BIT(VHU_F_PROTOCOL_FEATURES) | BIT(50);
+
+  /* Bits we never offered: refused. */
+  expect_nack(r, VHU_SET_FEATURES, &v, 8, NULL, 0);
+  v = BIT(VHU_PF_LOG_SHMFD) | BIT(VHU_PF_REPLY_ACK);
+  expect_nack(r, VHU_SET_PROTOCOL_FEATURES, &v, 8, NULL, 0);
+  /* ANY_LAYOUT and RING_RESET come through QEMU unfiltered: tolerated. */
+  v = BIT(VHU_F_VERSION_1) | BIT(VHU_F_PROTOCOL_FEATURES) | BIT(VHU_F_ANY_LAYOUT) | BIT(40);
+  raw_u64_acked_ok(r, VHU_SET_FEATURES, v);
+  v = 0x1ff;
+  expect_nack(r, VHU_SET_STATUS, &v, 8, NULL, 0);
+}
+
+static void
+hostile_inflight(Raw *r)
+{
+  VhuInflightMsg inf = { .num_queues = 2, .queue_size = 16 };
+  int fd = -1, unsealed;
+  struct stat st;
+
+  /* GET_INFLIGHT_FD: a sealed, zeroed memfd of the right size. */
+  raw_send(r, VHU_GET_INFLIGHT_FD, 0, &inf, sizeof inf, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, VHU_GET_INFLIGHT_FD, &inf, sizeof inf, &fd), ==, sizeof inf);
+  g_assert_cmpint(fd, >=, 0);
+  g_assert_cmpuint(inf.mmap_offset, ==, 0);
+  g_assert_cmpuint(inf.num_queues, ==, 2);
+  g_assert_cmpuint(inf.queue_size, ==, 16);
+  g_assert_cmpint(fstat(fd, &st), ==, 0);
+  g_assert_cmpuint(inf.mmap_size, ==, st.st_size);
+  g_assert_cmpuint(inf.mmap_size, >=, 2 * (16 + 16 * 16));
+  g_assert_true(fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK);
+  g_assert_cmpint(ftruncate(fd, 0), <, 0);
+  /* Bad requests: an empty answer without fd. */
+  inf.num_queues = 3;
+  raw_send(r, VHU_GET_INFLIGHT_FD, 0, &inf, sizeof inf, NULL, 0);
+  inf.mmap_size = 1;
+  g_assert_cmpuint(raw_recv(r, VHU_GET_INFLIGHT_FD, &inf, sizeof inf, NULL), ==, sizeof inf);
+  g_assert_cmpuint(inf.mmap_size, ==, 0);
+  inf = (VhuInflightMsg){ .num_queues = 2, .queue_size = 24 };
+  raw_send(r, VHU_GET_INFLIGHT_FD, 0, &inf, sizeof inf, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, VHU_GET_INFLIGHT_FD, &inf, sizeof inf, NULL), ==, sizeof inf);
+  g_assert_cmpuint(inf.mmap_size, ==, 0);
+
+  /* SET_INFLIGHT_FD: too large for the fd, unsealed fd, missing fd. */
+  inf = (VhuInflightMsg){ .mmap_size = 1 << 20, .num_queues = 2, .queue_size = 16 };
+  expect_nack(r, VHU_SET_INFLIGHT_FD, &inf, sizeof inf, &fd, 1);
+  inf.mmap_size = st.st_size;
+  unsealed = memfd_create("unsealed", MFD_CLOEXEC);
+  g_assert_cmpint(ftruncate(unsealed, st.st_size), ==, 0);
+  expect_nack(r, VHU_SET_INFLIGHT_FD, &inf, sizeof inf, &unsealed, 1);
+  close(unsealed);
+  expect_nack(r, VHU_SET_INFLIGHT_FD, &inf, sizeof inf, NULL, 0);
+  inf.mmap_offset = G_MAXUINT64;
+  expect_nack(r, VHU_SET_INFLIGHT_FD, &inf, sizeof inf, &fd, 1);
+  /* The real thing works. */
+  inf.mmap_offset = 0;
+  g_assert_cmpuint(raw_acked(r, VHU_SET_INFLIGHT_FD, &inf, sizeof inf, &fd, 1), ==, 0);
+  close(fd);
+  raw_start_10(r, 2);
+  raw_echo(r, 0, "with inflight tracking");
+}
+
+static void
+test_hostile(gconstpointer data)
+{
+  run_hostile((HostileFunc)data, TRUE);
+}
+
+static void
+test_hostile_noinit(gconstpointer data)
+{
+  run_hostile((HostileFunc)data, FALSE);
+}
+
+/* Hostile messages after the queues run: the rings stop and a frontend
+ * served next starts from scratch. */
+static void
+hostile_running_then_garbage(Raw *r)
+{
+  raw_start_10(r, 2);
+  raw_echo(r, 1, "running");
+  expect_dropped(r, 77, "xx", 2, NULL, 0);
+}
+
+/* One frontend at a time: a second waits in the backlog until the first
+ * leaves. */
+static void
+test_backend_backlog(void)
+{
+  Server *s = server_new(2);
+  Raw *a = raw_connect(s->path);
+  Raw *b = raw_connect(s->path);
+
+  raw_init(a, G_MAXUINT64);
+  raw_send(b, VHU_GET_QUEUE_NUM, 0, NULL, 0, NULL, 0);
+  raw_start_10(a, 2);
+  raw_echo(a, 0, "first frontend");
+  /* b is not served while a is connected (checked after a's full round
+   * trip, which the backend handled after b's request arrived). */
+  g_assert_false(wait_readable(b->sock, 0));
+  raw_free(a);
+  g_assert_cmpuint(raw_recv_ack(b, VHU_GET_QUEUE_NUM), ==, 2);
+  raw_init(b, G_MAXUINT64);
+  raw_start_72(b, 2);
+  raw_echo(b, 1, "second frontend");
+  raw_free(b);
+  server_wait_disconnects(s, 2);
+  server_free(s);
+}
+
+static void
+test_backend_single_client(void)
+{
+  VhuBackendOptions options = { .single_client = TRUE };
+  Server *s = server_new_full(2, &options, TRUE);
+  Raw *r;
+
+  server_run(s);
+  r = raw_connect(s->path);
+  raw_init(r, G_MAXUINT64);
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  g_assert_false(vhu_backend_is_serving(s->backend));
+  server_free(s);
+}
+
+static void
+test_backend_serve_fd(void)
+{
+  g_autoptr(GError) error = NULL;
+  Server *s = server_new_full(2, NULL, FALSE);
+  int sv[2];
+  Raw *r = raw_new();
+
+  socketpair_or_die(sv);
+  g_assert_true(vhu_backend_serve_fd(s->backend, sv[0], &error));
+  g_assert_no_error(error);
+  server_run(s);
+  r->sock = sv[1];
+  raw_init(r, G_MAXUINT64);
+  raw_start_10(r, 2);
+  raw_echo(r, 1, "over an inherited fd");
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  g_assert_false(vhu_backend_is_serving(s->backend));
+  server_free(s);
+
+  /* Not a stream socket: refused (and the fd is taken). */
+  s = server_new_full(1, NULL, FALSE);
+  g_assert_false(vhu_backend_serve_fd(s->backend, new_eventfd(), &error));
+  g_assert_nonnull(error);
+  server_free(s);
+}
+
+static void
+test_backend_socket_file(void)
+{
+  g_autoptr(GError) error = NULL;
+  VhuBackendOptions options = { .socket_mode = 0660 };
+  Server *s = server_new_full(1, NULL, FALSE);
+  struct stat st;
+  int fd;
+
+  /* A regular file is never replaced. */
+  g_assert_true(g_file_set_contents(s->path, "precious", -1, NULL));
+  g_assert_false(vhu_backend_listen(s->backend, s->path, &error));
+  g_assert_error(error, G_IO_ERROR, G_IO_ERROR_EXISTS);
+  g_clear_error(&error);
+  g_unlink(s->path);
+
+  /* A stale socket is; the new one is 0600. */
+  fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  {
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+
+    g_strlcpy(addr.sun_path, s->path, sizeof addr.sun_path);
+    g_assert_cmpint(bind(fd, (struct sockaddr *)&addr, sizeof addr), ==, 0);
+  }
+  close(fd);
+  g_assert_true(vhu_backend_listen(s->backend, s->path, &error));
+  g_assert_no_error(error);
+  g_assert_cmpint(lstat(s->path, &st), ==, 0);
+  g_assert_true(S_ISSOCK(st.st_mode));
+  g_assert_cmpint(st.st_mode & 0777, ==, 0600);
+  /* Listening twice is refused. */
+  g_assert_false(vhu_backend_listen(s->backend, s->path, &error));
+  g_clear_error(&error);
+  server_free(s);
+
+  s = server_new_full(1, &options, TRUE);
+  g_assert_cmpint(lstat(s->path, &st), ==, 0);
+  g_assert_cmpint(st.st_mode & 0777, ==, 0660);
+  server_free(s);
+}
+
+/* The guest breaks queue 0: NEEDS_RESET, err fd signalled, one log line;
+ * queue 1 keeps working; a restart of the queue clears the ring. */
+static void
+test_backend_broken_ring(void)
+{
+  Server *s = server_new(2);
+  Raw *r = raw_connect(s->path);
+  RawQueue *q;
+  guint64 one = 1, v;
+  guint mark;
+  int err = new_eventfd();
+
+  raw_init(r, G_MAXUINT64);
+  raw_start_10(r, 2);
+  raw_vring_fd(r, VHU_SET_VRING_ERR, 0, err);
+  raw_echo(r, 0, "healthy");
+  mark = log_mark();
+
+  /* A descriptor that loops onto itself. */
+  q = &r->q[0];
+  q->desc[4]
+      = (struct vring_desc){ .addr = q->buf_gpa, .len = 16, .flags = VRING_DESC_F_NEXT, .next = 4 };
+  q->avail->ring[q->avail_idx % q->num] = 4;
+  q->avail_idx++;
+  __atomic_store_n(&q->avail->idx, q->avail_idx, __ATOMIC_RELEASE);
+  g_assert_cmpint(write(q->kick, &one, 8), ==, 8);
+  g_assert_true(wait_readable(err, TIMEOUT_MS));
+  g_assert_cmpint(read(err, &v, 8), ==, 8);
+  g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS) & VHU_STATUS_NEEDS_RESET, ==,
+                  VHU_STATUS_NEEDS_RESET);
+  raw_echo(r, 1, "other queue still works");
+  /* More kicks on the broken ring: no more log lines, nothing used. */
+  g_assert_cmpint(write(q->kick, &one, 8), ==, 8);
+  raw_echo(r, 1, "still fine");
+  g_assert_cmpuint(log_count_since(mark, "corrupted"), ==, 1);
+  /* Status writes keep NEEDS_RESET until the driver writes 0. */
+  raw_u64_acked_ok(r, VHU_SET_STATUS, VHU_STATUS_DRIVER_OK);
+  g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS), ==,
+                  VHU_STATUS_DRIVER_OK | VHU_STATUS_NEEDS_RESET);
+  raw_u64_acked_ok(r, VHU_SET_STATUS, 0);
+  g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS), ==, 0);
+  close(err);
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  server_free(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* /null: the vhu-null-backend program */
+
+typedef struct {
+  GSubprocess *proc;
+  char *dir;
+  char *path;
+} NullProc;
+
+static const char *
+null_backend_path(void)
+{
+  const char *path = g_getenv("VHU_NULL_BACKEND");
+
+  if (path == NULL || !g_file_test(path, G_FILE_TEST_IS_EXECUTABLE)) {
+    g_test_skip("VHU_NULL_BACKEND is not set (run through meson test)");
+    return NULL;
+  }
+  return path;
+}
+
+/* Reads one stdout line of @proc (byte by byte, so nothing is read ahead)
+ * within the timeout and checks it. */
+static void
+expect_line(GSubprocess *proc, const char *expected)
+{
+  GInputStream *out = g_subprocess_get_stdout_pipe(proc);
+  int fd = g_unix_input_stream_get_fd(G_UNIX_INPUT_STREAM(out));
+  char line[64] = { 0 };
+  gsize n = 0;
+
+  while (n < sizeof line - 1) {
+    g_assert_true(wait_readable(fd, TIMEOUT_MS));
+    g_assert_cmpint(read(fd, line + n, 1), ==, 1);
+    if (line[n] == '\n') {
+      line[n] = 0;
+      break;
+    }
+    n++;
+  }
+  g_assert_cmpstr(line, ==, expected);
+}
+
+static void
+wait_ready(GSubprocess *proc)
+{
+  expect_line(proc, "ready");
+}
+
+static GSubprocess *
+spawn_null(GSubprocessLauncher *launcher, const char *const *extra)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) argv = g_ptr_array_new();
+  GSubprocess *proc;
+
+  g_ptr_array_add(argv, (gpointer)null_backend_path());
+  for (guint i = 0; extra[i] != NULL; i++)
+    g_ptr_array_add(argv, (gpointer)extra[i]);
+  g_ptr_array_add(argv, NULL);
+  proc = g_subprocess_launcher_spawnv(launcher, (const char *const *)argv->pdata, &error);
+  g_assert_no_error(error);
+  wait_ready(proc);
+  return proc;
+}
+
+static NullProc *
+null_start(const char *dir, const char *const *extra)
+{
+  g_autoptr(GSubprocessLauncher) launcher
+      = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE);
+  NullProc *p = g_new0(NullProc, 1);
+  g_autoptr(GPtrArray) args = g_ptr_array_new();
+
+  p->dir = dir != NULL ? g_strdup(dir) : make_tmpdir();
+  p->path = g_build_filename(p->dir, "null.sock", NULL);
+  g_ptr_array_add(args, (gpointer) "--socket-path");
+  g_ptr_array_add(args, p->path);
+  for (guint i = 0; extra != NULL && extra[i] != NULL; i++)
+    g_ptr_array_add(args, (gpointer)extra[i]);
+  g_ptr_array_add(args, NULL);
+  p->proc = spawn_null(launcher, (const char *const *)args->pdata);
+  return p;
+}
+
+static void
+on_wait_done(GObject *obj, GAsyncResult *res, gpointer data)
+{
+  gboolean *done = data;
+
+  g_subprocess_wait_finish(G_SUBPROCESS(obj), res, NULL);
+  *done = TRUE;
+}
+
+static gboolean
+on_timeout_flag(gpointer data)
+{
+  *(gboolean *)data = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+/* Waits for @proc to exit (with a timeout); returns its exit status, -1 for a
+ * signal. */
+static int
+wait_exit(GSubprocess *proc)
+{
+  gboolean done = FALSE, timed_out = FALSE;
+  GSource *timeout = g_timeout_source_new(TIMEOUT_MS);
+
+  g_source_set_callback(timeout, on_timeout_flag, &timed_out, NULL);
+  g_source_attach(timeout, NULL);
+  g_subprocess_wait_async(proc, NULL, on_wait_done, &done);
+  while (!done && !timed_out)
+    g_main_context_iteration(NULL, TRUE);
+  g_source_destroy(timeout);
+  g_source_unref(timeout);
+  g_assert_true(done);
+  if (!g_subprocess_get_if_exited(proc))
+    return -1;
+  return g_subprocess_get_exit_status(proc);
+}
+
+static void
+null_stop(NullProc *p, gboolean keep_dir)
+{
+  g_subprocess_send_signal(p->proc, SIGTERM);
+  g_assert_cmpint(wait_exit(p->proc), ==, 0);
+  g_assert_false(g_file_test(p->path, G_FILE_TEST_EXISTS));
+  g_object_unref(p->proc);
+  if (!keep_dir)
+    g_rmdir(p->dir);
+  g_free(p->dir);
+  g_free(p->path);
+  g_free(p);
+}
+
+static void
+test_null_frontend(void)
+{
+  g_autoptr(GError) error = NULL;
+  NullProc *p;
+  VhuFrontend *fe;
+  const guint sizes[2] = { 64, 16 };
+  guint8 config[16], status = 0;
+
+  if (null_backend_path() == NULL)
+    return;
+  p = null_start(NULL, NULL);
+  fe = vhu_frontend_connect(p->path, &error);
+  g_assert_no_error(error);
+  g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(vhu_frontend_get_num_queues(fe), ==, 2);
+  g_assert_true(vhu_frontend_has_protocol_feature(fe, VHU_PF_CONFIG));
+  g_assert_true(vhu_frontend_get_config(fe, 0, config, sizeof config, &error));
+  g_assert_no_error(error);
+  for (guint i = 0; i < 16; i++)
+    g_assert_cmpuint(config[i], ==, 0xa0 + i);
+  g_assert_true(vhu_frontend_add_region(fe, 0x100000, 4 << 20, &error));
+  g_assert_no_error(error);
+  g_assert_true(vhu_frontend_start(fe, G_MAXUINT64, sizes, 2, &error));
+  g_assert_no_error(error);
+  for (guint round = 0; round < 3; round++) {
+    for (guint qi = 0; qi < 2; qi++) {
+      g_autofree char *req = g_strdup_printf("round %u queue %u", round, qi);
+      char resp[64] = { 0 };
+      gssize n = vhu_driver_queue_transact(vhu_frontend_get_queue(fe, qi), req, strlen(req) + 1,
+                                           resp, sizeof resp, &error);
+
+      g_assert_no_error(error);
+      g_assert_cmpint(n, ==, strlen(req) + 1);
+      g_assert_cmpstr(resp, ==, req);
+    }
+  }
+  g_assert_true(vhu_frontend_get_status(fe, &status, &error));
+  g_assert_no_error(error);
+  g_assert_true(status & VHU_STATUS_DRIVER_OK);
+  g_assert_false(status & VHU_STATUS_NEEDS_RESET);
+  g_assert_true(vhu_frontend_stop(fe, &error));
+  g_assert_no_error(error);
+  vhu_frontend_free(fe);
+
+  /* The next frontend starts from a clean device. */
+  fe = vhu_frontend_connect(p->path, &error);
+  g_assert_no_error(error);
+  g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
+  g_assert_true(vhu_frontend_get_status(fe, &status, &error));
+  g_assert_cmpuint(status, ==, 0);
+  vhu_frontend_free(fe);
+  null_stop(p, FALSE);
+}
+
+/* Raw QEMU 7.2 sequence plus hostile traffic against the real process. */
+static void
+test_null_hostile_then_fresh(void)
+{
+  NullProc *p;
+  Raw *r;
+
+  if (null_backend_path() == NULL)
+    return;
+  p = null_start(NULL, NULL);
+  r = raw_connect(p->path);
+  raw_init(r, G_MAXUINT64);
+  raw_start_72(r, 2);
+  raw_echo(r, 0, "7.2 style");
+  raw_send(r, 4242, 0, NULL, 0, &r->memfd, 1);
+  g_assert_true(raw_closed(r, TIMEOUT_MS));
+  raw_free(r);
+
+  r = raw_connect(p->path);
+  {
+    VhuMsgHeader h = { .request = VHU_SET_FEATURES, .flags = VHU_VERSION, .size = 8 };
+
+    g_assert_cmpint(send(r->sock, &h, sizeof h, MSG_NOSIGNAL), ==, sizeof h);
+    g_assert_true(raw_closed(r, TIMEOUT_MS));
+  }
+  raw_free(r);
+
+  r = raw_connect(p->path);
+  raw_init(r, G_MAXUINT64);
+  raw_start_10(r, 2);
+  raw_echo(r, 1, "10 style after hostile frontends");
+  raw_free(r);
+  null_stop(p, FALSE);
+}
+
+/* The guest corrupts queue 0 through the frontend library's raw ring
+ * access; queue 1 keeps working and GET_STATUS reports NEEDS_RESET. */
+static void
+test_null_broken_ring(void)
+{
+  g_autoptr(GError) error = NULL;
+  const guint sizes[2] = { 16, 16 };
+  NullProc *p;
+  VhuFrontend *fe;
+  VhuDriverQueue *q0;
+  struct vring_desc *desc;
+  struct vring_avail *avail;
+  guint8 status = 0;
+  int err = new_eventfd();
+  guint64 v, one = 1;
+  char resp[32];
+
+  if (null_backend_path() == NULL) {
+    close(err);
+    return;
+  }
+  p = null_start(NULL, NULL);
+  fe = vhu_frontend_connect(p->path, &error);
+  g_assert_no_error(error);
+  g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
+  g_assert_true(vhu_frontend_add_region(fe, 0, 1 << 20, &error));
+  g_assert_true(vhu_frontend_start(fe, G_MAXUINT64, sizes, 2, &error));
+  g_assert_no_error(error);
+  v = 0;
+  g_assert_true(vhu_frontend_request(fe, VHU_SET_VRING_ERR, &v, 8, &err, 1, &error));
+  g_assert_no_error(error);
+
+  /* Descriptor 0 points outside guest memory. */
+  q0 = vhu_frontend_get_queue(fe, 0);
+  desc = vhu_driver_queue_desc_table(q0);
+  avail = vhu_driver_queue_avail(q0);
+  desc[0] = (struct vring_desc){ .addr = 0x40000000, .len = 64, .flags = 0 };
+  avail->ring[avail->idx % vhu_driver_queue_size(q0)] = 0;
+  __atomic_store_n(&avail->idx, (guint16)(avail->idx + 1), __ATOMIC_RELEASE);
+  v = 0;
+  /* Kick through SET_VRING_KICK's fd is private to the library; ask the
+   * backend to look with a fresh kick fd instead. */
+  {
+    int kick = new_eventfd();
+
+    g_assert_true(vhu_frontend_request(fe, VHU_SET_VRING_KICK, &v, 8, &kick, 1, &error));
+    g_assert_no_error(error);
+    g_assert_cmpint(write(kick, &one, 8), ==, 8);
+    g_assert_true(wait_readable(err, TIMEOUT_MS));
+    close(kick);
+  }
+  g_assert_true(vhu_frontend_get_status(fe, &status, &error));
+  g_assert_true(status & VHU_STATUS_NEEDS_RESET);
+  g_assert_cmpint(
+      vhu_driver_queue_transact(vhu_frontend_get_queue(fe, 1), "q1", 3, resp, sizeof resp, &error),
+      ==, 3);
+  g_assert_no_error(error);
+  g_assert_cmpstr(resp, ==, "q1");
+  vhu_frontend_free(fe);
+  close(err);
+  null_stop(p, FALSE);
+}
+
+static void
+test_null_once_and_fd(void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GSubprocessLauncher) launcher = NULL;
+  const char *args[] = { "--fd", "3", "--queues", "1", NULL };
+  const guint sizes[1] = { 8 };
+  GSubprocess *proc;
+  VhuFrontend *fe;
+  NullProc *p;
+  char resp[16];
+  int sv[2];
+
+  if (null_backend_path() == NULL)
+    return;
+  /* --once: exits 0 after the first frontend. */
+  {
+    const char *once[] = { "--once", NULL };
+    Raw *r;
+
+    p = null_start(NULL, once);
+    r = raw_connect(p->path);
+    raw_init(r, G_MAXUINT64);
+    raw_free(r);
+    g_assert_cmpint(wait_exit(p->proc), ==, 0);
+    g_assert_false(g_file_test(p->path, G_FILE_TEST_EXISTS));
+    g_object_unref(p->proc);
+    g_rmdir(p->dir);
+    g_free(p->dir);
+    g_free(p->path);
+    g_free(p);
+  }
+
+  /* --fd: serves the inherited socket, exits 0 when it closes. */
+  socketpair_or_die(sv);
+  launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE);
+  g_subprocess_launcher_take_fd(launcher, sv[1], 3);
+  proc = spawn_null(launcher, args);
+  fe = vhu_frontend_new_from_fd(sv[0]);
+  g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
+  g_assert_true(vhu_frontend_add_region(fe, 0, 1 << 20, &error));
+  g_assert_true(vhu_frontend_start(fe, G_MAXUINT64, sizes, 1, &error));
+  g_assert_no_error(error);
+  g_assert_cmpint(
+      vhu_driver_queue_transact(vhu_frontend_get_queue(fe, 0), "fd", 3, resp, sizeof resp, &error),
+      ==, 3);
+  g_assert_no_error(error);
+  vhu_frontend_free(fe);
+  g_assert_cmpint(wait_exit(proc), ==, 0);
+  g_object_unref(proc);
+}
+
+/* Requests popped but never completed survive a kill -9 of the backend:
+ * the restarted one resubmits them from the inflight buffer. */
+static void
+test_null_inflight_restart(void)
+{
+  const char *hold[] = { "--hold-queue", "1", NULL };
+  VhuInflightMsg inf = { .num_queues = 2, .queue_size = RAW_QSIZE };
+  g_autofree char *dir = NULL;
+  NullProc *p;
+  Raw *r;
+  int inflight_fd = -1;
+  guint16 heads[3];
+  guint32 id, len;
+  gboolean seen[3] = { FALSE };
+
+  if (null_backend_path() == NULL)
+    return;
+  dir = make_tmpdir();
+  p = null_start(dir, hold);
+  r = raw_connect(p->path);
+  raw_init(r, G_MAXUINT64);
+  raw_send(r, VHU_GET_INFLIGHT_FD, 0, &inf, sizeof inf, NULL, 0);
+  g_assert_cmpuint(raw_recv(r, VHU_GET_INFLIGHT_FD, &inf, sizeof inf, &inflight_fd), ==,
+                   sizeof inf);
+  g_assert_cmpint(inflight_fd, >=, 0);
+  g_assert_cmpuint(raw_acked(r, VHU_SET_INFLIGHT_FD, &inf, sizeof inf, &inflight_fd, 1), ==, 0);
+  raw_start_10(r, 2);
+  for (guint i = 0; i < 3; i++) {
+    g_autofree char *text = g_strdup_printf("held %u", i);
+
+    heads[i] = raw_submit(r, 1, text, (guint32)strlen(text) + 1, 32);
+  }
+  raw_echo(r, 0, "queue 0 unaffected");
+  /* The device took all three (and never completes them). */
+  {
+    guint total = 0;
+
+    while (total < 3) {
+      char buf[32];
+      guint q;
+
+      /* One line per batch: "held 1 N". */
+      GInputStream *out = g_subprocess_get_stdout_pipe(p->proc);
+      int fd = g_unix_input_stream_get_fd(G_UNIX_INPUT_STREAM(out));
+      gsize n = 0;
+
+      memset(buf, 0, sizeof buf);
+      while (n < sizeof buf - 1) {
+        g_assert_true(wait_readable(fd, TIMEOUT_MS));
+        g_assert_cmpint(read(fd, buf + n, 1), ==, 1);
+        if (buf[n++] == '\n')
+          break;
+      }
+      g_assert_cmpint(sscanf(buf, "held %u %u", &q, &total), ==, 2);
+      g_assert_cmpuint(q, ==, 1);
+    }
+    g_assert_cmpuint(total, ==, 3);
+  }
+  raw_disconnect(r);
+  g_subprocess_force_exit(p->proc);
+  g_assert_cmpint(wait_exit(p->proc), ==, -1);
+  g_object_unref(p->proc);
+  g_free(p->path);
+  g_free(p->dir);
+  g_free(p);
+
+  /* Restart without --hold-queue; reconnect with the same guest memory and
+   * inflight buffer.  The frontend (like QEMU) cannot know which requests
+   * were popped: it restores last_avail from the used index. */
+  p = null_start(dir, NULL);
+  r->sock = connect_unix(p->path);
+  raw_init(r, G_MAXUINT64);
+  g_assert_cmpuint(raw_acked(r, VHU_SET_INFLIGHT_FD, &inf, sizeof inf, &inflight_fd, 1), ==, 0);
+  {
+    guint64 features = BIT(VHU_F_VERSION_1) | BIT(VHU_F_PROTOCOL_FEATURES);
+
+    raw_request(r, VHU_SET_FEATURES, &features, 8, NULL, 0);
+    raw_add_mem_regs(r);
+    raw_start_queue(r, 0, __atomic_load_n(&r->q[0].used->idx, __ATOMIC_ACQUIRE), TRUE);
+    raw_start_queue(r, 1, __atomic_load_n(&r->q[1].used->idx, __ATOMIC_ACQUIRE), TRUE);
+  }
+  g_assert_true(raw_wait_used(r, 1, 3, TIMEOUT_MS));
+  for (guint i = 0; i < 3; i++) {
+    raw_get_used(r, 1, &id, &len);
+    for (guint j = 0; j < 3; j++) {
+      if (id == heads[j]) {
+        g_autofree char *text = g_strdup_printf("held %u", j);
+
+        g_assert_false(seen[j]);
+        seen[j] = TRUE;
+        g_assert_cmpuint(len, ==, strlen(text) + 1);
+        g_assert_cmpstr((const char *)raw_in_buf(r, 1, heads[j]), ==, text);
+      }
+    }
+  }
+  g_assert_true(seen[0] && seen[1] && seen[2]);
+  /* Nothing completed twice; new requests still flow. */
+  raw_echo(r, 1, "after recovery");
+  close(inflight_fd);
+  raw_free(r);
+  null_stop(p, FALSE);
+}
+
+int
+main(int argc, char **argv)
+{
+  g_test_init(&argc, &argv, NULL);
+  log_lines = g_ptr_array_new_with_free_func(g_free);
+  g_log_set_handler("vhost", G_LOG_LEVEL_MASK | G_LOG_FLAG_FATAL, capture_log, NULL);
+  /* The backend's warnings about hostile input are expected and checked
+   * through the capture; criticals stay fatal. */
+  g_log_set_always_fatal(G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL);
+  signal(SIGPIPE, SIG_IGN);
+
+  g_test_add_func("/msg/roundtrip", test_msg_roundtrip);
+  g_test_add_func("/msg/hostile", test_msg_hostile);
+  g_test_add_func("/msg/closed-peer", test_msg_closed_peer);
+  g_test_add_func("/msg/request-names", test_request_names);
+
+  g_test_add_func("/backend/handshake", test_backend_handshake);
+  g_test_add_func("/backend/qemu72-start", test_backend_qemu72);
+  g_test_add_func("/backend/qemu10-start", test_backend_qemu10);
+  g_test_add_func("/backend/no-protocol-features", test_backend_no_protocol_features);
+  g_test_add_func("/backend/kick-api", test_backend_kick_api);
+  g_test_add_func("/backend/reset-device", test_backend_reset_device);
+  g_test_add_func("/backend/backlog", test_backend_backlog);
+  g_test_add_func("/backend/single-client", test_backend_single_client);
+  g_test_add_func("/backend/serve-fd", test_backend_serve_fd);
+  g_test_add_func("/backend/socket-file", test_backend_socket_file);
+  g_test_add_func("/backend/broken-ring", test_backend_broken_ring);
+  g_test_add_data_func("/backend/hostile/unknown-id", hostile_unknown_id, test_hostile);
+  g_test_add_data_func("/backend/hostile/wrong-size", hostile_wrong_size, test_hostile);
+  g_test_add_data_func("/backend/hostile/getter-size", hostile_getter_size, test_hostile);
+  g_test_add_data_func("/backend/hostile/getter-index", hostile_getter_index, test_hostile);
+  g_test_add_data_func("/backend/hostile/mem-table", hostile_mem_table, test_hostile);
+  g_test_add_data_func("/backend/hostile/rings", hostile_rings, test_hostile);
+  g_test_add_data_func("/backend/hostile/fds", hostile_fds, test_hostile);
+  g_test_add_data_func("/backend/hostile/too-many-fds", hostile_too_many_fds, test_hostile);
+  g_test_add_data_func("/backend/hostile/header-only", hostile_header_only, test_hostile_noinit);
+  g_test_add_data_func("/backend/hostile/stall", hostile_stall, test_hostile);
+  g_test_add_data_func("/backend/hostile/mid-message", hostile_mid_message, test_hostile);
+  g_test_add_data_func("/backend/hostile/oversized", hostile_oversized, test_hostile_noinit);
+  g_test_add_data_func("/backend/hostile/bad-version", hostile_bad_version, test_hostile_noinit);
+  g_test_add_data_func("/backend/hostile/config", hostile_config, test_hostile);
+  g_test_add_data_func("/backend/hostile/features", hostile_features, test_hostile);
+  g_test_add_data_func("/backend/hostile/inflight", hostile_inflight, test_hostile);
+  g_test_add_data_func("/backend/hostile/running-then-garbage", hostile_running_then_garbage,
+                       test_hostile);
+
+  g_test_add_func("/null/frontend", test_null_frontend);
+  g_test_add_func("/null/hostile-then-fresh", test_null_hostile_then_fresh);
+  g_test_add_func("/null/broken-ring", test_null_broken_ring);
+  g_test_add_func("/null/once-and-fd", test_null_once_and_fd);
+  g_test_add_func("/null/inflight-restart", test_null_inflight_restart);
+
+  return g_test_run();
+}
