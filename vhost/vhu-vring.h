@@ -50,6 +50,11 @@ guint vhu_vring_size (const VhuVring *vring);
 gboolean vhu_vring_is_started (const VhuVring *vring);
 gboolean vhu_vring_is_enabled (const VhuVring *vring);
 gboolean vhu_vring_is_broken (const VhuVring *vring);
+/* The index of the next request to pop (SET_VRING_BASE's value right after a
+ * start).  A device can tell a driver that re-initialised its rings (base 0
+ * at start: guest reboot, driver rebind) from a VM that resumes (the base it
+ * had); also declared in vhu-vring-private.h. */
+guint16 vhu_vring_get_base (const VhuVring *vring);
 
 /* Next available request; NULL with no error when the ring is empty (or not
  * started/enabled), NULL with VHU_VRING_ERROR_BROKEN when the guest broke it. */

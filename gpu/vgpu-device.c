@@ -1,0 +1,1211 @@
+/* vgpu-device.c: virtio-gpu 2D device model. */
+#include "vgpu-device.h"
+
+#include <gio/gio.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "vgpu-edid.h"
+
+G_STATIC_ASSERT(G_BYTE_ORDER == G_LITTLE_ENDIAN); /* virtio fields are used as host order */
+
+/* Kinds of guest errors, each rate-limited on its own. */
+typedef enum {
+  GE_SHORT_REQUEST,
+  GE_SHORT_RESPONSE,
+  GE_UNKNOWN_COMMAND,
+  GE_RESOURCE_ID,
+  GE_RESOURCE_EXISTS,
+  GE_FORMAT,
+  GE_SIZE,
+  GE_HOSTMEM,
+  GE_RESOURCE_COUNT,
+  GE_SCANOUT_ID,
+  GE_RECT,
+  GE_NO_BACKING,
+  GE_BACKING_ATTACHED,
+  GE_BACKING_ENTRIES,
+  GE_BACKING_UNMAPPED,
+  GE_TRANSFER_RANGE,
+  GE_CURSOR,
+  GE_DISPLAY_REPLY,
+  GE_N_KINDS
+} GuestError;
+
+#define LOG_INTERVAL_US (60 * G_USEC_PER_SEC)
+
+typedef struct {
+  struct iovec *iov;
+  guint64 *starts; /* offset of iov[i] within the backing */
+  guint n;
+  guint64 size;
+  VhuMemTable *mem; /* keeps the mappings alive */
+} Backing;
+
+typedef struct {
+  guint32 id;
+  VgpuImage *image;
+  Backing *backing;
+  gboolean has_uuid;
+  guint8 uuid[16];
+} Resource;
+
+typedef struct {
+  guint32 resource_id; /* 0: disabled */
+  VgpuRect rect;
+  VgpuImage *image;
+  gboolean full_pending; /* next flush sends the whole scanout */
+  gboolean cursor_defined;
+  guint32 cursor_x, cursor_y;
+} Scanout;
+
+typedef enum {
+  QUERY_DISPLAY_INFO,
+  QUERY_EDID,
+} QueryKind;
+
+typedef struct _Pending Pending;
+
+struct _VgpuQuery {
+  Pending *pending; /* NULL once cancelled */
+};
+
+typedef union {
+  struct virtio_gpu_ctrl_hdr hdr;
+  struct virtio_gpu_resp_display_info display_info;
+  struct virtio_gpu_resp_edid edid;
+  struct virtio_gpu_resp_resource_uuid uuid;
+} Response;
+
+struct _Pending {
+  VhuElem *elem;
+  struct virtio_gpu_ctrl_hdr req;
+  QueryKind kind;
+  guint32 scanout;
+  gboolean ready;
+  gboolean fenced;
+  VgpuQuery *query;
+  Response resp;
+  gsize resp_len;
+};
+
+typedef struct {
+  const VgpuSinkIface *iface;
+  gpointer sink;
+} Sink;
+
+struct _VgpuDevice {
+  VgpuDeviceConfig config;
+  VgpuDeviceOps ops;
+  gpointer ops_data;
+  VgpuHostmem *hostmem;
+  VgpuNotify *idle_notify;
+  GHashTable *resources; /* id -> Resource */
+  Scanout scanouts[VGPU_MAX_SCANOUTS];
+  GArray *sinks;  /* Sink */
+  GQueue pending; /* Pending, in submission order */
+  guint64 features;
+  guint32 events_read;
+  VgpuDeviceStats stats;
+  gint64 last_log[GE_N_KINDS];
+  guint64 suppressed[GE_N_KINDS];
+};
+
+/* Rate-limited log line for a guest error: the first of each kind, then one
+ * a minute with the number suppressed meanwhile. */
+G_GNUC_PRINTF(3, 4)
+static void
+guest_error(VgpuDevice *dev, GuestError kind, const char *format, ...)
+{
+  gint64 now = g_get_monotonic_time();
+  g_autofree char *msg = NULL;
+  va_list args;
+
+  if (dev->last_log[kind] != 0 && now - dev->last_log[kind] < LOG_INTERVAL_US) {
+    dev->suppressed[kind]++;
+    return;
+  }
+  va_start(args, format);
+  msg = g_strdup_vprintf(format, args);
+  va_end(args);
+  if (dev->suppressed[kind] > 0)
+    g_warning("guest: %s (%" G_GUINT64_FORMAT " similar errors suppressed)", msg,
+              dev->suppressed[kind]);
+  else
+    g_warning("guest: %s", msg);
+  dev->last_log[kind] = now;
+  dev->suppressed[kind] = 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Backing */
+
+static void
+backing_free(Backing *b)
+{
+  if (!b)
+    return;
+  g_free(b->iov);
+  g_free(b->starts);
+  if (b->mem)
+    vhu_mem_table_unref(b->mem);
+  g_free(b);
+}
+
+/* Appends @n iovecs, merging with the previous one when contiguous. */
+static void
+append_iov(GArray *arr, const struct iovec *iov, guint n)
+{
+  for (guint i = 0; i < n; i++) {
+    if (arr->len > 0) {
+      struct iovec *last = &g_array_index(arr, struct iovec, arr->len - 1);
+
+      if ((guint8 *)last->iov_base + last->iov_len == iov[i].iov_base) {
+        last->iov_len += iov[i].iov_len;
+        continue;
+      }
+    }
+    g_array_append_val(arr, iov[i]);
+  }
+}
+
+static Backing *
+backing_new(VhuMemTable *mem, const struct virtio_gpu_mem_entry *ents, guint n, GuestError *err,
+            guint *bad)
+{
+  g_autoptr(GArray) arr = g_array_new(FALSE, FALSE, sizeof(struct iovec));
+  Backing *b;
+  guint64 size = 0;
+
+  for (guint i = 0; i < n; i++) {
+    struct iovec tmp[VHU_MAX_MEM_SLOTS];
+    int k;
+
+    if (ents[i].length == 0)
+      continue;
+    k = mem ? vhu_mem_gpa_to_iov(mem, ents[i].addr, ents[i].length, tmp, G_N_ELEMENTS(tmp)) : -1;
+    if (k < 0) {
+      *err = GE_BACKING_UNMAPPED;
+      *bad = i;
+      return NULL;
+    }
+    if (!g_uint64_checked_add(&size, size, ents[i].length)) {
+      *err = GE_BACKING_ENTRIES;
+      *bad = i;
+      return NULL;
+    }
+    append_iov(arr, tmp, (guint)k);
+  }
+  b = g_new0(Backing, 1);
+  b->n = arr->len;
+  b->size = size;
+  b->starts = g_new(guint64, MAX(b->n, 1u));
+  for (guint64 i = 0, off = 0; i < b->n; i++) {
+    b->starts[i] = off;
+    off += g_array_index(arr, struct iovec, i).iov_len;
+  }
+  b->iov = (struct iovec *)(void *)g_array_free(g_steal_pointer(&arr), FALSE);
+  b->mem = vhu_mem_table_ref(mem);
+  return b;
+}
+
+/* Copies [offset, offset + len) of the backing, which the caller checked
+ * lies inside it. */
+static void
+backing_read(const Backing *b, guint64 offset, guint8 *dst, gsize len)
+{
+  guint lo = 0, hi = b->n;
+
+  /* Last iovec starting at or before @offset. */
+  while (hi - lo > 1) {
+    guint mid = lo + (hi - lo) / 2;
+
+    if (b->starts[mid] <= offset)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  for (guint i = lo; i < b->n && len > 0; i++) {
+    guint64 skip = offset > b->starts[i] ? offset - b->starts[i] : 0;
+    gsize chunk;
+
+    if (skip >= b->iov[i].iov_len)
+      continue;
+    chunk = MIN(len, b->iov[i].iov_len - skip);
+    memcpy(dst, (const guint8 *)b->iov[i].iov_base + skip, chunk);
+    dst += chunk;
+    len -= chunk;
+    offset += chunk;
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Resources and sinks */
+
+static void
+resource_free(gpointer data)
+{
+  Resource *res = data;
+
+  backing_free(res->backing);
+  vgpu_image_unref(res->image);
+  g_free(res);
+}
+
+static Resource *
+find_resource(VgpuDevice *dev, guint32 id)
+{
+  return id ? g_hash_table_lookup(dev->resources, GUINT_TO_POINTER(id)) : NULL;
+}
+
+static void
+sinks_set_scanout(VgpuDevice *dev, guint id)
+{
+  Scanout *s = &dev->scanouts[id];
+
+  for (guint i = 0; i < dev->sinks->len; i++) {
+    Sink *k = &g_array_index(dev->sinks, Sink, i);
+
+    if (k->iface->set_scanout)
+      k->iface->set_scanout(k->sink, id, s->image, s->image ? &s->rect : NULL);
+  }
+}
+
+static void
+sinks_update(VgpuDevice *dev, guint id, const VgpuRect *rect)
+{
+  Scanout *s = &dev->scanouts[id];
+
+  for (guint i = 0; i < dev->sinks->len; i++) {
+    Sink *k = &g_array_index(dev->sinks, Sink, i);
+
+    if (k->iface->update)
+      k->iface->update(k->sink, id, s->image, rect, rect->x - s->rect.x, rect->y - s->rect.y);
+  }
+}
+
+static void
+sinks_cursor_move(VgpuDevice *dev, guint id, gboolean visible)
+{
+  Scanout *s = &dev->scanouts[id];
+
+  for (guint i = 0; i < dev->sinks->len; i++) {
+    Sink *k = &g_array_index(dev->sinks, Sink, i);
+
+    if (k->iface->cursor_move)
+      k->iface->cursor_move(k->sink, id, s->cursor_x, s->cursor_y, visible);
+  }
+}
+
+static void
+disable_scanout(VgpuDevice *dev, guint id)
+{
+  Scanout *s = &dev->scanouts[id];
+
+  if (s->resource_id == 0)
+    return;
+  s->resource_id = 0;
+  s->rect = (VgpuRect){ 0, 0, 0, 0 };
+  s->full_pending = FALSE;
+  g_clear_pointer(&s->image, vgpu_image_unref);
+  sinks_set_scanout(dev, id);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Responses and completion */
+
+static void
+resp_init(Response *resp, const struct virtio_gpu_ctrl_hdr *req, guint32 type)
+{
+  memset(&resp->hdr, 0, sizeof resp->hdr);
+  resp->hdr.type = type;
+  if (req->flags & VIRTIO_GPU_FLAG_FENCE) {
+    resp->hdr.flags = VIRTIO_GPU_FLAG_FENCE;
+    resp->hdr.fence_id = req->fence_id;
+    resp->hdr.ctx_id = req->ctx_id;
+    if (req->flags & VIRTIO_GPU_FLAG_INFO_RING_IDX) {
+      resp->hdr.flags |= VIRTIO_GPU_FLAG_INFO_RING_IDX;
+      resp->hdr.ring_idx = req->ring_idx;
+    }
+  }
+}
+
+static void
+complete_ctrl(VgpuDevice *dev, VhuElem *elem, const struct virtio_gpu_ctrl_hdr *req,
+              const Response *resp, gsize len)
+{
+  gsize written = vhu_elem_write(elem, 0, resp, len);
+
+  if (written < len)
+    guest_error(dev, GE_SHORT_RESPONSE,
+                "response buffer of %zu bytes too small for %zu (command 0x%x)", elem->in_len, len,
+                req->type);
+  if (resp->hdr.type >= VIRTIO_GPU_RESP_ERR_UNSPEC)
+    dev->stats.errors++;
+  if (req->flags & VIRTIO_GPU_FLAG_FENCE)
+    dev->stats.fences++;
+  dev->ops.complete(dev->ops_data, VGPU_CTRL_QUEUE, elem, (guint32)written);
+}
+
+/* Completes what may complete: ready requests without a fence at once, a
+ * ready fenced request only when nothing before it is still outstanding. */
+static void
+drain_pending(VgpuDevice *dev)
+{
+  gboolean blocked = FALSE;
+  GList *l = dev->pending.head;
+
+  while (l) {
+    GList *next = l->next;
+    Pending *p = l->data;
+
+    if (p->ready && (!p->fenced || !blocked)) {
+      g_queue_delete_link(&dev->pending, l);
+      complete_ctrl(dev, p->elem, &p->req, &p->resp, p->resp_len);
+      g_free(p);
+    } else {
+      blocked = TRUE;
+    }
+    l = next;
+  }
+}
+
+static void
+fill_display_info(VgpuDevice *dev, Response *resp, const struct virtio_gpu_resp_display_info *from)
+{
+  struct virtio_gpu_resp_display_info *info = &resp->display_info;
+
+  memset(info->pmodes, 0, sizeof info->pmodes);
+  for (guint i = 0; i < dev->config.num_scanouts; i++) {
+    if (from) {
+      info->pmodes[i] = from->pmodes[i];
+    } else {
+      info->pmodes[i].r.width = dev->config.width;
+      info->pmodes[i].r.height = dev->config.height;
+      info->pmodes[i].enabled = 1;
+    }
+  }
+}
+
+static void
+fill_edid(VgpuDevice *dev, Response *resp, guint32 scanout, const struct virtio_gpu_resp_edid *from)
+{
+  struct virtio_gpu_resp_edid *edid = &resp->edid;
+
+  memset(edid->edid, 0, sizeof edid->edid);
+  edid->padding = 0;
+  if (from) {
+    edid->size = from->size;
+    memcpy(edid->edid, from->edid, from->size);
+  } else {
+    edid->size = VGPU_EDID_SIZE;
+    vgpu_edid_generate(dev->config.width, dev->config.height, scanout + 1, edid->edid);
+  }
+}
+
+/* Fills @p's answer from a display's @reply, or from the configuration. */
+static void
+pending_answer(VgpuDevice *dev, Pending *p, const void *reply, gsize size)
+{
+  if (p->kind == QUERY_DISPLAY_INFO) {
+    const struct virtio_gpu_resp_display_info *info = reply;
+
+    if (reply && (size < sizeof *info || info->hdr.type != VIRTIO_GPU_RESP_OK_DISPLAY_INFO)) {
+      guest_error(dev, GE_DISPLAY_REPLY, "display sent a bad display info reply (%zu bytes)", size);
+      info = NULL;
+    }
+    if (!info)
+      dev->stats.display_query_fallbacks++;
+    fill_display_info(dev, &p->resp, info);
+  } else {
+    const struct virtio_gpu_resp_edid *edid = reply;
+
+    if (reply
+        && (size < offsetof(struct virtio_gpu_resp_edid, edid)
+            || edid->hdr.type != VIRTIO_GPU_RESP_OK_EDID || edid->size == 0
+            || edid->size > sizeof edid->edid
+            || size < offsetof(struct virtio_gpu_resp_edid, edid) + edid->size)) {
+      guest_error(dev, GE_DISPLAY_REPLY, "display sent a bad EDID reply (%zu bytes)", size);
+      edid = NULL;
+    }
+    if (!edid)
+      dev->stats.display_query_fallbacks++;
+    fill_edid(dev, &p->resp, p->scanout, edid);
+  }
+  p->ready = TRUE;
+}
+
+/* Asks the first sink able to answer; FALSE when none is. */
+static gboolean
+pending_query(VgpuDevice *dev, Pending *p)
+{
+  for (guint i = 0; i < dev->sinks->len; i++) {
+    Sink *k = &g_array_index(dev->sinks, Sink, i);
+    VgpuQuery *q;
+    gboolean asked = FALSE;
+
+    if (!(p->kind == QUERY_DISPLAY_INFO ? (gpointer)k->iface->query_display_info
+                                        : (gpointer)k->iface->query_edid))
+      continue;
+    /* Linked before asking, so that an answer given too early (a sink
+     * dropping its connection while sending) still finds its request. */
+    q = g_new0(VgpuQuery, 1);
+    q->pending = p;
+    p->query = q;
+    if (p->kind == QUERY_DISPLAY_INFO)
+      asked = k->iface->query_display_info(k->sink, q);
+    else
+      asked = k->iface->query_edid(k->sink, p->scanout, q);
+    if (asked) {
+      dev->stats.display_queries++;
+      return TRUE;
+    }
+    if (p->query == q) {
+      p->query = NULL;
+      g_free(q);
+    }
+  }
+  return FALSE;
+}
+
+void
+vgpu_device_query_done(VgpuDevice *dev, VgpuQuery *query, const void *reply, gsize size)
+{
+  Pending *p = query->pending;
+
+  g_free(query);
+  if (!p)
+    return; /* cancelled by a flush or reset */
+  p->query = NULL;
+  pending_answer(dev, p, reply, size);
+  drain_pending(dev);
+}
+
+static void
+cancel_query(Pending *p)
+{
+  if (p->query) {
+    p->query->pending = NULL;
+    p->query = NULL;
+  }
+}
+
+void
+vgpu_device_flush(VgpuDevice *dev)
+{
+  for (GList *l = dev->pending.head; l; l = l->next) {
+    Pending *p = l->data;
+
+    if (!p->ready) {
+      cancel_query(p);
+      pending_answer(dev, p, NULL, 0);
+    }
+  }
+  drain_pending(dev);
+}
+
+static void
+discard_pending(VgpuDevice *dev)
+{
+  Pending *p;
+
+  while ((p = g_queue_pop_head(&dev->pending))) {
+    cancel_query(p);
+    dev->ops.discard(dev->ops_data, VGPU_CTRL_QUEUE, p->elem);
+    g_free(p);
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Control commands.  Each returns the response type (or an error) and may
+ * fill extra response fields; TRANSFER may ask to wait instead. */
+
+typedef union {
+  struct virtio_gpu_ctrl_hdr hdr;
+  struct virtio_gpu_resource_create_2d create_2d;
+  struct virtio_gpu_resource_unref unref;
+  struct virtio_gpu_set_scanout set_scanout;
+  struct virtio_gpu_resource_flush flush;
+  struct virtio_gpu_transfer_to_host_2d transfer;
+  struct virtio_gpu_resource_attach_backing attach;
+  struct virtio_gpu_resource_detach_backing detach;
+  struct virtio_gpu_cmd_get_edid get_edid;
+  struct virtio_gpu_resource_assign_uuid assign_uuid;
+} Request;
+
+#define RESULT_WAIT 0u /* not a response type: the request must wait */
+
+static guint32
+bad_resource(VgpuDevice *dev, const char *what, guint32 id)
+{
+  guest_error(dev, GE_RESOURCE_ID, "%s: invalid resource id %u", what, id);
+  return VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID;
+}
+
+static guint32
+cmd_create_2d(VgpuDevice *dev, const struct virtio_gpu_resource_create_2d *c)
+{
+  g_autoptr(GError) error = NULL;
+  guint max = dev->config.max_resources ? dev->config.max_resources : VGPU_DEFAULT_MAX_RESOURCES;
+  guint64 charge;
+  Resource *res;
+  VgpuImage *image;
+
+  if (c->resource_id == 0)
+    return bad_resource(dev, "RESOURCE_CREATE_2D", 0);
+  if (find_resource(dev, c->resource_id)) {
+    guest_error(dev, GE_RESOURCE_EXISTS, "RESOURCE_CREATE_2D: resource %u already exists",
+                c->resource_id);
+    return VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID;
+  }
+  if (!vgpu_format_is_valid(c->format)) {
+    guest_error(dev, GE_FORMAT, "RESOURCE_CREATE_2D: unknown format %u", c->format);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  if (!vgpu_image_size_for(c->width, c->height, &charge)) {
+    guest_error(dev, GE_SIZE, "RESOURCE_CREATE_2D: invalid size %ux%u", c->width, c->height);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  if (g_hash_table_size(dev->resources) >= max) {
+    guest_error(dev, GE_RESOURCE_COUNT, "RESOURCE_CREATE_2D: limit of %u resources reached", max);
+    return VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+  }
+  image = vgpu_image_new(dev->hostmem, c->format, c->width, c->height, &error);
+  if (!image) {
+    guest_error(dev, GE_HOSTMEM, "RESOURCE_CREATE_2D %u: %s", c->resource_id, error->message);
+    return g_error_matches(error, VGPU_IMAGE_ERROR, VGPU_IMAGE_ERROR_INVALID)
+               ? VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER
+               : VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+  }
+  vgpu_image_set_idle_notify(image, dev->idle_notify);
+  res = g_new0(Resource, 1);
+  res->id = c->resource_id;
+  res->image = image;
+  g_hash_table_insert(dev->resources, GUINT_TO_POINTER(res->id), res);
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static guint32
+cmd_unref(VgpuDevice *dev, const struct virtio_gpu_resource_unref *c)
+{
+  Resource *res = find_resource(dev, c->resource_id);
+
+  if (!res)
+    return bad_resource(dev, "RESOURCE_UNREF", c->resource_id);
+  for (guint i = 0; i < dev->config.num_scanouts; i++) {
+    if (dev->scanouts[i].resource_id == res->id)
+      disable_scanout(dev, i);
+  }
+  g_hash_table_remove(dev->resources, GUINT_TO_POINTER(res->id));
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static gboolean
+rect_equal(const VgpuRect *a, const VgpuRect *b)
+{
+  return a->x == b->x && a->y == b->y && a->width == b->width && a->height == b->height;
+}
+
+static guint32
+cmd_set_scanout(VgpuDevice *dev, const struct virtio_gpu_set_scanout *c)
+{
+  VgpuRect r = { c->r.x, c->r.y, c->r.width, c->r.height };
+  Resource *res;
+  Scanout *s;
+
+  if (c->scanout_id >= dev->config.num_scanouts) {
+    guest_error(dev, GE_SCANOUT_ID, "SET_SCANOUT: invalid scanout id %u", c->scanout_id);
+    return VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID;
+  }
+  s = &dev->scanouts[c->scanout_id];
+  if (c->resource_id == 0) {
+    disable_scanout(dev, c->scanout_id);
+    return VIRTIO_GPU_RESP_OK_NODATA;
+  }
+  res = find_resource(dev, c->resource_id);
+  if (!res)
+    return bad_resource(dev, "SET_SCANOUT", c->resource_id);
+  if (r.width == 0 || r.height == 0
+      || !vgpu_rect_inside(&r, res->image->width, res->image->height)) {
+    guest_error(dev, GE_RECT, "SET_SCANOUT: rectangle %ux%u+%u+%u outside resource %u (%ux%u)",
+                r.width, r.height, r.x, r.y, res->id, res->image->width, res->image->height);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  if (s->resource_id == res->id && rect_equal(&s->rect, &r))
+    return VIRTIO_GPU_RESP_OK_NODATA;
+  s->resource_id = res->id;
+  s->rect = r;
+  s->full_pending = TRUE;
+  if (s->image != res->image) {
+    g_clear_pointer(&s->image, vgpu_image_unref);
+    s->image = vgpu_image_ref(res->image);
+  }
+  sinks_set_scanout(dev, c->scanout_id);
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static guint32
+cmd_flush(VgpuDevice *dev, const struct virtio_gpu_resource_flush *c)
+{
+  VgpuRect r = { c->r.x, c->r.y, c->r.width, c->r.height };
+  Resource *res = find_resource(dev, c->resource_id);
+
+  if (!res)
+    return bad_resource(dev, "RESOURCE_FLUSH", c->resource_id);
+  if (!vgpu_rect_inside(&r, res->image->width, res->image->height)) {
+    guest_error(dev, GE_RECT, "RESOURCE_FLUSH: rectangle %ux%u+%u+%u outside resource %u (%ux%u)",
+                r.width, r.height, r.x, r.y, res->id, res->image->width, res->image->height);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  for (guint i = 0; i < dev->config.num_scanouts; i++) {
+    Scanout *s = &dev->scanouts[i];
+    VgpuRect part;
+
+    if (s->resource_id != res->id)
+      continue;
+    if (s->full_pending) {
+      part = s->rect;
+      s->full_pending = FALSE;
+    } else if (!vgpu_rect_intersect(&r, &s->rect, &part)) {
+      continue;
+    }
+    sinks_update(dev, i, &part);
+  }
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static guint32
+cmd_transfer(VgpuDevice *dev, const struct virtio_gpu_transfer_to_host_2d *c)
+{
+  VgpuRect r = { c->r.x, c->r.y, c->r.width, c->r.height };
+  Resource *res = find_resource(dev, c->resource_id);
+  VgpuImage *img;
+  guint64 row_bytes, end;
+
+  if (!res)
+    return bad_resource(dev, "TRANSFER_TO_HOST_2D", c->resource_id);
+  img = res->image;
+  if (!vgpu_rect_inside(&r, img->width, img->height)) {
+    guest_error(dev, GE_RECT,
+                "TRANSFER_TO_HOST_2D: rectangle %ux%u+%u+%u outside resource %u (%ux%u)", r.width,
+                r.height, r.x, r.y, res->id, img->width, img->height);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  if (!res->backing) {
+    guest_error(dev, GE_NO_BACKING, "TRANSFER_TO_HOST_2D: resource %u has no backing", res->id);
+    return VIRTIO_GPU_RESP_ERR_UNSPEC;
+  }
+  if (r.width == 0 || r.height == 0)
+    return VIRTIO_GPU_RESP_OK_NODATA;
+  /* Row h comes from offset + h * stride; the last byte read must lie in
+   * the backing.  Both factors are < 2^32, so only the sums can overflow. */
+  row_bytes = (guint64)r.width * 4u;
+  if (!g_uint64_checked_add(&end, c->offset, (guint64)(r.height - 1) * img->stride)
+      || !g_uint64_checked_add(&end, end, row_bytes) || end > res->backing->size) {
+    guest_error(dev, GE_TRANSFER_RANGE,
+                "TRANSFER_TO_HOST_2D: offset %" G_GUINT64_FORMAT
+                " + %ux%u rows beyond the %" G_GUINT64_FORMAT "-byte backing of resource %u",
+                (guint64)c->offset, r.width, r.height, res->backing->size, res->id);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  if (vgpu_image_is_busy(img)) {
+    dev->stats.stalls++;
+    return RESULT_WAIT;
+  }
+  if (r.x == 0 && r.width == img->width) {
+    /* Whole rows: one contiguous copy. */
+    backing_read(res->backing, c->offset, img->data + (gsize)r.y * img->stride,
+                 (gsize)r.height * img->stride);
+  } else {
+    for (guint32 h = 0; h < r.height; h++)
+      backing_read(res->backing, c->offset + (guint64)h * img->stride,
+                   img->data + (gsize)(r.y + h) * img->stride + (gsize)r.x * 4u, row_bytes);
+  }
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static guint32
+cmd_attach_backing(VgpuDevice *dev, VhuElem *elem,
+                   const struct virtio_gpu_resource_attach_backing *c)
+{
+  g_autofree struct virtio_gpu_mem_entry *ents = NULL;
+  Resource *res = find_resource(dev, c->resource_id);
+  GuestError err = GE_BACKING_ENTRIES;
+  gsize bytes, need;
+  guint bad = 0;
+
+  if (!res)
+    return bad_resource(dev, "RESOURCE_ATTACH_BACKING", c->resource_id);
+  if (res->backing) {
+    guest_error(dev, GE_BACKING_ATTACHED,
+                "RESOURCE_ATTACH_BACKING: resource %u already has backing", res->id);
+    return VIRTIO_GPU_RESP_ERR_UNSPEC;
+  }
+  if (c->nr_entries == 0 || c->nr_entries > VGPU_MAX_BACKING_ENTRIES) {
+    guest_error(dev, GE_BACKING_ENTRIES,
+                "RESOURCE_ATTACH_BACKING: %u entries for resource %u (1..%u allowed)",
+                c->nr_entries, res->id, VGPU_MAX_BACKING_ENTRIES);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  bytes = (gsize)c->nr_entries * sizeof *ents;
+  need = sizeof *c + bytes;
+  if (elem->out_len < need) {
+    guest_error(dev, GE_BACKING_ENTRIES,
+                "RESOURCE_ATTACH_BACKING: %u entries announced, request holds %zu bytes of %zu",
+                c->nr_entries, elem->out_len, need);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  ents = g_malloc(bytes);
+  if (vhu_elem_read(elem, sizeof *c, ents, bytes) != bytes) {
+    guest_error(dev, GE_BACKING_ENTRIES, "RESOURCE_ATTACH_BACKING: truncated entries");
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  res->backing = backing_new(elem->mem, ents, c->nr_entries, &err, &bad);
+  if (!res->backing) {
+    guest_error(dev, err,
+                "RESOURCE_ATTACH_BACKING: entry %u (0x%" G_GINT64_MODIFIER "x, %u bytes) of "
+                "resource %u is not in guest memory",
+                bad, (guint64)ents[bad].addr, ents[bad].length, res->id);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static guint32
+cmd_detach_backing(VgpuDevice *dev, const struct virtio_gpu_resource_detach_backing *c)
+{
+  Resource *res = find_resource(dev, c->resource_id);
+
+  if (!res)
+    return bad_resource(dev, "RESOURCE_DETACH_BACKING", c->resource_id);
+  g_clear_pointer(&res->backing, backing_free);
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static guint32
+cmd_assign_uuid(VgpuDevice *dev, const struct virtio_gpu_resource_assign_uuid *c, Response *resp)
+{
+  Resource *res = find_resource(dev, c->resource_id);
+
+  if (!res)
+    return bad_resource(dev, "RESOURCE_ASSIGN_UUID", c->resource_id);
+  if (!res->has_uuid) {
+    g_autofree char *str = g_uuid_string_random();
+    guint j = 0;
+
+    /* "xxxxxxxx-xxxx-..." -> 16 bytes */
+    for (const char *p = str; *p && j < 16; p++) {
+      if (*p == '-')
+        continue;
+      res->uuid[j++] = (guint8)(g_ascii_xdigit_value(p[0]) << 4 | g_ascii_xdigit_value(p[1]));
+      p++;
+    }
+    res->has_uuid = TRUE;
+  }
+  memcpy(resp->uuid.uuid, res->uuid, sizeof res->uuid);
+  return VIRTIO_GPU_RESP_OK_RESOURCE_UUID;
+}
+
+static gsize
+command_size(guint32 type)
+{
+  switch (type) {
+    case VIRTIO_GPU_CMD_GET_DISPLAY_INFO:
+      return sizeof(struct virtio_gpu_ctrl_hdr);
+    case VIRTIO_GPU_CMD_RESOURCE_CREATE_2D:
+      return sizeof(struct virtio_gpu_resource_create_2d);
+    case VIRTIO_GPU_CMD_RESOURCE_UNREF:
+      return sizeof(struct virtio_gpu_resource_unref);
+    case VIRTIO_GPU_CMD_SET_SCANOUT:
+      return sizeof(struct virtio_gpu_set_scanout);
+    case VIRTIO_GPU_CMD_RESOURCE_FLUSH:
+      return sizeof(struct virtio_gpu_resource_flush);
+    case VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D:
+      return sizeof(struct virtio_gpu_transfer_to_host_2d);
+    case VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
+      return sizeof(struct virtio_gpu_resource_attach_backing);
+    case VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING:
+      return sizeof(struct virtio_gpu_resource_detach_backing);
+    case VIRTIO_GPU_CMD_GET_EDID:
+      return sizeof(struct virtio_gpu_cmd_get_edid);
+    case VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID:
+      return sizeof(struct virtio_gpu_resource_assign_uuid);
+    default:
+      return 0;
+  }
+}
+
+static gboolean
+submit_ctrl(VgpuDevice *dev, VhuElem *elem)
+{
+  Request req;
+  Response resp;
+  gsize got, resp_len = sizeof resp.hdr, need;
+  guint32 type = VIRTIO_GPU_RESP_ERR_UNSPEC;
+  Pending *p;
+
+  memset(&req, 0, sizeof req);
+  got = vhu_elem_read(elem, 0, &req, sizeof req);
+  if (got < sizeof req.hdr) {
+    guest_error(dev, GE_SHORT_REQUEST, "control request of %zu bytes, shorter than a header",
+                elem->out_len);
+    memset(&req, 0, sizeof req);
+    resp_init(&resp, &req.hdr, VIRTIO_GPU_RESP_ERR_UNSPEC);
+    complete_ctrl(dev, elem, &req.hdr, &resp, resp_len);
+    return TRUE;
+  }
+  dev->stats.commands++;
+  need = command_size(req.hdr.type);
+  if (need == 0) {
+    guest_error(dev, GE_UNKNOWN_COMMAND, "unsupported control command 0x%x", req.hdr.type);
+    type = VIRTIO_GPU_RESP_ERR_UNSPEC;
+    goto answer;
+  }
+  if (got < need) {
+    guest_error(dev, GE_SHORT_REQUEST, "command 0x%x of %zu bytes, needs %zu", req.hdr.type, got,
+                need);
+    type = VIRTIO_GPU_RESP_ERR_UNSPEC;
+    goto answer;
+  }
+
+  switch (req.hdr.type) {
+    case VIRTIO_GPU_CMD_GET_DISPLAY_INFO:
+    case VIRTIO_GPU_CMD_GET_EDID:
+      if (req.hdr.type == VIRTIO_GPU_CMD_GET_EDID
+          && req.get_edid.scanout >= dev->config.num_scanouts) {
+        /* Never forwarded: QEMU does not answer EDID requests for ids it
+         * does not have. */
+        guest_error(dev, GE_SCANOUT_ID, "GET_EDID: invalid scanout id %u", req.get_edid.scanout);
+        type = VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID;
+        goto answer;
+      }
+      p = g_new0(Pending, 1);
+      p->elem = elem;
+      p->req = req.hdr;
+      p->fenced = (req.hdr.flags & VIRTIO_GPU_FLAG_FENCE) != 0;
+      if (req.hdr.type == VIRTIO_GPU_CMD_GET_DISPLAY_INFO) {
+        p->kind = QUERY_DISPLAY_INFO;
+        p->resp_len = sizeof p->resp.display_info;
+        resp_init(&p->resp, &req.hdr, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+      } else {
+        p->kind = QUERY_EDID;
+        p->scanout = req.get_edid.scanout;
+        p->resp_len = sizeof p->resp.edid;
+        resp_init(&p->resp, &req.hdr, VIRTIO_GPU_RESP_OK_EDID);
+      }
+      g_queue_push_tail(&dev->pending, p);
+      if (!pending_query(dev, p) && !p->ready)
+        pending_answer(dev, p, NULL, 0);
+      drain_pending(dev);
+      return TRUE;
+    case VIRTIO_GPU_CMD_RESOURCE_CREATE_2D:
+      type = cmd_create_2d(dev, &req.create_2d);
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_UNREF:
+      type = cmd_unref(dev, &req.unref);
+      break;
+    case VIRTIO_GPU_CMD_SET_SCANOUT:
+      type = cmd_set_scanout(dev, &req.set_scanout);
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_FLUSH:
+      type = cmd_flush(dev, &req.flush);
+      break;
+    case VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D:
+      type = cmd_transfer(dev, &req.transfer);
+      if (type == RESULT_WAIT) {
+        dev->stats.commands--;
+        return FALSE;
+      }
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
+      type = cmd_attach_backing(dev, elem, &req.attach);
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING:
+      type = cmd_detach_backing(dev, &req.detach);
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID:
+      type = cmd_assign_uuid(dev, &req.assign_uuid, &resp);
+      if (type == VIRTIO_GPU_RESP_OK_RESOURCE_UUID)
+        resp_len = sizeof resp.uuid;
+      break;
+    default:
+      g_assert_not_reached();
+  }
+
+answer:
+  resp_init(&resp, &req.hdr, type);
+  if ((req.hdr.flags & VIRTIO_GPU_FLAG_FENCE) && !g_queue_is_empty(&dev->pending)) {
+    /* Earlier requests still wait on a display: hold the fence back. */
+    p = g_new0(Pending, 1);
+    p->elem = elem;
+    p->req = req.hdr;
+    p->fenced = TRUE;
+    p->ready = TRUE;
+    p->resp = resp;
+    p->resp_len = resp_len;
+    g_queue_push_tail(&dev->pending, p);
+    drain_pending(dev);
+    return TRUE;
+  }
+  complete_ctrl(dev, elem, &req.hdr, &resp, resp_len);
+  return TRUE;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cursor queue: no responses, errors are only logged. */
+
+static void
+cursor_update(VgpuDevice *dev, const struct virtio_gpu_update_cursor *c)
+{
+  guint32 pixels[VGPU_CURSOR_SIZE * VGPU_CURSOR_SIZE];
+  Scanout *s = &dev->scanouts[c->pos.scanout_id];
+  Resource *res;
+  VgpuImage *img;
+
+  s->cursor_x = c->pos.x;
+  s->cursor_y = c->pos.y;
+  if (c->resource_id == 0) {
+    s->cursor_defined = FALSE;
+    sinks_cursor_move(dev, c->pos.scanout_id, FALSE);
+    return;
+  }
+  res = find_resource(dev, c->resource_id);
+  if (!res) {
+    bad_resource(dev, "UPDATE_CURSOR", c->resource_id);
+    dev->stats.errors++;
+    return;
+  }
+  img = res->image;
+  if (img->width != VGPU_CURSOR_SIZE || img->height != VGPU_CURSOR_SIZE) {
+    guest_error(dev, GE_CURSOR, "UPDATE_CURSOR: resource %u is %ux%u, not %ux%u", res->id,
+                img->width, img->height, VGPU_CURSOR_SIZE, VGPU_CURSOR_SIZE);
+    dev->stats.errors++;
+    return;
+  }
+  vgpu_format_convert(img->format, img->data, img->width, img->height, img->stride, 0, 0,
+                      VGPU_CURSOR_SIZE, VGPU_CURSOR_SIZE, PIXMAN_a8r8g8b8, (guint8 *)pixels,
+                      VGPU_CURSOR_SIZE * 4u);
+  s->cursor_defined = TRUE;
+  for (guint i = 0; i < dev->sinks->len; i++) {
+    Sink *k = &g_array_index(dev->sinks, Sink, i);
+
+    if (k->iface->cursor_update)
+      k->iface->cursor_update(k->sink, c->pos.scanout_id, pixels, c->hot_x, c->hot_y, c->pos.x,
+                              c->pos.y);
+  }
+}
+
+static void
+submit_cursor(VgpuDevice *dev, VhuElem *elem)
+{
+  struct virtio_gpu_update_cursor c;
+
+  memset(&c, 0, sizeof c);
+  dev->stats.commands++;
+  if (vhu_elem_read(elem, 0, &c, sizeof c) < sizeof c) {
+    guest_error(dev, GE_SHORT_REQUEST, "cursor request of %zu bytes, needs %zu", elem->out_len,
+                sizeof c);
+    dev->stats.errors++;
+  } else if (c.hdr.type != VIRTIO_GPU_CMD_UPDATE_CURSOR
+             && c.hdr.type != VIRTIO_GPU_CMD_MOVE_CURSOR) {
+    guest_error(dev, GE_UNKNOWN_COMMAND, "unsupported cursor command 0x%x", c.hdr.type);
+    dev->stats.errors++;
+  } else if (c.pos.scanout_id >= dev->config.num_scanouts) {
+    guest_error(dev, GE_SCANOUT_ID, "cursor: invalid scanout id %u", c.pos.scanout_id);
+    dev->stats.errors++;
+  } else if (c.hdr.type == VIRTIO_GPU_CMD_UPDATE_CURSOR) {
+    cursor_update(dev, &c);
+  } else {
+    Scanout *s = &dev->scanouts[c.pos.scanout_id];
+
+    s->cursor_x = c.pos.x;
+    s->cursor_y = c.pos.y;
+    sinks_cursor_move(dev, c.pos.scanout_id, s->cursor_defined && c.resource_id != 0);
+  }
+  dev->ops.complete(dev->ops_data, VGPU_CURSOR_QUEUE, elem, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public API */
+
+gboolean
+vgpu_device_config_validate(const VgpuDeviceConfig *config, GError **error)
+{
+  if (config->num_scanouts < 1 || config->num_scanouts > VGPU_MAX_SCANOUTS) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "number of scanouts must be 1..%u, not %u", VGPU_MAX_SCANOUTS,
+                config->num_scanouts);
+    return FALSE;
+  }
+  if (config->width < 16 || config->width > VGPU_EDID_MAX_SIDE || config->height < 16
+      || config->height > VGPU_EDID_MAX_SIDE) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "mode %ux%u out of range (each side 16..%u)", config->width, config->height,
+                VGPU_EDID_MAX_SIDE);
+    return FALSE;
+  }
+  if (config->max_hostmem < 64 * 1024) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "host memory budget of %" G_GUINT64_FORMAT " bytes is too small (64 KiB at least)",
+                config->max_hostmem);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static void
+idle_notify_cb(gpointer data)
+{
+  VgpuDevice *dev = data;
+
+  if (dev->ops.wake)
+    dev->ops.wake(dev->ops_data);
+}
+
+VgpuDevice *
+vgpu_device_new(const VgpuDeviceConfig *config, const VgpuDeviceOps *ops, gpointer data)
+{
+  VgpuDevice *dev;
+
+  g_return_val_if_fail(vgpu_device_config_validate(config, NULL), NULL);
+  g_return_val_if_fail(ops && ops->complete && ops->discard, NULL);
+  dev = g_new0(VgpuDevice, 1);
+  dev->config = *config;
+  dev->ops = *ops;
+  dev->ops_data = data;
+  dev->hostmem = vgpu_hostmem_new(config->max_hostmem);
+  dev->idle_notify = vgpu_notify_new(idle_notify_cb, dev);
+  dev->resources = g_hash_table_new_full(NULL, NULL, NULL, resource_free);
+  dev->sinks = g_array_new(FALSE, FALSE, sizeof(Sink));
+  g_queue_init(&dev->pending);
+  return dev;
+}
+
+static void
+clear_state(VgpuDevice *dev)
+{
+  discard_pending(dev);
+  for (guint i = 0; i < dev->config.num_scanouts; i++) {
+    Scanout *s = &dev->scanouts[i];
+
+    disable_scanout(dev, i);
+    if (s->cursor_defined) {
+      s->cursor_defined = FALSE;
+      sinks_cursor_move(dev, i, FALSE);
+    }
+    s->cursor_x = s->cursor_y = 0;
+  }
+  g_hash_table_remove_all(dev->resources);
+  dev->events_read = 0;
+}
+
+void
+vgpu_device_free(VgpuDevice *dev)
+{
+  if (!dev)
+    return;
+  g_warn_if_fail(dev->sinks->len == 0);
+  clear_state(dev);
+  vgpu_notify_disarm(dev->idle_notify);
+  vgpu_notify_unref(dev->idle_notify);
+  g_hash_table_unref(dev->resources);
+  g_array_unref(dev->sinks);
+  vgpu_hostmem_unref(dev->hostmem);
+  g_free(dev);
+}
+
+void
+vgpu_device_reset(VgpuDevice *dev)
+{
+  clear_state(dev);
+  dev->features = 0;
+}
+
+void
+vgpu_device_add_sink(VgpuDevice *dev, const VgpuSinkIface *iface, gpointer sink)
+{
+  Sink k = { iface, sink };
+
+  g_array_append_val(dev->sinks, k);
+}
+
+void
+vgpu_device_remove_sink(VgpuDevice *dev, gpointer sink)
+{
+  for (guint i = 0; i < dev->sinks->len; i++) {
+    if (g_array_index(dev->sinks, Sink, i).sink == sink) {
+      g_array_remove_index(dev->sinks, i);
+      return;
+    }
+  }
+}
+
+void
+vgpu_device_set_features(VgpuDevice *dev, guint64 features)
+{
+  dev->features = features;
+}
+
+void
+vgpu_device_get_config(VgpuDevice *dev, guint8 *config, gsize size)
+{
+  struct virtio_gpu_config c = {
+    .events_read = dev->events_read,
+    .events_clear = 0,
+    .num_scanouts = dev->config.num_scanouts,
+    .num_capsets = 0,
+  };
+
+  memset(config, 0, size);
+  memcpy(config, &c, MIN(size, sizeof c));
+}
+
+void
+vgpu_device_set_config(VgpuDevice *dev, guint32 offset, const guint8 *data, gsize size)
+{
+  const guint32 clear_at = offsetof(struct virtio_gpu_config, events_clear);
+  guint32 clear;
+
+  /* Only events_clear is writable; it clears the bits it names. */
+  if (offset > clear_at || size < clear_at - offset + sizeof clear)
+    return;
+  memcpy(&clear, data + (clear_at - offset), sizeof clear);
+  dev->events_read &= ~clear;
+}
+
+gboolean
+vgpu_device_submit(VgpuDevice *dev, guint qidx, VhuElem *elem)
+{
+  switch (qidx) {
+    case VGPU_CTRL_QUEUE:
+      return submit_ctrl(dev, elem);
+    case VGPU_CURSOR_QUEUE:
+      submit_cursor(dev, elem);
+      return TRUE;
+    default:
+      dev->ops.complete(dev->ops_data, qidx, elem, 0);
+      return TRUE;
+  }
+}
+
+void
+vgpu_device_get_stats(VgpuDevice *dev, VgpuDeviceStats *stats)
+{
+  *stats = dev->stats;
+  stats->resources = g_hash_table_size(dev->resources);
+  stats->hostmem_used = vgpu_hostmem_get_used(dev->hostmem);
+}
+
+VgpuHostmem *
+vgpu_device_get_hostmem(VgpuDevice *dev)
+{
+  return dev->hostmem;
+}
+
+VgpuImage *
+vgpu_device_get_resource_image(VgpuDevice *dev, guint32 resource_id)
+{
+  Resource *res = find_resource(dev, resource_id);
+
+  return res ? res->image : NULL;
+}

@@ -1,0 +1,120 @@
+/* vgpu-device.h: the virtio-gpu 2D device model.
+ *
+ * Turns control-queue and cursor-queue requests into state changes and calls
+ * to the attached display sinks (vgpu-sink.h).  Knows nothing of rings,
+ * sockets or GStreamer: the caller pops requests and hands them in with
+ * vgpu_device_submit(); the device writes the response into the request's
+ * writable buffers and gives the element back through ops->complete, at
+ * once or later.
+ *
+ * Not thread-safe: the caller serialises every call (the daemon holds the
+ * vhost backend lock).  ops->wake may be called from any thread.
+ *
+ * Completion order: a request without VIRTIO_GPU_FLAG_FENCE completes as soon
+ * as it is done.  GET_DISPLAY_INFO and GET_EDID may be answered by a sink
+ * asynchronously; later requests keep being processed meanwhile.  A fenced
+ * request is processed at once but completes only after every request before
+ * it has completed, so fences retire in order and signal that all earlier
+ * work is done (what guests assume).
+ *
+ * Errors answered to the guest:
+ *   INVALID_RESOURCE_ID  id 0, unknown id, id already in use on create
+ *   INVALID_SCANOUT_ID   scanout id >= number of scanouts
+ *   INVALID_PARAMETER    bad format or size, rectangle or offset outside the
+ *                        resource or its backing, malformed backing entries
+ *                        (too many, unmapped, truncated), cursor not 64x64
+ *   OUT_OF_MEMORY        host memory budget or resource count exhausted
+ *   UNSPEC               short request, unknown or 3D command, transfer
+ *                        without backing, backing attached twice
+ * Each kind of guest error is logged once, then at most once a minute with a
+ * count of the suppressed ones. */
+#pragma once
+
+#include <glib.h>
+
+#include "vgpu-sink.h"
+#include "vhu-vring.h"
+
+G_BEGIN_DECLS
+
+#define VGPU_CTRL_QUEUE   0u
+#define VGPU_CURSOR_QUEUE 1u
+#define VGPU_NUM_QUEUES   2u
+
+#define VGPU_MAX_SCANOUTS          16u
+#define VGPU_MAX_BACKING_ENTRIES   16384u
+#define VGPU_DEFAULT_WIDTH         1280u
+#define VGPU_DEFAULT_HEIGHT        800u
+#define VGPU_DEFAULT_MAX_HOSTMEM   (256u * 1024u * 1024u)
+#define VGPU_DEFAULT_MAX_RESOURCES 4096u
+
+/* Virtio feature bits the device offers: EDID and RESOURCE_UUID. */
+#define VGPU_DEVICE_FEATURES ((1ull << VIRTIO_GPU_F_EDID) | (1ull << VIRTIO_GPU_F_RESOURCE_UUID))
+
+typedef struct _VgpuDevice VgpuDevice;
+
+typedef struct {
+  guint num_scanouts;    /* 1..16 */
+  guint32 width, height; /* mode reported for every scanout */
+  guint64 max_hostmem;   /* bytes of resource storage */
+  guint max_resources;   /* 0: VGPU_DEFAULT_MAX_RESOURCES */
+} VgpuDeviceConfig;
+
+typedef struct {
+  /* @elem is done, @len bytes written into its writable part.  The device
+   * no longer touches it. */
+  void (*complete)(gpointer data, guint qidx, VhuElem *elem, guint32 len);
+  /* @elem is dropped without an answer (reset). */
+  void (*discard)(gpointer data, guint qidx, VhuElem *elem);
+  /* A request refused by vgpu_device_submit() can now be retried.  Any
+   * thread, possibly with a sink's internal locks held: only schedule. */
+  void (*wake)(gpointer data);
+} VgpuDeviceOps;
+
+typedef struct {
+  guint64 commands;     /* control + cursor requests handled */
+  guint64 errors;       /* requests answered with an error */
+  guint64 fences;       /* fenced requests completed */
+  guint32 resources;    /* live resources */
+  guint64 hostmem_used; /* bytes charged */
+  guint64 stalls;       /* submits refused because a sink was reading */
+  guint64 display_queries, display_query_fallbacks;
+} VgpuDeviceStats;
+
+/* Checks @config; fills @error with a message for the user. */
+gboolean vgpu_device_config_validate(const VgpuDeviceConfig *config, GError **error);
+VgpuDevice *vgpu_device_new(const VgpuDeviceConfig *config, const VgpuDeviceOps *ops,
+                            gpointer data);
+/* Discards every held request (ops->discard); sinks must be removed first. */
+void vgpu_device_free(VgpuDevice *dev);
+
+void vgpu_device_add_sink(VgpuDevice *dev, const VgpuSinkIface *iface, gpointer sink);
+void vgpu_device_remove_sink(VgpuDevice *dev, gpointer sink);
+
+void vgpu_device_set_features(VgpuDevice *dev, guint64 features);
+/* struct virtio_gpu_config; @size bytes from offset 0 (at most 16). */
+void vgpu_device_get_config(VgpuDevice *dev, guint8 *config, gsize size);
+void vgpu_device_set_config(VgpuDevice *dev, guint32 offset, const guint8 *data, gsize size);
+
+/* Takes @elem popped from queue @qidx.  Returns FALSE without taking it when
+ * it must wait (a transfer into an image a sink is still reading): the
+ * caller puts it back and submits it again after ops->wake. */
+gboolean vgpu_device_submit(VgpuDevice *dev, guint qidx, VhuElem *elem);
+/* Answers every request waiting on a sink now, from the configuration (the
+ * queues are about to stop). */
+void vgpu_device_flush(VgpuDevice *dev);
+/* Drops all resources, scanouts, cursors and held requests (ops->discard):
+ * the guest reset the device or the frontend left. */
+void vgpu_device_reset(VgpuDevice *dev);
+
+/* For sinks: the answer to a query.  @reply is a struct
+ * virtio_gpu_resp_display_info or virtio_gpu_resp_edid as the display sent
+ * it (size checked here), or NULL on failure/timeout. */
+void vgpu_device_query_done(VgpuDevice *dev, VgpuQuery *query, const void *reply, gsize size);
+
+void vgpu_device_get_stats(VgpuDevice *dev, VgpuDeviceStats *stats);
+VgpuHostmem *vgpu_device_get_hostmem(VgpuDevice *dev);
+/* The image of resource @resource_id, or NULL (no reference taken). */
+VgpuImage *vgpu_device_get_resource_image(VgpuDevice *dev, guint32 resource_id);
+
+G_END_DECLS

@@ -1,0 +1,47 @@
+/* vgpu-sink.h: what a display attached to the device model sees.
+ *
+ * The device calls every attached sink, in attach order, from whatever
+ * thread drives it and under the lock that serialises it (for the daemon:
+ * the backend lock, on the queue thread or the control thread).  Sinks must
+ * not block: a sink that reads pixels after returning (a socket writer, a
+ * GStreamer pipeline) takes a reference and brackets the reading with
+ * vgpu_image_begin_read/end_read; the device then holds back writes into that
+ * image until the reading ends, so the sink must end it promptly. */
+#pragma once
+
+#include <glib.h>
+#include <linux/virtio_gpu.h>
+
+#include "vgpu-format.h"
+#include "vgpu-image.h"
+
+G_BEGIN_DECLS
+
+#define VGPU_CURSOR_SIZE 64u
+
+typedef struct _VgpuQuery VgpuQuery;
+
+typedef struct {
+  /* Scanout @id now shows @rect of @image (@image NULL: disabled).  Content
+   * follows with update(). */
+  void (*set_scanout)(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect);
+  /* @rect of @image (image coordinates) changed; it appears at (@dst_x,
+   * @dst_y) of scanout @id. */
+  void (*update)(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect, guint32 dst_x,
+                 guint32 dst_y);
+  /* New 64x64 cursor image (A8R8G8B8 in pixman terms, i.e. native-endian
+   * ARGB words) with hot spot, shown at (@x, @y). */
+  void (*cursor_update)(gpointer sink, guint id, const guint32 *pixels, guint32 hot_x,
+                        guint32 hot_y, guint32 x, guint32 y);
+  void (*cursor_move)(gpointer sink, guint id, guint32 x, guint32 y, gboolean visible);
+
+  /* Optional: ask the display for its modes / EDID.  Return FALSE when it
+   * cannot answer (the device then answers from its configuration).  When it
+   * returns TRUE it must later call vgpu_device_query_done() exactly once for
+   * @query, under the device's lock, on success, failure, timeout or when the
+   * sink goes away; never from inside this call. */
+  gboolean (*query_display_info)(gpointer sink, VgpuQuery *query);
+  gboolean (*query_edid)(gpointer sink, guint id, VgpuQuery *query);
+} VgpuSinkIface;
+
+G_END_DECLS

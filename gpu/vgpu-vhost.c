@@ -1,0 +1,254 @@
+/* vgpu-vhost.c: VgpuDevice + VgpuQemuDisplay behind a VhuBackend. */
+#include "vgpu-vhost.h"
+
+#include <gio/gio.h>
+#include <unistd.h>
+
+/* Requests handled per kick before yielding to other sources. */
+#define MAX_BATCH 256u
+
+struct _VgpuVhost {
+  VhuBackend *backend;
+  VgpuDevice *dev;
+  VgpuQemuDisplay *display;
+  gboolean batching[VGPU_NUM_QUEUES]; /* lock held: inside queue_kick */
+  gboolean used_device;               /* lock held: requests served since the last reset */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Device ops (backend lock held) */
+
+static void
+ops_complete(gpointer data, guint qidx, VhuElem *elem, guint32 len)
+{
+  VgpuVhost *v = data;
+  VhuVring *vring = vhu_backend_get_vring(v->backend, qidx);
+
+  if (qidx < VGPU_NUM_QUEUES && v->batching[qidx])
+    vhu_vring_push(vring, elem, len); /* notified once at the end of the batch */
+  else
+    vhu_vring_complete(vring, elem, len);
+}
+
+static void
+ops_discard(gpointer data, guint qidx, VhuElem *elem)
+{
+  vhu_elem_free(elem);
+}
+
+/* Any thread; vhu_backend_kick only schedules an idle on the queue thread. */
+static void
+ops_wake(gpointer data)
+{
+  VgpuVhost *v = data;
+
+  vhu_backend_kick(v->backend, VGPU_CTRL_QUEUE);
+}
+
+static const VgpuDeviceOps device_ops = {
+  .complete = ops_complete,
+  .discard = ops_discard,
+  .wake = ops_wake,
+};
+
+/* ------------------------------------------------------------------------ */
+/* VhuDeviceIface */
+
+static void
+iface_get_config(gpointer dev, guint8 *config, gsize size)
+{
+  VgpuVhost *v = dev;
+
+  vgpu_device_get_config(v->dev, config, size);
+}
+
+static gboolean
+iface_set_config(gpointer dev, guint32 offset, const guint8 *data, gsize size, guint32 flags,
+                 GError **error)
+{
+  VgpuVhost *v = dev;
+
+  vgpu_device_set_config(v->dev, offset, data, size);
+  return TRUE;
+}
+
+static void
+iface_set_features(gpointer dev, guint64 features)
+{
+  VgpuVhost *v = dev;
+
+  vgpu_device_set_features(v->dev, features);
+}
+
+static void
+iface_queue_started(gpointer dev, guint qidx, gboolean started)
+{
+  VgpuVhost *v = dev;
+  VhuVring *vring = vhu_backend_get_vring(v->backend, qidx);
+
+  if (!started) {
+    /* Answers still waiting on the display cannot reach a stopped ring. */
+    vgpu_device_flush(v->dev);
+    return;
+  }
+  if (qidx == VGPU_CTRL_QUEUE && vhu_vring_get_base(vring) == 0 && v->used_device) {
+    g_message("gpu: guest driver restarted; dropping its resources");
+    vgpu_device_reset(v->dev);
+    vgpu_device_set_features(v->dev, vhu_backend_get_features(v->backend));
+    v->used_device = FALSE;
+  }
+}
+
+static void
+iface_queue_kick(gpointer dev, VhuBackend *backend, guint qidx)
+{
+  VgpuVhost *v = dev;
+  VhuVring *vring = vhu_backend_get_vring(backend, qidx);
+  guint n = 0;
+
+  if (qidx >= VGPU_NUM_QUEUES)
+    return;
+  v->batching[qidx] = TRUE;
+  while (n < MAX_BATCH) {
+    g_autoptr(GError) error = NULL;
+    VhuElem *elem = vhu_vring_pop(vring, &error);
+
+    if (!elem)
+      break; /* empty, or broken (the backend reports it) */
+    v->used_device = TRUE;
+    if (!vgpu_device_submit(v->dev, qidx, elem)) {
+      /* A sink still reads the target image: retry after ops_wake. */
+      vhu_vring_unpop(vring, elem);
+      n = 0;
+      break;
+    }
+    n++;
+  }
+  v->batching[qidx] = FALSE;
+  vhu_vring_notify(vring);
+  if (n == MAX_BATCH)
+    vhu_backend_kick(backend, qidx); /* more may wait: come back after other sources */
+}
+
+static gboolean
+iface_device_request(gpointer dev, guint32 request, const guint8 *payload, gsize size, int *fds,
+                     guint n_fds, GError **error)
+{
+  VgpuVhost *v = dev;
+  gboolean ok;
+  int fd;
+
+  if (request != VHU_GPU_SET_SOCKET) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED, "unknown request %u", request);
+    return FALSE;
+  }
+  if (n_fds != 1 || fds[0] < 0) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "GPU_SET_SOCKET needs one fd, got %u", n_fds);
+    return FALSE;
+  }
+  fd = fds[0];
+  fds[0] = -1;
+  vhu_backend_lock(v->backend);
+  ok = vgpu_qemu_display_set_socket(v->display, fd, error);
+  vhu_backend_unlock(v->backend);
+  return ok;
+}
+
+static void
+iface_reset(gpointer dev)
+{
+  VgpuVhost *v = dev;
+
+  vhu_backend_lock(v->backend);
+  vgpu_qemu_display_close(v->display);
+  vgpu_device_reset(v->dev);
+  v->used_device = FALSE;
+  vhu_backend_unlock(v->backend);
+}
+
+static const VhuDeviceIface gpu_iface = {
+  .name = "gpu",
+  .device_id = 16,
+  .num_queues = VGPU_NUM_QUEUES,
+  .max_queue_size = 0,
+  .features = VGPU_DEVICE_FEATURES,
+  .config_size = sizeof(struct virtio_gpu_config),
+  .get_config = iface_get_config,
+  .set_config = iface_set_config,
+  .set_features = iface_set_features,
+  .queue_started = iface_queue_started,
+  .queue_kick = iface_queue_kick,
+  .device_request = iface_device_request,
+  .reset = iface_reset,
+};
+
+/* ------------------------------------------------------------------------ */
+
+static void
+lock_backend(gpointer data)
+{
+  vhu_backend_lock(data);
+}
+
+static void
+unlock_backend(gpointer data)
+{
+  vhu_backend_unlock(data);
+}
+
+VgpuVhost *
+vgpu_vhost_new(const VgpuVhostConfig *config, GMainContext *context, GError **error)
+{
+  VgpuVhost *v;
+  VgpuQemuDisplayOptions dopts = { 0 };
+
+  if (!vgpu_device_config_validate(&config->device, error))
+    return NULL;
+  v = g_new0(VgpuVhost, 1);
+  v->dev = vgpu_device_new(&config->device, &device_ops, v);
+  v->backend = vhu_backend_new(&gpu_iface, v, context, &config->backend);
+  dopts.context = vhu_backend_get_queue_context(v->backend);
+  dopts.lock = lock_backend;
+  dopts.unlock = unlock_backend;
+  dopts.lock_data = v->backend;
+  dopts.reply_timeout_ms = config->display_reply_timeout_ms;
+  dopts.write_timeout_ms = config->display_write_timeout_ms;
+  vhu_backend_lock(v->backend);
+  v->display = vgpu_qemu_display_new(v->dev, &dopts);
+  vhu_backend_unlock(v->backend);
+  return v;
+}
+
+void
+vgpu_vhost_free(VgpuVhost *v)
+{
+  if (!v)
+    return;
+  /* Writers first, so no image release can kick a backend being freed. */
+  vhu_backend_lock(v->backend);
+  vgpu_qemu_display_close(v->display);
+  vhu_backend_unlock(v->backend);
+  vhu_backend_free(v->backend);
+  vgpu_qemu_display_free(v->display);
+  vgpu_device_free(v->dev);
+  g_free(v);
+}
+
+VhuBackend *
+vgpu_vhost_get_backend(VgpuVhost *v)
+{
+  return v->backend;
+}
+
+VgpuDevice *
+vgpu_vhost_get_device(VgpuVhost *v)
+{
+  return v->dev;
+}
+
+VgpuQemuDisplay *
+vgpu_vhost_get_display(VgpuVhost *v)
+{
+  return v->display;
+}

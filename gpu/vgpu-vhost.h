@@ -1,0 +1,44 @@
+/* vgpu-vhost.h: the GPU device model served over vhost-user, with QEMU's
+ * display socket as its first sink.
+ *
+ * Threads (see vhu-backend.h): control requests, ring kicks and display
+ * replies all end up under the backend lock, which also serialises the
+ * VgpuDevice and the VgpuQemuDisplay; only the display writer threads work
+ * without it.  Hold vhu_backend_lock() around any use of the device or the
+ * display obtained here.
+ *
+ * Device lifetime: the frontend leaving (or RESET_DEVICE) resets the device
+ * and drops the display connection.  A control queue started at ring position
+ * 0 means the guest driver re-initialised (reboot, driver rebind): all
+ * resources are dropped then too, while the display socket QEMU sent just
+ * before the start is kept.  A start at any other position is a VM resume:
+ * everything is kept and replayed on the new display socket. */
+#pragma once
+
+#include <glib.h>
+
+#include "vgpu-device.h"
+#include "vgpu-qemu-display.h"
+#include "vhu-backend.h"
+
+G_BEGIN_DECLS
+
+typedef struct _VgpuVhost VgpuVhost;
+
+typedef struct {
+  VgpuDeviceConfig device;
+  guint display_reply_timeout_ms; /* 0: 1000 */
+  guint display_write_timeout_ms; /* 0: 5000 */
+  VhuBackendOptions backend;
+} VgpuVhostConfig;
+
+/* Messages are handled on @context (the caller iterates it). */
+VgpuVhost *vgpu_vhost_new(const VgpuVhostConfig *config, GMainContext *context, GError **error);
+void vgpu_vhost_free(VgpuVhost *vgpu);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VgpuVhost, vgpu_vhost_free)
+
+VhuBackend *vgpu_vhost_get_backend(VgpuVhost *vgpu);
+VgpuDevice *vgpu_vhost_get_device(VgpuVhost *vgpu);
+VgpuQemuDisplay *vgpu_vhost_get_display(VgpuVhost *vgpu);
+
+G_END_DECLS
