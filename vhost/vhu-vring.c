@@ -24,7 +24,11 @@
 #define GUEST_LOAD(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
 #define GUEST_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 
-G_DEFINE_QUARK(vhu - vring - error - quark, vhu_vring_error)
+GQuark
+vhu_vring_error_quark(void)
+{
+  return g_quark_from_static_string("vhu-vring-error-quark");
+}
 
 /* A descriptor after it was copied out of guest memory. */
 typedef struct {
@@ -377,8 +381,9 @@ vhu_vring_signal_error(VhuVring *vring)
 gsize
 vhu_vring_inflight_region_size(guint queue_size)
 {
-  /* Same stride as libvhost-user's ALIGN_UP(16 * size + 2, 64): the two
-   * agree for every size because 16 * size is a multiple of 16. */
+  /* Header plus entries, rounded up to 64.  Equal to libvhost-user's
+   * ALIGN_UP(16 * size + 2, 64): no multiple of 64 lies between
+   * 16 * size + 2 and 16 * size + 16. */
   gsize raw = sizeof(VhuInflightQueue) + (gsize)queue_size * sizeof(VhuInflightDesc);
 
   return (raw + 63) & ~(gsize)63;
