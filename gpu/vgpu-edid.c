@@ -86,12 +86,13 @@ put_detailed_timing(guint8 *d, guint32 w, guint32 h)
 static void
 put_text_descriptor(guint8 *d, guint8 tag, const char *text)
 {
-  gsize len = MIN(strlen(text), 13u);
+  gsize len = strlen(text);
 
-  memset(d, 0, 18);
+  for (guint i = 0; i < 18; i++)
+    d[i] = i < 5 ? 0 : ' ';
   d[3] = tag;
-  memset(d + 5, ' ', 13);
-  memcpy(d + 5, text, len);
+  for (guint i = 0; i < 13 && i < len; i++)
+    d[5 + i] = (guint8)text[i];
   if (len < 13)
     d[5 + len] = '\n';
 }
