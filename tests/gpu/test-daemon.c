@@ -361,6 +361,49 @@ test_capabilities(void)
   g_assert_null(strstr(out, "virgl")); /* only what we support */
 }
 
+/* The installed descriptor names the daemon; the man page documents every
+ * option --help lists. */
+static void
+test_descriptor_and_man_page(void)
+{
+  const char *build = g_getenv("GST_VHOST_BUILD_ROOT");
+  const char *src = g_getenv("GST_VHOST_SOURCE_ROOT");
+  g_autofree char *json_path = NULL, *man_path = NULL;
+  g_autofree char *json = NULL, *man = NULL, *help = NULL;
+  g_autoptr(GRegex) re = g_regex_new("--([a-z-]+)", 0, 0, NULL);
+  g_autoptr(GMatchInfo) mi = NULL;
+  const char *argv[] = { daemon_binary(), "--help", NULL };
+  guint n = 0;
+
+  if (!build || !src) {
+    g_test_skip("GST_VHOST_BUILD_ROOT/GST_VHOST_SOURCE_ROOT not set (run through meson test)");
+    return;
+  }
+  json_path = g_build_filename(build, "data", "50-gst-vhost-gpu.json", NULL);
+  g_assert_true(g_file_get_contents(json_path, &json, NULL, NULL));
+  g_assert_nonnull(strstr(json, "\"type\": \"gpu\""));
+  g_assert_nonnull(strstr(json, "\"binary\": \"/"));
+  g_assert_nonnull(strstr(json, "/gst-vhost-gpu\""));
+  man_path = g_build_filename(src, "docs", "gst-vhost-gpu.1", NULL);
+  g_assert_true(g_file_get_contents(man_path, &man, NULL, NULL));
+  g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &help, NULL,
+                             NULL, NULL));
+  g_regex_match(re, help, 0, &mi);
+  while (g_match_info_matches(mi)) {
+    g_autofree char *name = g_match_info_fetch(mi, 1);
+    g_auto(GStrv) parts = g_strsplit(name, "-", -1);
+    g_autofree char *joined = g_strjoinv("\\-", parts);
+    /* roff writes --max-hostmem as \-\-max\-hostmem */
+    g_autofree char *roff = g_strdup_printf("\\-\\-%s", joined);
+
+    if (!strstr(man, roff))
+      g_error("option --%s is not in the man page", name);
+    n++;
+    g_match_info_next(mi, NULL);
+  }
+  g_assert_cmpuint(n, >=, 9);
+}
+
 static void
 run_expect(int want, const char *const *args)
 {
@@ -897,6 +940,7 @@ main(int argc, char **argv)
 #define ADD(name, fn) g_test_add("/gpu/daemon/" name, Fixture, NULL, setup, fn, teardown)
   g_test_add_func("/gpu/daemon/capabilities", test_capabilities);
   g_test_add_func("/gpu/daemon/bad-options", test_bad_options);
+  g_test_add_func("/gpu/daemon/descriptor-and-man-page", test_descriptor_and_man_page);
   ADD("display-info", test_display_info);
   g_test_add_func("/gpu/daemon/display-info-qemu72", test_display_info_qemu72);
   g_test_add_func("/gpu/daemon/display-silent", test_display_silent);
