@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <gio/gio.h>
 #include <glib-unix.h>
-#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -275,33 +274,22 @@ send_msg(VgpuQemuDisplay *qd, OutMsg *m)
 /* ------------------------------------------------------------------------ */
 /* Writer thread */
 
-/* Writes all of @iov (modified), waiting at most write_timeout_ms for the
- * socket to take each next byte. */
+/* Writes all of @iov (modified).  The socket blocks, with SO_SNDTIMEO set
+ * to write_timeout_ms: a display that takes no byte for that long fails the
+ * write, and conn_close's shutdown() wakes a blocked one. */
 static gboolean
 write_iov(Conn *c, struct iovec *iov, guint n, const char **why)
 {
   while (n > 0) {
     struct msghdr mh = { .msg_iov = iov, .msg_iovlen = MIN(n, MAX_WRITE_IOV) };
-    ssize_t r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t r = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 
     if (r < 0) {
-      struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
-      int p;
-
       if (errno == EINTR)
         continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        *why = g_strerror(errno);
-        return FALSE;
-      }
-      do
-        p = poll(&pfd, 1, (int)c->write_timeout_ms);
-      while (p < 0 && errno == EINTR);
-      if (p == 0) {
-        *why = "the display stopped reading (write timeout)";
-        return FALSE;
-      }
-      continue;
+      *why = errno == EAGAIN || errno == EWOULDBLOCK ? "the display stopped reading (write timeout)"
+                                                     : g_strerror(errno);
+      return FALSE;
     }
     /* Skip what was written. */
     while (n > 0 && (gsize)r >= iov->iov_len) {
@@ -764,6 +752,14 @@ vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error)
     return FALSE;
   }
   conn_close(qd, NULL);
+  /* Blocking writes with a deadline (see write_iov); reads never block. */
+  g_unix_set_fd_nonblocking(fd, FALSE, NULL);
+  {
+    struct timeval tv
+        = { qd->options.write_timeout_ms / 1000, (qd->options.write_timeout_ms % 1000) * 1000 };
+
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  }
 
   c = g_new0(Conn, 1);
   c->refcount = 1;
@@ -788,9 +784,14 @@ vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error)
   g_info("display socket: new connection (fd %d)", fd);
 
   send_request(qd, out_msg_new(VHU_DISPLAY_GET_PROTOCOL_FEATURES, G_MAXUINT, NULL, 0), NULL);
+  return TRUE;
+}
+
+void
+vgpu_qemu_display_replay(VgpuQemuDisplay *qd)
+{
   for (guint i = 0; i < VGPU_MAX_SCANOUTS && qd->conn; i++)
     replay_scanout(qd, i);
-  return TRUE;
 }
 
 void

@@ -2,8 +2,9 @@
  * socket (GPU_SET_SOCKET), as a display sink of a VgpuDevice.
  *
  * QEMU sends a new socket on every device start (guest boot or reboot, VM
- * resume); set_socket() replaces the previous connection and replays the
- * current scanouts and cursors on the new one.  The protocol features are
+ * resume); set_socket() replaces the previous connection, and replay() sends
+ * the current scanouts and cursors on it once the caller knows the guest
+ * state survived (a resume, not a reboot).  The protocol features are
  * negotiated on each connection (EDID and DMABUF2 when QEMU offers them; QEMU
  * 7.2 offers none).
  *
@@ -62,6 +63,9 @@ void vgpu_qemu_display_free(VgpuQemuDisplay *qd);
 /* Takes ownership of @fd, a connected stream socket, replacing the current
  * connection.  FALSE (fd closed) if @fd is not a socket. */
 gboolean vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error);
+/* Sends every enabled scanout (SCANOUT + a full UPDATE) and cursor on the
+ * current connection: QEMU shows nothing of a scanout until it gets them. */
+void vgpu_qemu_display_replay(VgpuQemuDisplay *qd);
 /* Drops the current connection, if any. */
 void vgpu_qemu_display_close(VgpuQemuDisplay *qd);
 void vgpu_qemu_display_get_stats(VgpuQemuDisplay *qd, VgpuQemuDisplayStats *stats);

@@ -13,6 +13,7 @@ struct _VgpuVhost {
   VgpuQemuDisplay *display;
   gboolean batching[VGPU_NUM_QUEUES]; /* lock held: inside queue_kick */
   gboolean used_device;               /* lock held: requests served since the last reset */
+  gboolean replay_pending;            /* lock held: a display socket came before the start */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -91,12 +92,18 @@ iface_queue_started(gpointer dev, guint qidx, gboolean started)
     vgpu_device_flush(v->dev);
     return;
   }
-  if (qidx == VGPU_CTRL_QUEUE && vhu_vring_get_base(vring) == 0 && v->used_device) {
+  if (qidx != VGPU_CTRL_QUEUE)
+    return;
+  if (vhu_vring_get_base(vring) == 0 && v->used_device) {
     g_message("gpu: guest driver restarted; dropping its resources");
     vgpu_device_reset(v->dev);
     vgpu_device_set_features(v->dev, vhu_backend_get_features(v->backend));
     v->used_device = FALSE;
   }
+  /* A resume: show the display what it showed before the stop. */
+  if (v->replay_pending)
+    vgpu_qemu_display_replay(v->display);
+  v->replay_pending = FALSE;
 }
 
 static void
@@ -151,6 +158,12 @@ iface_device_request(gpointer dev, guint32 request, const guint8 *payload, gsize
   fds[0] = -1;
   vhu_backend_lock(v->backend);
   ok = vgpu_qemu_display_set_socket(v->display, fd, error);
+  /* QEMU sends the socket before starting the rings: whether the scanouts
+   * survived (resume) or not (reboot) is known at the start. */
+  if (ok && vhu_vring_is_started(vhu_backend_get_vring(v->backend, VGPU_CTRL_QUEUE)))
+    vgpu_qemu_display_replay(v->display);
+  else
+    v->replay_pending = ok;
   vhu_backend_unlock(v->backend);
   return ok;
 }
@@ -164,6 +177,7 @@ iface_reset(gpointer dev)
   vgpu_qemu_display_close(v->display);
   vgpu_device_reset(v->dev);
   v->used_device = FALSE;
+  v->replay_pending = FALSE;
   vhu_backend_unlock(v->backend);
 }
 

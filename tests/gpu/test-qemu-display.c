@@ -1,0 +1,569 @@
+/* Tests of the QEMU display-socket client (gpu/vgpu-qemu-display.c) against a
+ * scripted peer on a real socketpair: feature negotiation, replies matched to
+ * requests, reply timeouts, a display that stops reading, replay on a new
+ * socket and a misbehaving display. */
+#include <errno.h>
+#include <gio/gio.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "gpu-test-util.h"
+#include "vgpu-device.h"
+#include "vgpu-edid.h"
+#include "vgpu-qemu-display.h"
+#include "vhu-display-proto.h"
+
+#define GPA        0x100000ull
+#define GUEST_SIZE (8u << 20)
+#define WAIT_US    (5 * G_USEC_PER_SEC)
+
+typedef struct {
+  VhuElem elem;
+  struct iovec out[1];
+  struct iovec in[1];
+  guint8 *req;
+  guint8 resp[2048] __attribute__((aligned(8)));
+} TElem;
+
+typedef struct {
+  guint32 request, flags, size;
+} __attribute__((packed)) Hdr;
+
+typedef struct {
+  GMutex lock; /* the "device lock" */
+  GCond cond;
+  GMainContext *ctx;
+  GMainLoop *loop;
+  GThread *thread;
+  VgpuDevice *dev;
+  VgpuQemuDisplay *qd;
+  VhuMemTable *mem;
+  int memfd;
+  guint8 *guest;
+  GPtrArray *done; /* completed responses (g_bytes) */
+  gint wakes;
+  int peer; /* our end of the display socket */
+} Fixture;
+
+static void
+t_complete(gpointer data, guint qidx, VhuElem *elem, guint32 len)
+{
+  Fixture *f = data;
+  TElem *t = (TElem *)elem;
+
+  g_ptr_array_add(f->done, g_bytes_new(t->resp, len));
+  g_cond_broadcast(&f->cond);
+  g_free(t->req);
+  g_free(t);
+}
+
+static void
+t_discard(gpointer data, guint qidx, VhuElem *elem)
+{
+  TElem *t = (TElem *)elem;
+
+  g_free(t->req);
+  g_free(t);
+}
+
+static void
+t_wake(gpointer data)
+{
+  Fixture *f = data;
+
+  g_atomic_int_inc(&f->wakes);
+}
+
+static const VgpuDeviceOps ops = { t_complete, t_discard, t_wake };
+
+static void
+lock_cb(gpointer data)
+{
+  g_mutex_lock(data);
+}
+
+static void
+unlock_cb(gpointer data)
+{
+  g_mutex_unlock(data);
+}
+
+static gpointer
+loop_main(gpointer data)
+{
+  Fixture *f = data;
+
+  g_main_context_push_thread_default(f->ctx);
+  g_main_loop_run(f->loop);
+  g_main_context_pop_thread_default(f->ctx);
+  return NULL;
+}
+
+static int
+new_peer(Fixture *f)
+{
+  g_autoptr(GError) error = NULL;
+  int sv[2];
+
+  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+  g_mutex_lock(&f->lock);
+  g_assert_true(vgpu_qemu_display_set_socket(f->qd, sv[1], &error));
+  g_mutex_unlock(&f->lock);
+  g_assert_no_error(error);
+  return sv[0];
+}
+
+static void
+setup(Fixture *f, gconstpointer data)
+{
+  VgpuDeviceConfig cfg = { 1, 800, 600, 256u << 20, 0 };
+  VgpuQemuDisplayOptions opts = { 0 };
+  VhuMemRegionDesc r = { GPA, GUEST_SIZE, 0x7000000000ull, 0 };
+  g_autoptr(VhuMemTable) empty = vhu_mem_table_new();
+  g_autoptr(GError) error = NULL;
+
+  g_mutex_init(&f->lock);
+  g_cond_init(&f->cond);
+  f->done = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
+  f->memfd = memfd_create("guest", MFD_CLOEXEC);
+  g_assert_cmpint(ftruncate(f->memfd, GUEST_SIZE), ==, 0);
+  f->guest = mmap(NULL, GUEST_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, f->memfd, 0);
+  f->mem = vhu_mem_table_add(empty, &r, f->memfd, 8, &error);
+  g_assert_no_error(error);
+  f->ctx = g_main_context_new();
+  f->loop = g_main_loop_new(f->ctx, FALSE);
+  f->thread = g_thread_new("display-test", loop_main, f);
+  f->dev = vgpu_device_new(&cfg, &ops, f);
+  opts.context = f->ctx;
+  opts.lock = lock_cb;
+  opts.unlock = unlock_cb;
+  opts.lock_data = &f->lock;
+  opts.reply_timeout_ms = 200;
+  opts.write_timeout_ms = 300;
+  g_mutex_lock(&f->lock);
+  f->qd = vgpu_qemu_display_new(f->dev, &opts);
+  g_mutex_unlock(&f->lock);
+  f->peer = new_peer(f);
+}
+
+static gboolean
+quit_idle(gpointer data)
+{
+  g_main_loop_quit(data);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+teardown(Fixture *f, gconstpointer data)
+{
+  GSource *s = g_idle_source_new();
+
+  g_source_set_callback(s, quit_idle, f->loop, NULL);
+  g_source_attach(s, f->ctx);
+  g_source_unref(s);
+  g_thread_join(f->thread);
+  vgpu_qemu_display_free(f->qd);
+  vgpu_device_free(f->dev);
+  g_main_loop_unref(f->loop);
+  g_main_context_unref(f->ctx);
+  vhu_mem_table_unref(f->mem);
+  munmap(f->guest, GUEST_SIZE);
+  close(f->memfd);
+  if (f->peer >= 0)
+    close(f->peer);
+  g_ptr_array_unref(f->done);
+  g_mutex_clear(&f->lock);
+  g_cond_clear(&f->cond);
+}
+
+/* Submits a control request under the device lock; returns submit's result. */
+static gboolean
+submit(Fixture *f, const void *req, gsize len)
+{
+  TElem *t = g_new0(TElem, 1);
+  gboolean taken;
+
+  t->req = g_memdup2(req, len);
+  t->out[0] = (struct iovec){ t->req, len };
+  t->in[0] = (struct iovec){ t->resp, sizeof t->resp };
+  t->elem.out_sg = t->out;
+  t->elem.out_num = 1;
+  t->elem.out_len = len;
+  t->elem.in_sg = t->in;
+  t->elem.in_num = 1;
+  t->elem.in_len = sizeof t->resp;
+  t->elem.mem = f->mem;
+  g_mutex_lock(&f->lock);
+  taken = vgpu_device_submit(f->dev, VGPU_CTRL_QUEUE, &t->elem);
+  g_mutex_unlock(&f->lock);
+  if (!taken) {
+    g_free(t->req);
+    g_free(t);
+  }
+  return taken;
+}
+
+/* Waits until @n responses are done; returns the last one's header type. */
+static guint32
+wait_done(Fixture *f, guint n, const guint8 **resp)
+{
+  gint64 end = g_get_monotonic_time() + WAIT_US;
+  guint32 type;
+  GBytes *b;
+
+  g_mutex_lock(&f->lock);
+  while (f->done->len < n)
+    g_assert_true(g_cond_wait_until(&f->cond, &f->lock, end));
+  b = f->done->pdata[n - 1];
+  g_mutex_unlock(&f->lock);
+  if (resp)
+    *resp = g_bytes_get_data(b, NULL);
+  memcpy(&type, g_bytes_get_data(b, NULL), 4);
+  return type;
+}
+
+#define CTRL_OK(f, cmd)                                                                            \
+  G_STMT_START                                                                                     \
+  {                                                                                                \
+    guint n_ = (f)->done->len;                                                                     \
+    g_assert_true(submit((f), &(cmd), sizeof(cmd)));                                               \
+    g_assert_cmphex(wait_done((f), n_ + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);                  \
+  }                                                                                                \
+  G_STMT_END
+
+/* Reads exactly @len bytes from the peer, failing after 5 s. */
+static void
+peer_read(int fd, void *buf, gsize len)
+{
+  gsize got = 0;
+
+  while (got < len) {
+    struct pollfd p = { fd, POLLIN, 0 };
+    ssize_t r;
+
+    g_assert_cmpint(poll(&p, 1, 5000), ==, 1);
+    r = recv(fd, (guint8 *)buf + got, len - got, 0);
+    g_assert_cmpint(r, >, 0);
+    got += (gsize)r;
+  }
+}
+
+/* Reads one message; returns its header, payload in *payload (g_free). */
+static Hdr
+peer_msg(int fd, guint8 **payload)
+{
+  Hdr h;
+  guint8 *p;
+
+  peer_read(fd, &h, sizeof h);
+  g_assert_cmpuint(h.size, <=, 64u << 20);
+  p = g_malloc(h.size + 1);
+  peer_read(fd, p, h.size);
+  if (payload)
+    *payload = p;
+  else
+    g_free(p);
+  return h;
+}
+
+static void
+peer_reply(int fd, guint32 request, const void *payload, guint32 size)
+{
+  Hdr h = { request, VHU_DISPLAY_FLAG_REPLY, size };
+
+  g_assert_cmpint(send(fd, &h, sizeof h, MSG_NOSIGNAL), ==, sizeof h);
+  if (size)
+    g_assert_cmpint(send(fd, payload, size, MSG_NOSIGNAL), ==, (gssize)size);
+}
+
+/* Answers GET_PROTOCOL_FEATURES with @offered. */
+static void
+answer_features(int fd, guint64 offered)
+{
+  Hdr h = peer_msg(fd, NULL);
+
+  g_assert_cmpuint(h.request, ==, VHU_DISPLAY_GET_PROTOCOL_FEATURES);
+  peer_reply(fd, h.request, &offered, sizeof offered);
+}
+
+static void
+expect_set_features(int fd, guint64 offered)
+{
+  g_autofree guint8 *p = NULL;
+  Hdr h = peer_msg(fd, &p);
+
+  g_assert_cmpuint(h.request, ==, VHU_DISPLAY_SET_PROTOCOL_FEATURES);
+  g_assert_cmpuint(h.size, ==, 8);
+  g_assert_cmphex(*(guint64 *)(void *)p, ==, offered & 3);
+}
+
+static void
+negotiate(int fd, guint64 offered)
+{
+  answer_features(fd, offered);
+  expect_set_features(fd, offered);
+}
+
+/* --- tests ----------------------------------------------------------------- */
+
+static void
+test_negotiation_and_replies(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_ctrl_hdr di = GPU_HDR(VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+  struct virtio_gpu_cmd_get_edid ge = gpu_get_edid(0);
+  struct virtio_gpu_resp_display_info info = { .hdr.type = VIRTIO_GPU_RESP_OK_DISPLAY_INFO };
+  struct virtio_gpu_resp_edid edid = { .hdr.type = VIRTIO_GPU_RESP_OK_EDID, .size = 128 };
+  const struct virtio_gpu_resp_display_info *got;
+  const struct virtio_gpu_resp_edid *got_edid;
+  VgpuQemuDisplayStats st;
+  g_autofree guint8 *p = NULL;
+  Hdr h;
+
+  negotiate(f->peer, 0x7); /* a newer QEMU offering an unknown bit too */
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_cmphex(st.protocol_features, ==, 0x3);
+  /* two requests in flight, answered in order */
+  g_assert_true(submit(f, &di, sizeof di));
+  g_assert_true(submit(f, &ge, sizeof ge));
+  h = peer_msg(f->peer, NULL);
+  g_assert_cmpuint(h.request, ==, VHU_DISPLAY_GET_DISPLAY_INFO);
+  h = peer_msg(f->peer, &p);
+  g_assert_cmpuint(h.request, ==, VHU_DISPLAY_GET_EDID);
+  g_assert_cmpuint(h.size, ==, 4);
+  g_assert_cmpuint(*(guint32 *)(void *)p, ==, 0);
+  info.pmodes[0] = (struct virtio_gpu_display_one){ { 0, 0, 1600, 900 }, 1, 0 };
+  peer_reply(f->peer, VHU_DISPLAY_GET_DISPLAY_INFO, &info, sizeof info);
+  vgpu_edid_generate(1600, 900, 7, edid.edid);
+  peer_reply(f->peer, VHU_DISPLAY_GET_EDID, &edid, sizeof edid);
+  g_assert_cmphex(wait_done(f, 1, (const guint8 **)&got), ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+  g_assert_cmpuint(got->pmodes[0].r.width, ==, 1600);
+  g_assert_cmphex(wait_done(f, 2, (const guint8 **)&got_edid), ==, VIRTIO_GPU_RESP_OK_EDID);
+  gpu_check_edid(got_edid->edid, 1600, 900);
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_cmpuint(st.replies, ==, 3);
+  g_assert_cmpuint(st.timeouts, ==, 0);
+}
+
+/* No reply: the request completes from the configuration after the reply
+ * timeout; a late reply is matched and dropped. */
+static void
+test_reply_timeout(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_ctrl_hdr di = GPU_HDR(VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+  struct virtio_gpu_resp_display_info info = { .hdr.type = VIRTIO_GPU_RESP_OK_DISPLAY_INFO };
+  const struct virtio_gpu_resp_display_info *got;
+  VgpuQemuDisplayStats st;
+  gint64 t0;
+
+  negotiate(f->peer, 0);
+  t0 = g_get_monotonic_time();
+  g_assert_true(submit(f, &di, sizeof di));
+  g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_GET_DISPLAY_INFO);
+  g_assert_cmphex(wait_done(f, 1, (const guint8 **)&got), ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+  g_assert_cmpint(g_get_monotonic_time() - t0, >=, 180 * 1000);
+  g_assert_cmpuint(got->pmodes[0].r.width, ==, 800);
+  /* the late answer, then a fresh request answered properly */
+  info.pmodes[0] = (struct virtio_gpu_display_one){ { 0, 0, 1024, 768 }, 1, 0 };
+  peer_reply(f->peer, VHU_DISPLAY_GET_DISPLAY_INFO, &info, sizeof info);
+  g_assert_true(submit(f, &di, sizeof di));
+  g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_GET_DISPLAY_INFO);
+  info.pmodes[0].r.width = 1280;
+  peer_reply(f->peer, VHU_DISPLAY_GET_DISPLAY_INFO, &info, sizeof info);
+  g_assert_cmphex(wait_done(f, 2, (const guint8 **)&got), ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+  g_assert_cmpuint(got->pmodes[0].r.width, ==, 1280);
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_cmpuint(st.timeouts, ==, 1);
+  /* QEMU 7.2 (no features): GET_EDID is never asked */
+  {
+    struct virtio_gpu_cmd_get_edid ge = gpu_get_edid(0);
+    const struct virtio_gpu_resp_edid *e;
+
+    g_assert_true(submit(f, &ge, sizeof ge));
+    g_assert_cmphex(wait_done(f, 3, (const guint8 **)&e), ==, VIRTIO_GPU_RESP_OK_EDID);
+    gpu_check_edid(e->edid, 800, 600);
+  }
+}
+
+/* Shows a 1024x1024 resource with backing; returns nothing. */
+static void
+show_resource(Fixture *f)
+{
+  struct virtio_gpu_resource_create_2d c
+      = gpu_create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 1024, 1024);
+  struct virtio_gpu_mem_entry e = { GPA, 1024 * 1024 * 4, 0 };
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, 1024, 1024);
+  gsize len;
+  g_autofree guint8 *a = gpu_attach(1, &e, 1, 1, &len);
+  guint n = f->done->len;
+
+  CTRL_OK(f, c);
+  g_assert_true(submit(f, a, len));
+  g_assert_cmphex(wait_done(f, n + 2, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  CTRL_OK(f, s);
+}
+
+/* A display that stops reading: a transfer into the image being sent waits,
+ * the connection is dropped after the write timeout, the image is released
+ * and the transfer goes through. */
+static void
+test_stalled_display(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 1024, 1024);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 1024, 1024, 0);
+  VgpuQemuDisplayStats st;
+  gint64 t0;
+
+  negotiate(f->peer, 3);
+  show_resource(f);
+  CTRL_OK(f, fl); /* a 4 MiB UPDATE nobody reads */
+  t0 = g_get_monotonic_time();
+  g_assert_false(submit(f, &t, sizeof t));
+  {
+    /* The writer gives up after 300 ms: it releases the image (wake), then
+     * shuts the socket down. */
+    struct pollfd p = { f->peer, POLLRDHUP, 0 };
+
+    g_assert_cmpint(poll(&p, 1, 5000), ==, 1);
+    g_assert_true(p.revents & POLLRDHUP);
+  }
+  g_assert_cmpint(g_atomic_int_get(&f->wakes), >=, 1);
+  g_assert_cmpint(g_get_monotonic_time() - t0, >=, 250 * 1000);
+  CTRL_OK(f, t);
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_cmpuint(st.dropped, ==, 1);
+  /* the socket went (EOF after what was sent) and stays gone */
+  {
+    guint8 buf[65536];
+    ssize_t r;
+
+    while ((r = recv(f->peer, buf, sizeof buf, MSG_DONTWAIT)) > 0)
+      ;
+    g_assert_cmpint(r, ==, 0);
+  }
+  /* a new socket is accepted and gets the scanout again */
+  close(f->peer);
+  f->peer = new_peer(f);
+  g_mutex_lock(&f->lock);
+  vgpu_qemu_display_replay(f->qd);
+  g_mutex_unlock(&f->lock);
+  /* the replay is queued at once, before the features are known */
+  answer_features(f->peer, 3);
+  {
+    Hdr h = peer_msg(f->peer, NULL);
+    g_autofree guint8 *p = NULL;
+
+    g_assert_cmpuint(h.request, ==, VHU_DISPLAY_SCANOUT);
+    h = peer_msg(f->peer, &p);
+    g_assert_cmpuint(h.request, ==, VHU_DISPLAY_UPDATE);
+    g_assert_cmpuint(h.size, ==, 20 + 1024 * 1024 * 4);
+  }
+  expect_set_features(f->peer, 3);
+}
+
+/* A new socket replaces the old one and gets the current scanout replayed;
+ * converted formats arrive as X8R8G8B8 too. */
+static void
+test_replay(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_resource_create_2d c = gpu_create_2d(2, VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM, 8, 4);
+  struct virtio_gpu_mem_entry e = { GPA, 8 * 4 * 4, 0 };
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 2, 2, 1, 5, 3);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(2, 0, 0, 8, 4, 0);
+  gsize len;
+  g_autofree guint8 *a = gpu_attach(2, &e, 1, 1, &len);
+  guint n;
+  int old = f->peer;
+
+  for (guint p = 0; p < 32; p++)
+    gpu_put_pixel(f->guest + p * 4, c.format, (guint8)p, 0x11, 0x22, 0x33);
+  negotiate(f->peer, 3);
+  CTRL_OK(f, c);
+  n = f->done->len;
+  g_assert_true(submit(f, a, len));
+  g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  CTRL_OK(f, t);
+  CTRL_OK(f, s);
+  g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_SCANOUT);
+
+  f->peer = new_peer(f);
+  g_mutex_lock(&f->lock);
+  vgpu_qemu_display_replay(f->qd);
+  g_mutex_unlock(&f->lock);
+  /* the old socket is closed */
+  {
+    guint8 b;
+
+    g_assert_cmpint(recv(old, &b, 1, 0), ==, 0);
+    close(old);
+  }
+  answer_features(f->peer, 3);
+  {
+    g_autofree guint8 *p = NULL;
+    Hdr h = peer_msg(f->peer, &p);
+    VhuDisplayUpdate u;
+    const guint32 *px;
+
+    g_assert_cmpuint(h.request, ==, VHU_DISPLAY_SCANOUT);
+    g_assert_cmpuint(((VhuDisplayScanout *)(void *)p)->width, ==, 5);
+    g_clear_pointer(&p, g_free);
+    h = peer_msg(f->peer, &p);
+    g_assert_cmpuint(h.request, ==, VHU_DISPLAY_UPDATE);
+    memcpy(&u, p, sizeof u);
+    g_assert_cmpuint(u.width, ==, 5);
+    g_assert_cmpuint(u.height, ==, 3);
+    g_assert_cmpuint(h.size, ==, sizeof u + 5 * 3 * 4);
+    px = (const guint32 *)(void *)(p + sizeof u);
+    /* pixel (0,0) of the update is (2,1) of the resource: index 10 */
+    g_assert_cmphex(px[0] & 0xffffff, ==, 0x0a1122);
+    g_assert_cmphex(px[5 * 2 + 4] & 0xffffff, ==, (guint32)(3 * 8 + 6) << 16 | 0x1122);
+  }
+  expect_set_features(f->peer, 3);
+}
+
+/* A display sending garbage: unknown replies and requests are ignored, an
+ * oversized message drops the connection; the device keeps working. */
+static void
+test_bad_display(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_ctrl_hdr di = GPU_HDR(VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+  VgpuQemuDisplayStats st;
+  Hdr h;
+  guint8 b;
+
+  negotiate(f->peer, 3);
+  peer_reply(f->peer, VHU_DISPLAY_GET_EDID, NULL, 0); /* nobody asked */
+  h = (Hdr){ VHU_DISPLAY_SCANOUT, 0, 0 };             /* not a reply */
+  g_assert_cmpint(send(f->peer, &h, sizeof h, 0), ==, sizeof h);
+  g_assert_true(submit(f, &di, sizeof di));
+  g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_GET_DISPLAY_INFO);
+  /* a reply too short for display info: the device uses its own */
+  peer_reply(f->peer, VHU_DISPLAY_GET_DISPLAY_INFO, "xx", 2);
+  g_assert_cmphex(wait_done(f, 1, NULL), ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+  h = (Hdr){ VHU_DISPLAY_GET_DISPLAY_INFO, VHU_DISPLAY_FLAG_REPLY, 1u << 30 };
+  g_assert_cmpint(send(f->peer, &h, sizeof h, 0), ==, sizeof h);
+  g_assert_cmpint(recv(f->peer, &b, 1, 0), ==, 0); /* dropped */
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_false(st.connected);
+  g_assert_cmpuint(st.dropped, ==, 1);
+  /* without a display, the configuration answers at once */
+  g_assert_true(submit(f, &di, sizeof di));
+  g_assert_cmphex(wait_done(f, 2, NULL), ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+}
+
+int
+main(int argc, char **argv)
+{
+  g_test_init(&argc, &argv, NULL);
+  /* Display and guest errors are warnings by design; criticals stay fatal. */
+  g_log_set_always_fatal(G_LOG_FATAL_MASK | G_LOG_LEVEL_CRITICAL);
+#define ADD(name, fn) g_test_add("/gpu/qemu-display/" name, Fixture, NULL, setup, fn, teardown)
+  ADD("negotiation-and-replies", test_negotiation_and_replies);
+  ADD("reply-timeout", test_reply_timeout);
+  ADD("stalled-display", test_stalled_display);
+  ADD("replay", test_replay);
+  ADD("bad-display", test_bad_display);
+  return g_test_run();
+}
