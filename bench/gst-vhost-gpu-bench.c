@@ -1,0 +1,458 @@
+/* gst-vhost-gpu-bench: backend CPU time per full frame, gst-vhost-gpu against
+ * QEMU's vhost-user-gpu and against one memcpy of the frame.
+ *
+ * One frontend driver (vhost/vhu-frontend) and one display server
+ * (vhost/vhu-display, playing QEMU's display end) drive each backend in turn
+ * through the same sequence: a 1920x1080 B8G8R8X8 resource with its backing
+ * in memfd guest memory, shown on scanout 0; then, per frame,
+ * TRANSFER_TO_HOST_2D of the whole frame, RESOURCE_FLUSH of the whole frame,
+ * and a wait until the display server has received the UPDATE.  The backend's
+ * CPU time is the run time of all its threads (/proc/PID/task/(*)/schedstat,
+ * nanoseconds) over the measured frames; /proc/PID/stat utime+stime (clock
+ * ticks) is printed beside it as a cross-check.  The memcpy figure is one
+ * copy of the frame between two prefaulted buffers in this process (thread
+ * CPU time). */
+#include <dirent.h>
+#include <errno.h>
+#include <gio/gio.h>
+#include <glib/gstdio.h>
+#include <linux/virtio_gpu.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vhu-display.h"
+#include "vhu-frontend.h"
+
+#ifndef GST_VHOST_GPU_PATH
+#define GST_VHOST_GPU_PATH "gst-vhost-gpu"
+#endif
+#define QEMU_GPU_PATH "/usr/lib/qemu/vhost-user-gpu"
+#define BIT(n)        (G_GUINT64_CONSTANT(1) << (n))
+#define GUEST_GPA     0x100000ull
+#define WAIT_MS       10000
+
+typedef struct {
+  char *ours;
+  char *qemu;
+  int frames;
+  int warmup;
+  int width, height;
+  gboolean no_qemu;
+} Options;
+
+typedef struct {
+  const char *name;
+  GSubprocess *proc;
+  char *dir;
+  char *path;
+  VhuFrontend *fe;
+  VhuDisplayServer *ds;
+  guint64 frame_bytes;
+  /* results */
+  double cpu_ms, ticks_ms, wall_ms;
+  GString *threads; /* "name x.xxx ms, ..." per frame */
+  gboolean ok;
+} Backend;
+
+/* --- process CPU time ------------------------------------------------------ */
+
+/* Nanoseconds on CPU of all threads of @pid. */
+static guint64
+task_cpu_ns(const char *pid)
+{
+  g_autofree char *dir = g_strdup_printf("/proc/%s/task", pid);
+  g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+  const char *name;
+  guint64 total = 0;
+
+  if (d == NULL)
+    return 0;
+  while ((name = g_dir_read_name(d)) != NULL) {
+    g_autofree char *path = g_strdup_printf("%s/%s/schedstat", dir, name);
+    g_autofree char *text = NULL;
+
+    if (g_file_get_contents(path, &text, NULL, NULL))
+      total += g_ascii_strtoull(text, NULL, 10);
+  }
+  return total;
+}
+
+/* Run time per thread name of @pid, nanoseconds (threads of one name summed). */
+static GHashTable *
+thread_cpu_ns(const char *pid)
+{
+  g_autofree char *dir = g_strdup_printf("/proc/%s/task", pid);
+  g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+  GHashTable *t = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+  const char *name;
+
+  while (d != NULL && (name = g_dir_read_name(d)) != NULL) {
+    g_autofree char *sp = g_strdup_printf("%s/%s/schedstat", dir, name);
+    g_autofree char *cp = g_strdup_printf("%s/%s/comm", dir, name);
+    g_autofree char *text = NULL, *comm = NULL;
+    guint64 *v;
+
+    if (!g_file_get_contents(sp, &text, NULL, NULL) || !g_file_get_contents(cp, &comm, NULL, NULL))
+      continue;
+    g_strstrip(comm);
+    v = g_hash_table_lookup(t, comm);
+    if (v == NULL) {
+      v = g_new0(guint64, 1);
+      g_hash_table_insert(t, g_strdup(comm), v);
+    }
+    *v += g_ascii_strtoull(text, NULL, 10);
+  }
+  return t;
+}
+
+/* utime + stime of @pid in milliseconds (clock-tick resolution). */
+static double
+stat_cpu_ms(const char *pid)
+{
+  g_autofree char *path = g_strdup_printf("/proc/%s/stat", pid);
+  g_autofree char *text = NULL;
+  g_auto(GStrv) fields = NULL;
+  const char *p;
+
+  if (!g_file_get_contents(path, &text, NULL, NULL) || (p = strrchr(text, ')')) == NULL)
+    return 0;
+  /* after "pid (comm)": field 3 is the state; utime and stime are 14 and 15 */
+  fields = g_strsplit(p + 2, " ", 0);
+  if (g_strv_length(fields) < 13)
+    return 0;
+  return (double)(g_ascii_strtoull(fields[11], NULL, 10) + g_ascii_strtoull(fields[12], NULL, 10))
+         * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double
+thread_cpu_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* --- backends -------------------------------------------------------------- */
+
+static void
+backend_stop(Backend *b)
+{
+  g_clear_pointer(&b->fe, vhu_frontend_free);
+  g_clear_pointer(&b->ds, vhu_display_server_free);
+  if (b->proc != NULL) {
+    if (g_subprocess_get_identifier(b->proc) != NULL)
+      g_subprocess_send_signal(b->proc, SIGTERM);
+    g_subprocess_wait(b->proc, NULL, NULL);
+    g_clear_object(&b->proc);
+  }
+  if (b->path != NULL)
+    g_unlink(b->path);
+  if (b->dir != NULL)
+    g_rmdir(b->dir);
+  g_clear_pointer(&b->path, g_free);
+  g_clear_pointer(&b->dir, g_free);
+}
+
+/* Neither backend announces readiness on a pipe we can rely on for both:
+ * poll connect() until the socket listens (bounded). */
+static VhuFrontend *
+connect_retry(Backend *b, GError **error)
+{
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+
+  for (;;) {
+    g_autoptr(GError) local = NULL;
+    VhuFrontend *fe = vhu_frontend_connect(b->path, &local);
+
+    if (fe != NULL)
+      return fe;
+    if ((!g_error_matches(local, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)
+         && !g_error_matches(local, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED))
+        || g_get_monotonic_time() > deadline || g_subprocess_get_identifier(b->proc) == NULL) {
+      g_propagate_error(error, g_steal_pointer(&local));
+      return NULL;
+    }
+    g_usleep(2000);
+  }
+}
+
+static guint32
+cmd(Backend *b, const void *req, gsize len, GError **error)
+{
+  struct virtio_gpu_ctrl_hdr hdr = { 0 };
+  gssize n = vhu_driver_queue_transact(vhu_frontend_get_queue(b->fe, 0), req, len, &hdr, sizeof hdr,
+                                       error);
+
+  return n >= (gssize)sizeof hdr ? hdr.type : 0;
+}
+
+static gboolean
+expect_ok(Backend *b, const void *req, gsize len, const char *what, GError **error)
+{
+  guint32 type = cmd(b, req, len, error);
+
+  if (type == VIRTIO_GPU_RESP_OK_NODATA)
+    return TRUE;
+  if (error != NULL && *error == NULL)
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s answered 0x%x", what, type);
+  return FALSE;
+}
+
+/* Spawns @binary, connects, starts the device, shows a full-screen
+ * resource whose backing is filled with a pattern. */
+static gboolean
+backend_start(Backend *b, const char *binary, const Options *opt, GError **error)
+{
+  g_autoptr(GSubprocessLauncher) l = NULL;
+  const VhuDisplayConfig dc = { 1, (guint)opt->width, (guint)opt->height, 0x3, FALSE };
+  const guint sizes[2] = { 64, 16 };
+  guint32 w = (guint32)opt->width, h = (guint32)opt->height;
+  struct virtio_gpu_resource_create_2d create = {
+    { .type = VIRTIO_GPU_CMD_RESOURCE_CREATE_2D }, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, w, h
+  };
+  struct {
+    struct virtio_gpu_resource_attach_backing a;
+    struct virtio_gpu_mem_entry e;
+  } attach = { { { .type = VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING }, 1, 1 }, { 0 } };
+  struct virtio_gpu_set_scanout scanout
+      = { { .type = VIRTIO_GPU_CMD_SET_SCANOUT }, { 0, 0, w, h }, 0, 1 };
+  guint64 gpa;
+  guint8 *pixels;
+
+  b->frame_bytes = (guint64)w * h * 4;
+  b->dir = g_dir_make_tmp("gpu-bench-XXXXXX", error);
+  if (b->dir == NULL)
+    return FALSE;
+  b->path = g_build_filename(b->dir, "gpu.sock", NULL);
+  l = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE
+                                | G_SUBPROCESS_FLAGS_STDERR_SILENCE);
+  g_subprocess_launcher_unsetenv(l, "G_DEBUG");
+  b->proc = g_subprocess_launcher_spawn(l, error, binary, "--socket-path", b->path, NULL);
+  if (b->proc == NULL || (b->fe = connect_retry(b, error)) == NULL
+      || !vhu_frontend_init(b->fe, G_MAXUINT64, error)
+      || !vhu_frontend_add_region(b->fe, GUEST_GPA, (gsize)b->frame_bytes + (16u << 20), error))
+    return FALSE;
+  b->ds = vhu_display_server_new(&dc);
+  if (!vhu_display_server_attach(b->ds, b->fe, error)
+      || !vhu_frontend_start(b->fe, BIT(VIRTIO_GPU_F_EDID) | BIT(28) | BIT(29), sizes, 2, error))
+    return FALSE;
+  gpa = vhu_frontend_alloc(b->fe, (gsize)b->frame_bytes, 4096);
+  pixels = vhu_frontend_gpa_to_ptr(b->fe, gpa, (gsize)b->frame_bytes);
+  if (pixels == NULL) {
+    g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE, "no guest memory for the frame");
+    return FALSE;
+  }
+  for (guint64 i = 0; i < b->frame_bytes; i++)
+    pixels[i] = (guint8)(i * 7 + i / 4096);
+  attach.e = (struct virtio_gpu_mem_entry){ gpa, (guint32)b->frame_bytes, 0 };
+  return expect_ok(b, &create, sizeof create, "RESOURCE_CREATE_2D", error)
+         && expect_ok(b, &attach, sizeof attach, "RESOURCE_ATTACH_BACKING", error)
+         && expect_ok(b, &scanout, sizeof scanout, "SET_SCANOUT", error);
+}
+
+/* TRANSFER + FLUSH of the whole frame, until the display has it. */
+static gboolean
+frame(Backend *b, const Options *opt, GError **error)
+{
+  guint32 w = (guint32)opt->width, h = (guint32)opt->height;
+  struct virtio_gpu_transfer_to_host_2d t
+      = { { .type = VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D }, { 0, 0, w, h }, 0, 1, 0 };
+  struct virtio_gpu_resource_flush f
+      = { { .type = VIRTIO_GPU_CMD_RESOURCE_FLUSH }, { 0, 0, w, h }, 1, 0 };
+  VhuDisplayStats st;
+
+  vhu_display_server_get_stats(b->ds, &st);
+  if (!expect_ok(b, &t, sizeof t, "TRANSFER_TO_HOST_2D", error)
+      || !expect_ok(b, &f, sizeof f, "RESOURCE_FLUSH", error))
+    return FALSE;
+  if (!vhu_display_server_wait_updates(b->ds, st.updates + 1, WAIT_MS)) {
+    g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "no UPDATE reached the display");
+    return FALSE;
+  }
+  return TRUE;
+}
+
+static gboolean
+measure(Backend *b, const char *binary, const Options *opt, GError **error)
+{
+  VhuDisplayStats st0, st1;
+  g_autoptr(GHashTable) th0 = NULL, th1 = NULL;
+  GHashTableIter it;
+  gpointer key, val;
+  const char *pid;
+  guint64 ns0, ns1;
+  double ticks0, ticks1;
+  gint64 t0, t1;
+
+  if (!backend_start(b, binary, opt, error))
+    return FALSE;
+  pid = g_subprocess_get_identifier(b->proc);
+  for (int i = 0; i < opt->warmup; i++) {
+    if (!frame(b, opt, error))
+      return FALSE;
+  }
+  vhu_display_server_get_stats(b->ds, &st0);
+  th0 = thread_cpu_ns(pid);
+  ns0 = task_cpu_ns(pid);
+  ticks0 = stat_cpu_ms(pid);
+  t0 = g_get_monotonic_time();
+  for (int i = 0; i < opt->frames; i++) {
+    if (!frame(b, opt, error))
+      return FALSE;
+  }
+  t1 = g_get_monotonic_time();
+  ns1 = task_cpu_ns(pid);
+  th1 = thread_cpu_ns(pid);
+  ticks1 = stat_cpu_ms(pid);
+  vhu_display_server_get_stats(b->ds, &st1);
+  if (st1.update_bytes - st0.update_bytes < b->frame_bytes * (guint64)opt->frames) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                "the display received %" G_GUINT64_FORMAT " pixel bytes, not %" G_GUINT64_FORMAT,
+                st1.update_bytes - st0.update_bytes, b->frame_bytes * (guint64)opt->frames);
+    return FALSE;
+  }
+  b->cpu_ms = (double)(ns1 - ns0) / 1e6 / opt->frames;
+  b->ticks_ms = (ticks1 - ticks0) / opt->frames;
+  b->wall_ms = (double)(t1 - t0) / 1e3 / opt->frames;
+  b->threads = g_string_new(NULL);
+  g_hash_table_iter_init(&it, th1);
+  while (g_hash_table_iter_next(&it, &key, &val)) {
+    guint64 *before = g_hash_table_lookup(th0, key);
+    guint64 d = *(guint64 *)val - (before != NULL ? *before : 0);
+
+    if (d * 100 >= ns1 - ns0) /* at least 1% */
+      g_string_append_printf(b->threads, "%s%s %.3f ms", b->threads->len ? ", " : "", (char *)key,
+                             (double)d / 1e6 / opt->frames);
+  }
+  b->ok = TRUE;
+  return TRUE;
+}
+
+/* One memcpy of the frame, in this process. */
+static double
+memcpy_ms(gsize bytes, int rounds)
+{
+  g_autofree guint8 *src = g_malloc(bytes);
+  g_autofree guint8 *dst = g_malloc(bytes);
+  volatile guint8 sink;
+  double t0, best = G_MAXDOUBLE, total = 0;
+
+  memset(src, 0x5a, bytes);
+  memset(dst, 0xa5, bytes);
+  for (int i = 0; i < 5; i++)
+    memcpy(dst, src, bytes);
+  for (int i = 0; i < rounds; i++) {
+    double dt;
+
+    src[i % bytes] = (guint8)i;
+    t0 = thread_cpu_ms();
+    memcpy(dst, src, bytes);
+    dt = thread_cpu_ms() - t0;
+    sink = dst[(gsize)i * 4099 % bytes];
+    total += dt;
+    best = MIN(best, dt);
+  }
+  (void)sink;
+  (void)best;
+  return total / rounds;
+}
+
+int
+main(int argc, char **argv)
+{
+  Options opt = { NULL, NULL, 300, 30, 1920, 1080, FALSE };
+  GOptionEntry entries[] = {
+    { "frames", 'n', 0, G_OPTION_ARG_INT, &opt.frames, "Frames measured per backend (300)", "N" },
+    { "warmup", 0, 0, G_OPTION_ARG_INT, &opt.warmup, "Frames before measuring (30)", "N" },
+    { "width", 0, 0, G_OPTION_ARG_INT, &opt.width, "Frame width (1920)", "PIXELS" },
+    { "height", 0, 0, G_OPTION_ARG_INT, &opt.height, "Frame height (1080)", "PIXELS" },
+    { "gst-vhost-gpu", 0, 0, G_OPTION_ARG_FILENAME, &opt.ours,
+      "Our backend (" GST_VHOST_GPU_PATH ")", "PATH" },
+    { "qemu-gpu", 0, 0, G_OPTION_ARG_FILENAME, &opt.qemu, "QEMU's backend (" QEMU_GPU_PATH ")",
+      "PATH" },
+    { "no-qemu", 0, 0, G_OPTION_ARG_NONE, &opt.no_qemu, "Skip QEMU's backend", NULL },
+    { NULL },
+  };
+  g_autoptr(GOptionContext) ctx = g_option_context_new("- GPU backend CPU time per frame");
+  g_autoptr(GError) error = NULL;
+  Backend ours = { .name = "gst-vhost-gpu" }, qemu = { .name = "QEMU vhost-user-gpu" };
+  gsize bytes;
+  double copy;
+  int status = EXIT_SUCCESS;
+
+  g_option_context_add_main_entries(ctx, entries, NULL);
+  if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
+    g_printerr("%s\n", error->message);
+    return 2;
+  }
+  if (opt.frames < 1 || opt.warmup < 0 || opt.width < 16 || opt.height < 16 || opt.width > 4095
+      || opt.height > 4095) {
+    g_printerr("bad --frames, --warmup, --width or --height\n");
+    return 2;
+  }
+  if (opt.ours == NULL)
+    opt.ours = g_strdup(GST_VHOST_GPU_PATH);
+  if (opt.qemu == NULL)
+    opt.qemu = g_strdup(QEMU_GPU_PATH);
+  bytes = (gsize)opt.width * (gsize)opt.height * 4;
+
+  printf("gst-vhost-gpu-bench: %dx%d B8G8R8X8 full frames (%" G_GSIZE_FORMAT " bytes), "
+         "%d frames per backend after %d warm-up frames, %ld CPUs\n",
+         opt.width, opt.height, bytes, opt.frames, opt.warmup, sysconf(_SC_NPROCESSORS_ONLN));
+  printf("per frame: TRANSFER_TO_HOST_2D + RESOURCE_FLUSH, until the display socket delivered "
+         "the UPDATE\n\n");
+  fflush(stdout);
+
+  copy = memcpy_ms(bytes, 200);
+  if (!measure(&ours, opt.ours, &opt, &error)) {
+    g_printerr("%s: %s\n", ours.name, error->message);
+    g_clear_error(&error);
+    status = EXIT_FAILURE;
+  }
+  backend_stop(&ours);
+  if (!opt.no_qemu) {
+    if (!g_file_test(opt.qemu, G_FILE_TEST_IS_EXECUTABLE)) {
+      g_printerr("%s: %s not found, skipped\n", qemu.name, opt.qemu);
+    } else if (!measure(&qemu, opt.qemu, &opt, &error)) {
+      g_printerr("%s: %s\n", qemu.name, error->message);
+      g_clear_error(&error);
+      status = EXIT_FAILURE;
+    }
+    backend_stop(&qemu);
+  }
+  /* memcpy again after the backends, so a frequency change shows */
+  copy = (copy + memcpy_ms(bytes, 200)) / 2;
+
+  printf("%-24s %14s %10s %16s %14s\n", "", "CPU/frame", "x memcpy", "CPU/frame(stat)",
+         "wall/frame");
+  printf("%-24s %11.3f ms %10.2f\n", "memcpy (in-process)", copy, 1.0);
+  for (Backend *b = &ours; b != NULL; b = b == &ours ? &qemu : NULL) {
+    if (b->ok)
+      printf("%-24s %11.3f ms %10.2f %13.3f ms %11.3f ms\n", b->name, b->cpu_ms, b->cpu_ms / copy,
+             b->ticks_ms, b->wall_ms);
+  }
+  printf("\nby thread (CPU per frame):\n");
+  for (Backend *b = &ours; b != NULL; b = b == &ours ? &qemu : NULL) {
+    if (b->ok)
+      printf("  %-22s %s\n", b->name, b->threads->str);
+  }
+  if (ours.ok && qemu.ok) {
+    printf("\nQEMU's backend uses %.2fx the CPU time of gst-vhost-gpu per frame.\n",
+           qemu.cpu_ms / ours.cpu_ms);
+    printf("targets: gst-vhost-gpu <= 2.5x memcpy: %s (%.2fx); >= 2x cheaper than QEMU's: %s\n",
+           ours.cpu_ms / copy <= 2.5 ? "met" : "NOT met", ours.cpu_ms / copy,
+           qemu.cpu_ms / ours.cpu_ms >= 2.0 ? "met" : "NOT met");
+  }
+  for (Backend *b = &ours; b != NULL; b = b == &ours ? &qemu : NULL) {
+    if (b->threads != NULL)
+      g_string_free(b->threads, TRUE);
+  }
+  g_free(opt.ours);
+  g_free(opt.qemu);
+  return status;
+}
