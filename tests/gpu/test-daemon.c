@@ -719,6 +719,50 @@ test_display_silent(void)
   teardown(f, NULL);
 }
 
+/* A display that stops reading while an 8 MB UPDATE is on its way: the
+ * vhost-user control path (which QEMU may be blocked on, holding its main
+ * loop) and the cursor queue still answer at once, and SIGTERM still ends
+ * the daemon promptly. */
+static void
+test_display_not_reading(void)
+{
+  Fixture fx = { 0 }, *f = &fx;
+  g_autoptr(GError) error = NULL;
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, 1920, 1080);
+  struct virtio_gpu_update_cursor c = gpu_cursor(VIRTIO_GPU_CMD_MOVE_CURSOR, 0, 1, 2, 0, 0, 0);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 1920, 1080, 0);
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 1920, 1080);
+  struct virtio_gpu_config cfg;
+  Res r;
+  int sv[2];
+  gint64 t0;
+
+  daemon_start(&f->d, NULL);
+  f->fe = frontend_connect(&f->d);
+  frontend_init(f->fe);
+  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+  g_assert_true(vhu_frontend_request(f->fe, VHU_GPU_SET_SOCKET, NULL, 0, &sv[1], 1, &error));
+  g_assert_no_error(error);
+  close(sv[1]);
+  frontend_start(f->fe);
+  r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 1920, 1080);
+  res_paint(&r, 1);
+  g_assert_cmphex(CMD(f->fe, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CMD(f->fe, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CMD(f->fe, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  /* the UPDATE now fills the socket buffer and its writer waits */
+  t0 = g_get_monotonic_time();
+  for (guint i = 0; i < 20; i++) {
+    g_assert_true(vhu_frontend_get_config(f->fe, 0, &cfg, sizeof cfg, &error));
+    g_assert_no_error(error);
+    cursor_cmd(f->fe, &c);
+  }
+  g_assert_cmpint(g_get_monotonic_time() - t0, <, 500 * 1000);
+  g_assert_cmpuint(cfg.num_scanouts, ==, 1);
+  close(sv[0]);
+  teardown(f, NULL);
+}
+
 /* Guest reboot: the device stops, QEMU sends a new display socket, the
  * driver restarts its rings from 0.  The old resources are gone and updates
  * flow to the new socket. */
@@ -944,6 +988,7 @@ main(int argc, char **argv)
   ADD("display-info", test_display_info);
   g_test_add_func("/gpu/daemon/display-info-qemu72", test_display_info_qemu72);
   g_test_add_func("/gpu/daemon/display-silent", test_display_silent);
+  g_test_add_func("/gpu/daemon/display-not-reading", test_display_not_reading);
   ADD("draw", test_draw);
   ADD("formats", test_formats);
   ADD("cursor", test_cursor);
