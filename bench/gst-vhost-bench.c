@@ -1,0 +1,537 @@
+/* gst-vhost-bench: transport throughput, our backend against QEMU's.
+ *
+ * One frontend driver (vhost/vhu-frontend) sends small requests through
+ *  - our null device (tests/vhost/vhu-null-backend: echoes 64 bytes), and
+ *  - QEMU's vhost-user-gpu, with its cheapest commands: TRANSFER_TO_HOST_2D
+ *    of one pixel (answered OK, no display traffic, no log line) and
+ *    RESOURCE_UNREF of an unknown id (answered with an error, and logged),
+ * one request per kick and 64 per kick, and prints requests per second side
+ * by side.  Both backends run as separate processes on this machine; the
+ * figures measure the vhost-user data path (rings, eventfds, wake-ups), not
+ * the devices. */
+#include <errno.h>
+#include <gio/gio.h>
+#include <gio/gunixinputstream.h>
+#include <glib/gstdio.h>
+#include <linux/virtio_gpu.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vhu-display.h"
+#include "vhu-frontend.h"
+
+#ifndef VHU_NULL_BACKEND_PATH
+#define VHU_NULL_BACKEND_PATH "vhu-null-backend"
+#endif
+#define QEMU_GPU_PATH "/usr/lib/qemu/vhost-user-gpu"
+#define BIT(n)        (G_GUINT64_CONSTANT(1) << (n))
+#define MAX_BATCH     64u
+#define ECHO_SIZE     64u
+
+typedef struct {
+  char *null_backend;
+  char *qemu_gpu;
+  double seconds;
+  int repeat;
+  int queue_size;
+  gboolean indirect;
+} Options;
+
+/* What one slot of a batch sends: a readable and a writable buffer. */
+typedef struct {
+  const void *req;
+  gsize req_size;
+  gsize resp_size;
+  guint32 expect_type; /* GPU: the answer's hdr.type; 0: echo check */
+} Request;
+
+typedef struct {
+  GSubprocess *proc;
+  char *dir;
+  char *path;
+  VhuFrontend *fe;
+  VhuDisplayServer *ds;
+} Backend;
+
+/* --- backends ------------------------------------------------------------ */
+
+static gboolean
+backend_dir(Backend *b, const char *name, GError **error)
+{
+  b->dir = g_dir_make_tmp("vhu-bench-XXXXXX", error);
+  if (b->dir == NULL)
+    return FALSE;
+  b->path = g_build_filename(b->dir, name, NULL);
+  return TRUE;
+}
+
+static void
+wait_done(GObject *src, GAsyncResult *res, gpointer data)
+{
+  g_subprocess_wait_finish(G_SUBPROCESS(src), res, NULL);
+  *(gboolean *)data = TRUE;
+}
+
+static gboolean
+set_flag(gpointer data)
+{
+  *(gboolean *)data = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+/* SIGTERM, then SIGKILL if it is still there after 5 s. */
+static void
+stop_process(GSubprocess *proc)
+{
+  gboolean done = FALSE, timed_out = FALSE;
+  guint timeout_id;
+
+  if (g_subprocess_get_identifier(proc) != NULL)
+    g_subprocess_send_signal(proc, SIGTERM);
+  g_subprocess_wait_async(proc, NULL, wait_done, &done);
+  timeout_id = g_timeout_add(5000, set_flag, &timed_out);
+  while (!done && !timed_out)
+    g_main_context_iteration(NULL, TRUE);
+  if (done) {
+    g_source_remove(timeout_id);
+    return;
+  }
+  g_subprocess_force_exit(proc);
+  while (!done)
+    g_main_context_iteration(NULL, TRUE);
+}
+
+static void
+backend_free(Backend *b)
+{
+  g_clear_pointer(&b->fe, vhu_frontend_free);
+  g_clear_pointer(&b->ds, vhu_display_server_free);
+  if (b->proc != NULL)
+    stop_process(b->proc);
+  g_clear_object(&b->proc);
+  if (b->path != NULL)
+    g_unlink(b->path);
+  if (b->dir != NULL)
+    g_rmdir(b->dir);
+  g_clear_pointer(&b->path, g_free);
+  g_clear_pointer(&b->dir, g_free);
+}
+
+/* The null device prints "ready" once it listens. */
+static gboolean
+wait_ready(GSubprocess *proc, GError **error)
+{
+  GInputStream *out = g_subprocess_get_stdout_pipe(proc);
+  int fd = g_unix_input_stream_get_fd(G_UNIX_INPUT_STREAM(out));
+  char buf[128] = { 0 };
+  gsize got = 0;
+
+  while (strstr(buf, "ready\n") == NULL) {
+    struct pollfd pfd = { .fd = fd, .events = POLLIN };
+    gssize n;
+
+    if (got == sizeof buf - 1 || poll(&pfd, 1, 10000) != 1) {
+      g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                          "the null backend did not print \"ready\"");
+      return FALSE;
+    }
+    n = g_input_stream_read(out, buf + got, sizeof buf - 1 - got, NULL, error);
+    if (n <= 0) {
+      if (n == 0)
+        g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_FAILED,
+                            "the null backend exited before it was ready");
+      return FALSE;
+    }
+    got += (gsize)n;
+  }
+  return TRUE;
+}
+
+/* QEMU's backend says nothing when ready; poll connect() (bounded).  It
+ * accepts a single connection, which becomes ours. */
+static VhuFrontend *
+connect_retry(Backend *b, GError **error)
+{
+  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+
+  for (;;) {
+    g_autoptr(GError) local = NULL;
+    VhuFrontend *fe = vhu_frontend_connect(b->path, &local);
+
+    if (fe != NULL)
+      return fe;
+    if ((!g_error_matches(local, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)
+         && !g_error_matches(local, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED))
+        || g_get_monotonic_time() > deadline || g_subprocess_get_identifier(b->proc) == NULL) {
+      g_propagate_error(error, g_steal_pointer(&local));
+      return NULL;
+    }
+    g_usleep(2000);
+  }
+}
+
+static GSubprocess *
+spawn(GSubprocessFlags flags, GError **error, const char *const *argv)
+{
+  g_autoptr(GSubprocessLauncher) l = g_subprocess_launcher_new(flags);
+
+  /* QEMU's backend logs guest errors as criticals; keep them non-fatal. */
+  g_subprocess_launcher_unsetenv(l, "G_DEBUG");
+  return g_subprocess_launcher_spawnv(l, argv, error);
+}
+
+static gboolean
+start_null(Backend *b, const Options *opt, GError **error)
+{
+  const guint size = (guint)opt->queue_size;
+
+  if (!backend_dir(b, "null.sock", error))
+    return FALSE;
+  b->proc = spawn(
+      G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, error,
+      (const char *const[]){ opt->null_backend, "--socket-path", b->path, "--queues", "1", NULL });
+  if (b->proc == NULL || !wait_ready(b->proc, error))
+    return FALSE;
+  b->fe = vhu_frontend_connect(b->path, error);
+  return b->fe != NULL && vhu_frontend_init(b->fe, G_MAXUINT64, error)
+         && vhu_frontend_add_region(b->fe, 0, 4 << 20, error)
+         && vhu_frontend_start(b->fe, BIT(28) | BIT(29), &size, 1, error);
+}
+
+static gboolean
+start_qemu(Backend *b, const Options *opt, GError **error)
+{
+  const VhuDisplayConfig dc
+      = { .num_scanouts = 1, .width = 640, .height = 480, .protocol_features = 0x3 };
+  const guint sizes[2] = { (guint)opt->queue_size, 16 };
+
+  if (!backend_dir(b, "gpu.sock", error))
+    return FALSE;
+  b->proc = spawn(G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, error,
+                  (const char *const[]){ opt->qemu_gpu, "--socket-path", b->path, NULL });
+  if (b->proc == NULL)
+    return FALSE;
+  b->fe = connect_retry(b, error);
+  if (b->fe == NULL || !vhu_frontend_init(b->fe, G_MAXUINT64, error)
+      || !vhu_frontend_add_region(b->fe, 0, 4 << 20, error))
+    return FALSE;
+  b->ds = vhu_display_server_new(&dc);
+  return vhu_display_server_attach(b->ds, b->fe, error)
+         && vhu_frontend_start(b->fe, BIT(28) | BIT(29), sizes, 2, error);
+}
+
+/* A 16x16 resource with backing, for one-pixel transfers. */
+static gboolean
+qemu_resource(Backend *b, GError **error)
+{
+  struct virtio_gpu_resource_create_2d create = {
+    .hdr.type = VIRTIO_GPU_CMD_RESOURCE_CREATE_2D,
+    .resource_id = 1,
+    .format = VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM,
+    .width = 16,
+    .height = 16,
+  };
+  struct {
+    struct virtio_gpu_resource_attach_backing hdr;
+    struct virtio_gpu_mem_entry e;
+  } attach = {
+    .hdr
+    = { .hdr.type = VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING, .resource_id = 1, .nr_entries = 1 },
+    .e = { .addr = vhu_frontend_alloc(b->fe, 16 * 16 * 4, 4096), .length = 16 * 16 * 4 }
+  };
+  VhuDriverQueue *q = vhu_frontend_get_queue(b->fe, 0);
+  struct virtio_gpu_ctrl_hdr resp;
+
+  if (vhu_driver_queue_transact(q, &create, sizeof create, &resp, sizeof resp, error) < 0
+      || resp.type != VIRTIO_GPU_RESP_OK_NODATA
+      || vhu_driver_queue_transact(q, &attach, sizeof attach, &resp, sizeof resp, error) < 0
+      || resp.type != VIRTIO_GPU_RESP_OK_NODATA) {
+    if (error != NULL && *error == NULL)
+      g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "resource setup answered 0x%x", resp.type);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* --- the measurement ----------------------------------------------------- */
+
+typedef struct {
+  guint64 req_gpa[MAX_BATCH];
+  guint64 resp_gpa[MAX_BATCH];
+  guint8 *resp[MAX_BATCH];
+} Slots;
+
+static gboolean
+prepare_slots(VhuFrontend *fe, const Request *r, Slots *s, GError **error)
+{
+  for (guint i = 0; i < MAX_BATCH; i++) {
+    s->req_gpa[i] = vhu_frontend_alloc(fe, r->req_size, 64);
+    s->resp_gpa[i] = vhu_frontend_alloc(fe, r->resp_size, 64);
+    if (s->req_gpa[i] == G_MAXUINT64 || s->resp_gpa[i] == G_MAXUINT64) {
+      g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE, "no guest memory left");
+      return FALSE;
+    }
+    memcpy(vhu_frontend_gpa_to_ptr(fe, s->req_gpa[i], r->req_size), r->req, r->req_size);
+    s->resp[i] = vhu_frontend_gpa_to_ptr(fe, s->resp_gpa[i], r->resp_size);
+  }
+  return TRUE;
+}
+
+static gboolean
+check_answer(const Request *r, const Slots *s, guint slot, guint32 len, GError **error)
+{
+  guint32 type;
+
+  if (r->expect_type == 0) {
+    if (len == r->req_size && memcmp(s->resp[slot], r->req, len) == 0)
+      return TRUE;
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "bad echo (%u bytes)", len);
+    return FALSE;
+  }
+  memcpy(&type, s->resp[slot], sizeof type);
+  if (len >= sizeof(struct virtio_gpu_ctrl_hdr) && type == r->expect_type)
+    return TRUE;
+  g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "answer 0x%x (%u bytes), expected 0x%x",
+              type, len, r->expect_type);
+  return FALSE;
+}
+
+/* One round: @batch chains, one kick, wait for all of them. */
+static gboolean
+round_trip(VhuDriverQueue *q, const Request *r, const Slots *s, guint batch, gboolean indirect,
+           GError **error)
+{
+  guint done = 0;
+
+  for (guint i = 0; i < batch; i++) {
+    VhuGuestBuf out = { s->req_gpa[i], (guint32)r->req_size };
+    VhuGuestBuf in = { s->resp_gpa[i], (guint32)r->resp_size };
+
+    if (vhu_driver_queue_add(q, &out, 1, &in, 1, indirect, GUINT_TO_POINTER(i + 1)) < 0) {
+      g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE, "ring full");
+      return FALSE;
+    }
+  }
+  vhu_driver_queue_kick(q);
+  while (done < batch) {
+    gpointer token;
+    guint32 len;
+
+    if (vhu_driver_queue_get_used(q, &token, &len)) {
+      if (!check_answer(r, s, GPOINTER_TO_UINT(token) - 1, len, error))
+        return FALSE;
+      done++;
+      continue;
+    }
+    if (!vhu_driver_queue_wait(q, 5000)) {
+      g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "no answer within 5 s (%u of %u)", done,
+                  batch);
+      return FALSE;
+    }
+  }
+  return TRUE;
+}
+
+/* Requests per second over @seconds, after a short warm-up. */
+static double
+measure(VhuFrontend *fe, const Request *r, const Slots *s, guint batch, const Options *opt,
+        GError **error)
+{
+  VhuDriverQueue *q = vhu_frontend_get_queue(fe, 0);
+  gint64 start, end, now;
+  guint64 n = 0;
+
+  end = g_get_monotonic_time() + 100 * 1000;
+  while (g_get_monotonic_time() < end) {
+    if (!round_trip(q, r, s, batch, opt->indirect, error))
+      return -1;
+  }
+  start = g_get_monotonic_time();
+  end = start + (gint64)(opt->seconds * G_USEC_PER_SEC);
+  do {
+    if (!round_trip(q, r, s, batch, opt->indirect, error))
+      return -1;
+    n += batch;
+    now = g_get_monotonic_time();
+  } while (now < end);
+  return (double)n * G_USEC_PER_SEC / (double)(now - start);
+}
+
+typedef struct {
+  const char *label;
+  const char *short_label;
+  double rate[2]; /* 1 per kick, 64 per kick; < 0: failed */
+  char *why;
+} Row;
+
+static int
+cmp_double(gconstpointer a, gconstpointer b)
+{
+  double x = *(const double *)a, y = *(const double *)b;
+
+  return x < y ? -1 : x > y;
+}
+
+/* The median of opt->repeat measurements: this is a busy, shared machine. */
+static void
+run_row(Backend *b, Row *row, const Request *r, const Options *opt)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree double *runs = g_new(double, opt->repeat);
+  Slots s;
+  const guint batches[2] = { 1, MAX_BATCH };
+
+  row->rate[0] = row->rate[1] = -1;
+  if (!prepare_slots(b->fe, r, &s, &error)) {
+    row->why = g_strdup(error->message);
+    return;
+  }
+  for (guint i = 0; i < 2; i++) {
+    for (int k = 0; k < opt->repeat; k++) {
+      runs[k] = measure(b->fe, r, &s, batches[i], opt, &error);
+      if (runs[k] < 0) {
+        row->why = g_strdup(error->message);
+        return;
+      }
+    }
+    qsort(runs, (gsize)opt->repeat, sizeof *runs, cmp_double);
+    row->rate[i] = runs[opt->repeat / 2];
+  }
+}
+
+static void
+fail_row(Row *row, GError *error, const char *what)
+{
+  row->rate[0] = row->rate[1] = -1;
+  row->why = g_strdup_printf("%s: %s", what, error != NULL ? error->message : "failed");
+}
+
+static void
+print_rate(double v)
+{
+  if (v < 0)
+    printf(" %14s", "n/a");
+  else
+    printf(" %14.0f", v);
+}
+
+static void
+print_table(Row *rows, guint n, const Options *opt)
+{
+  printf("\nrequests per second (median of %d runs of %.1f s, queue size %d, %s descriptors, "
+         "EVENT_IDX)\n\n",
+         opt->repeat, opt->seconds, opt->queue_size, opt->indirect ? "indirect" : "direct");
+  printf("%-38s %14s %14s\n", "", "1 per kick", "64 per kick");
+  for (guint i = 0; i < n; i++) {
+    printf("%-38s", rows[i].label);
+    print_rate(rows[i].rate[0]);
+    print_rate(rows[i].rate[1]);
+    printf("\n");
+  }
+  for (guint k = 1; k < n; k++) {
+    g_autofree char *label = g_strdup_printf("ratio ours / %s", rows[k].short_label);
+
+    printf("%-38s", label);
+    for (guint i = 0; i < 2; i++) {
+      if (rows[0].rate[i] > 0 && rows[k].rate[i] > 0)
+        printf(" %13.2fx", rows[0].rate[i] / rows[k].rate[i]);
+      else
+        printf(" %14s", "n/a");
+    }
+    printf("\n");
+  }
+  for (guint i = 0; i < n; i++) {
+    if (rows[i].why != NULL)
+      printf("\n%s: n/a: %s", rows[i].label, rows[i].why);
+  }
+  printf("\n");
+}
+
+int
+main(int argc, char **argv)
+{
+  Options opt = { .seconds = 0.5, .repeat = 3, .queue_size = 256 };
+  g_autofree char *null_backend = NULL, *qemu_gpu = NULL;
+  const GOptionEntry entries[] = {
+    { "null-backend", 0, 0, G_OPTION_ARG_FILENAME, &null_backend,
+      "Our null device (default: the one in this build)", "PATH" },
+    { "qemu-gpu", 0, 0, G_OPTION_ARG_FILENAME, &qemu_gpu,
+      "QEMU's backend (default " QEMU_GPU_PATH ")", "PATH" },
+    { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &opt.seconds, "Seconds per run (default 0.5)", "S" },
+    { "repeat", 'r', 0, G_OPTION_ARG_INT, &opt.repeat,
+      "Runs per figure; the median is printed (default 3)", "N" },
+    { "queue-size", 'q', 0, G_OPTION_ARG_INT, &opt.queue_size,
+      "Ring size, a power of two >= 128 (default 256)", "N" },
+    { "indirect", 0, 0, G_OPTION_ARG_NONE, &opt.indirect, "Use indirect descriptor tables", NULL },
+    { NULL },
+  };
+  g_autoptr(GOptionContext) ctx = g_option_context_new(NULL);
+  g_autoptr(GError) error = NULL;
+  struct virtio_gpu_transfer_to_host_2d transfer = {
+    .hdr.type = VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D,
+    .r = { 0, 0, 1, 1 },
+    .resource_id = 1,
+  };
+  struct virtio_gpu_resource_unref unref = {
+    .hdr.type = VIRTIO_GPU_CMD_RESOURCE_UNREF,
+    .resource_id = 0xdead,
+  };
+  guint8 echo[ECHO_SIZE];
+  const Request echo_req = { echo, sizeof echo, sizeof echo, 0 };
+  const Request transfer_req = { &transfer, sizeof transfer, sizeof(struct virtio_gpu_ctrl_hdr),
+                                 VIRTIO_GPU_RESP_OK_NODATA };
+  const Request unref_req = { &unref, sizeof unref, sizeof(struct virtio_gpu_ctrl_hdr),
+                              VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID };
+  Row rows[3] = {
+    { .label = "ours: null device, 64-byte echo", .short_label = "ours" },
+    { .label = "QEMU gpu: TRANSFER_TO_HOST_2D 1 px", .short_label = "QEMU TRANSFER" },
+    { .label = "QEMU gpu: RESOURCE_UNREF unknown id", .short_label = "QEMU UNREF" },
+  };
+  Backend ours = { 0 }, qemu = { 0 };
+
+  g_option_context_set_summary(ctx, "Requests per second through the vhost-user transport: our "
+                                    "null device against QEMU's vhost-user-gpu.");
+  g_option_context_set_description(
+      ctx, "Both backends run as child processes (their log output is discarded); one frontend\n"
+           "driver sends small requests: a 64-byte echo through our null device, and QEMU's\n"
+           "cheapest GPU commands (a one-pixel TRANSFER_TO_HOST_2D answered OK without a\n"
+           "log line, and a RESOURCE_UNREF of an unknown id answered with an error that QEMU\n"
+           "logs).  Each figure waits for every answer of a kick before the next kick.\n"
+           "A benchmark, not a test: the figures depend on the machine.");
+  g_option_context_add_main_entries(ctx, entries, NULL);
+  if (!g_option_context_parse(ctx, &argc, &argv, &error) || opt.seconds <= 0 || opt.repeat < 1
+      || opt.repeat > 100 || opt.queue_size < 128 || opt.queue_size > 32768
+      || (opt.queue_size & (opt.queue_size - 1)) != 0) {
+    fprintf(stderr, "gst-vhost-bench: %s\n", error != NULL ? error->message : "bad option value");
+    return 2;
+  }
+  opt.null_backend = null_backend != NULL ? null_backend : VHU_NULL_BACKEND_PATH;
+  opt.qemu_gpu = qemu_gpu != NULL ? qemu_gpu : QEMU_GPU_PATH;
+  for (guint i = 0; i < sizeof echo; i++)
+    echo[i] = (guint8)(i * 7 + 1);
+
+  printf("null device: %s\nQEMU backend: %s\n", opt.null_backend, opt.qemu_gpu);
+  if (start_null(&ours, &opt, &error))
+    run_row(&ours, &rows[0], &echo_req, &opt);
+  else
+    fail_row(&rows[0], error, "cannot start");
+  g_clear_error(&error);
+  backend_free(&ours);
+
+  if (start_qemu(&qemu, &opt, &error) && qemu_resource(&qemu, &error)) {
+    run_row(&qemu, &rows[1], &transfer_req, &opt);
+    run_row(&qemu, &rows[2], &unref_req, &opt);
+  } else {
+    fail_row(&rows[1], error, "cannot start");
+    fail_row(&rows[2], error, "cannot start");
+  }
+  backend_free(&qemu);
+
+  print_table(rows, G_N_ELEMENTS(rows), &opt);
+  for (guint i = 0; i < G_N_ELEMENTS(rows); i++)
+    g_free(rows[i].why);
+  return rows[0].rate[0] > 0 ? 0 : 1;
+}
