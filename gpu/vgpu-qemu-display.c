@@ -79,7 +79,8 @@ struct _VgpuQemuDisplay {
 struct _Conn {
   gint refcount;
   int fd;
-  VgpuQemuDisplay *qd; /* NULL once detached (device lock) */
+  VgpuQemuDisplay *qd;            /* NULL once detached (device lock) */
+  VgpuQemuDisplayOptions options; /* the lock, usable after the client went */
   GMainContext *context;
   GSource *read_source;
   GThread *writer;
@@ -105,16 +106,18 @@ struct _Conn {
 
 static void conn_close(VgpuQemuDisplay *qd, const char *why);
 
+/* Callbacks on the context lock through the connection: the client may be
+ * gone, which they find out with the lock held (c->qd == NULL). */
 static void
-lock_dev(VgpuQemuDisplay *qd)
+conn_lock(Conn *c)
 {
-  qd->options.lock(qd->options.lock_data);
+  c->options.lock(c->options.lock_data);
 }
 
 static void
-unlock_dev(VgpuQemuDisplay *qd)
+conn_unlock(Conn *c)
 {
-  qd->options.unlock(qd->options.lock_data);
+  c->options.unlock(c->options.lock_data);
 }
 
 static void
@@ -459,11 +462,9 @@ expect_timeout_cb(gpointer data)
 
   /* The Conn reference keeps @c valid; the Expect is valid while it is in
    * c->expects, which only changes under the device lock. */
+  conn_lock(c);
   qd = c->qd;
-  if (!qd)
-    return G_SOURCE_REMOVE;
-  lock_dev(qd);
-  if (c->qd && g_queue_find(&c->expects, td->expect)) {
+  if (qd && g_queue_find(&c->expects, td->expect)) {
     Expect *e = td->expect;
 
     g_source_unref(e->timeout);
@@ -478,7 +479,7 @@ expect_timeout_cb(gpointer data)
       answer_query(qd, &e->query, NULL, 0);
     }
   }
-  unlock_dev(qd);
+  conn_unlock(c);
   return G_SOURCE_REMOVE;
 }
 
@@ -594,14 +595,13 @@ static gboolean
 read_cb(gint fd, GIOCondition condition, gpointer data)
 {
   Conn *c = data;
-  VgpuQemuDisplay *qd = c->qd;
+  VgpuQemuDisplay *qd;
   gboolean keep = TRUE;
 
-  if (!qd)
-    return G_SOURCE_REMOVE;
-  lock_dev(qd);
-  if (!c->qd) {
-    unlock_dev(qd);
+  conn_lock(c);
+  qd = c->qd;
+  if (!qd) {
+    conn_unlock(c);
     return G_SOURCE_REMOVE;
   }
   while (keep) {
@@ -637,7 +637,7 @@ read_cb(gint fd, GIOCondition condition, gpointer data)
       }
     }
   }
-  unlock_dev(qd);
+  conn_unlock(c);
   return keep ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
 }
 
@@ -765,6 +765,7 @@ vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error)
   c->refcount = 1;
   c->fd = fd;
   c->qd = qd;
+  c->options = qd->options;
   c->context = g_main_context_ref(qd->options.context);
   c->write_timeout_ms = qd->options.write_timeout_ms;
   g_mutex_init(&c->lock);
