@@ -123,7 +123,7 @@ close_fd(int *fd)
  * backend requests beyond acknowledging CONFIG_CHANGE; anything asking for a
  * reply gets one so the backend is never left waiting. */
 static void
-service_backend_channel(VhuFrontend *fe)
+service_backend_message(VhuFrontend *fe)
 {
   g_autoptr(GError) error = NULL;
   VhuMsg msg;
@@ -145,6 +145,19 @@ service_backend_channel(VhuFrontend *fe)
       g_warning("backend request channel: %s; closing it", error->message);
       close_fd(&fe->backend_req_fd);
     }
+  }
+}
+
+/* Handles every message already waiting (a bounded number per call). */
+static void
+service_backend_channel(VhuFrontend *fe)
+{
+  for (guint i = 0; i < 64 && fe->backend_req_fd >= 0; i++) {
+    struct pollfd pfd = { .fd = fe->backend_req_fd, .events = POLLIN };
+
+    if (i > 0 && poll(&pfd, 1, 0) != 1)
+      break;
+    service_backend_message(fe);
   }
 }
 

@@ -349,8 +349,27 @@ test_sequence_full(void)
   /* Everything without a reply of its own was sent with NEED_REPLY. */
   g_assert_cmphex(g_array_index(p->flags, guint32, 6), ==, VHU_VERSION | VHU_FLAG_NEED_REPLY);
 
+  /* Backend requests are answered while the frontend waits for a reply:
+   * CONFIG_CHANGE acked with 0, anything else refused with 1. */
+  g_assert_true(vhu_msg_write(p->backend_req, VHU_BACKEND_CONFIG_CHANGE_MSG,
+                              VHU_VERSION | VHU_FLAG_NEED_REPLY, NULL, 0, NULL, 0, NULL));
+  g_assert_true(
+      vhu_msg_write(p->backend_req, 77, VHU_VERSION | VHU_FLAG_NEED_REPLY, NULL, 0, NULL, 0, NULL));
   mark = n_requests(p);
   g_assert_true(vhu_frontend_get_config(fe, 4, cfg, sizeof cfg, &error));
+  for (guint i = 0; i < 2; i++) {
+    struct pollfd pfd = { .fd = p->backend_req, .events = POLLIN };
+    VhuMsg m;
+    guint64 ack;
+
+    g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+    g_assert_cmpint(vhu_msg_read(p->backend_req, &m, 5000, NULL), ==, VHU_MSG_OK);
+    g_assert_cmpuint(m.hdr.request, ==, i == 0 ? VHU_BACKEND_CONFIG_CHANGE_MSG : 77);
+    g_assert_cmphex(m.hdr.flags, ==, VHU_REPLY_FLAGS);
+    g_assert_cmpuint(m.hdr.size, ==, 8);
+    memcpy(&ack, m.payload, 8);
+    g_assert_cmpuint(ack, ==, i);
+  }
   g_assert_no_error(error);
   g_assert_cmpuint(cfg[0], ==, 4);
   g_assert_cmpuint(cfg[7], ==, 11);
@@ -819,6 +838,291 @@ test_memory(void)
   g_assert_cmphex(vhu_frontend_alloc(fe, 0x10, 1), ==, 0x1000);
 }
 
+static const VhuDisplayConfig display_config = {
+  .num_scanouts = 1, .width = 640, .height = 480, .protocol_features = 0x3, /* like QEMU 10 */
+};
+
+/* --- display server against a scripted GPU backend ---------------------- */
+
+typedef struct {
+  VhuFrontend *fe;
+  int main_peer; /* backend end of the vhost-user socket */
+  int sock;      /* backend end of the display socket */
+  VhuDisplayServer *ds;
+} Display;
+
+/* Attaches and receives the display socket as a backend would. */
+static int
+receive_display_socket(Display *d)
+{
+  g_autoptr(GError) error = NULL;
+  struct pollfd pfd = { .fd = d->main_peer, .events = POLLIN };
+  VhuMsg m;
+  int fd;
+
+  g_assert_true(vhu_display_server_attach(d->ds, d->fe, &error));
+  g_assert_no_error(error);
+  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_cmpint(vhu_msg_read(d->main_peer, &m, 5000, &error), ==, VHU_MSG_OK);
+  g_assert_cmpuint(m.hdr.request, ==, VHU_GPU_SET_SOCKET);
+  g_assert_cmphex(m.hdr.flags, ==, 0x1);
+  g_assert_cmpuint(m.hdr.size, ==, 0);
+  g_assert_cmpuint(m.n_fds, ==, 1);
+  fd = vhu_msg_steal_fd(&m, 0);
+  vhu_msg_close_fds(&m);
+  return fd;
+}
+
+static void
+display_setup(Display *d, gboolean answer_invalid_edid)
+{
+  VhuDisplayConfig c = display_config;
+  int sv[2];
+
+  c.num_scanouts = 2;
+  c.answer_invalid_edid = answer_invalid_edid;
+  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+  d->fe = vhu_frontend_new_from_fd(sv[0]);
+  d->main_peer = sv[1];
+  d->ds = vhu_display_server_new(&c);
+  d->sock = receive_display_socket(d);
+}
+
+static void
+display_teardown(Display *d)
+{
+  vhu_display_server_free(d->ds);
+  vhu_frontend_free(d->fe);
+  close(d->main_peer);
+  if (d->sock >= 0)
+    close(d->sock);
+}
+
+static void
+dsend(Display *d, guint32 request, const void *payload, gsize size)
+{
+  guint32 hdr[3] = { request, 0, (guint32)size };
+  g_autofree guint8 *buf = g_malloc(sizeof hdr + size);
+
+  memcpy(buf, hdr, sizeof hdr);
+  if (size > 0)
+    memcpy(buf + sizeof hdr, payload, size);
+  g_assert_cmpint(send(d->sock, buf, sizeof hdr + size, MSG_NOSIGNAL), ==, sizeof hdr + size);
+}
+
+/* Reads one reply; returns its payload size (payload copied to @buf). */
+static gsize
+dreply(Display *d, guint32 request, void *buf, gsize cap)
+{
+  struct pollfd pfd = { .fd = d->sock, .events = POLLIN };
+  guint32 hdr[3];
+
+  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_cmpint(recv(d->sock, hdr, sizeof hdr, MSG_WAITALL), ==, sizeof hdr);
+  g_assert_cmpuint(hdr[0], ==, request);
+  g_assert_cmphex(hdr[1], ==, VHU_DISPLAY_FLAG_REPLY);
+  g_assert_cmpuint(hdr[2], <=, cap);
+  if (hdr[2] > 0)
+    g_assert_cmpint(recv(d->sock, buf, hdr[2], MSG_WAITALL), ==, hdr[2]);
+  return hdr[2];
+}
+
+/* A request with a reply orders everything sent before it. */
+static void
+dbarrier(Display *d)
+{
+  guint64 v = 0;
+
+  dsend(d, VHU_DISPLAY_GET_PROTOCOL_FEATURES, NULL, 0);
+  g_assert_cmpuint(dreply(d, VHU_DISPLAY_GET_PROTOCOL_FEATURES, &v, sizeof v), ==, 8);
+  g_assert_cmphex(v, ==, 0x3);
+}
+
+static guint64
+derrors(Display *d)
+{
+  VhuDisplayStats st;
+
+  vhu_display_server_get_stats(d->ds, &st);
+  return st.errors;
+}
+
+static void
+test_display_requests(void)
+{
+  struct virtio_gpu_resp_display_info info;
+  g_autofree struct virtio_gpu_resp_edid *edid = g_new0(struct virtio_gpu_resp_edid, 1);
+  guint64 features = 0x1;
+  VhuDisplayEdidRequest er = { .scanout_id = 1 };
+  VhuDisplayStats st;
+  Display d;
+
+  display_setup(&d, FALSE);
+  dbarrier(&d);
+  dsend(&d, VHU_DISPLAY_SET_PROTOCOL_FEATURES, &features, sizeof features);
+  dsend(&d, VHU_DISPLAY_GET_DISPLAY_INFO, NULL, 0);
+  g_assert_cmpuint(dreply(&d, VHU_DISPLAY_GET_DISPLAY_INFO, &info, sizeof info), ==, sizeof info);
+  g_assert_cmphex(info.hdr.type, ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+  g_assert_cmpuint(info.pmodes[1].enabled, ==, 1);
+  g_assert_cmpuint(info.pmodes[1].r.width, ==, 640);
+  g_assert_cmpuint(info.pmodes[2].enabled, ==, 0);
+  dsend(&d, VHU_DISPLAY_GET_EDID, &er, sizeof er);
+  g_assert_cmpuint(dreply(&d, VHU_DISPLAY_GET_EDID, edid, sizeof *edid), ==, sizeof *edid);
+  g_assert_cmphex(edid->hdr.type, ==, VIRTIO_GPU_RESP_OK_EDID);
+  /* An invalid scanout gets no answer, as from QEMU: the next reply is the
+   * barrier's. */
+  er.scanout_id = 2;
+  dsend(&d, VHU_DISPLAY_GET_EDID, &er, sizeof er);
+  dbarrier(&d);
+  /* DMABUF_UPDATE is answered at once with an empty reply. */
+  {
+    VhuDisplayUpdate u = { 0, 0, 0, 1, 1 };
+
+    dsend(&d, VHU_DISPLAY_DMABUF_UPDATE, &u, sizeof u);
+    g_assert_cmpuint(dreply(&d, VHU_DISPLAY_DMABUF_UPDATE, NULL, 0), ==, 0);
+  }
+  vhu_display_server_get_stats(d.ds, &st);
+  g_assert_cmphex(st.negotiated_features, ==, 0x1);
+  g_assert_cmpuint(st.edid_requests, ==, 2);
+  g_assert_cmpuint(st.errors, ==, 1);
+  g_assert_cmpuint(st.dmabuf_updates, ==, 1);
+  display_teardown(&d);
+
+  /* With answer_invalid_edid the bad id gets an error answer. */
+  display_setup(&d, TRUE);
+  dsend(&d, VHU_DISPLAY_GET_EDID, &er, sizeof er);
+  g_assert_cmpuint(dreply(&d, VHU_DISPLAY_GET_EDID, edid, sizeof *edid), ==, sizeof *edid);
+  g_assert_cmphex(edid->hdr.type, ==, VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID);
+  display_teardown(&d);
+}
+
+static void
+send_update(Display *d, guint32 id, guint32 x, guint32 y, guint32 w, guint32 h, gsize pixels,
+            guint32 value)
+{
+  VhuDisplayUpdate u = { id, x, y, w, h };
+  g_autofree guint8 *buf = g_malloc(sizeof u + pixels * 4);
+
+  memcpy(buf, &u, sizeof u);
+  for (gsize i = 0; i < pixels; i++)
+    memcpy(buf + sizeof u + i * 4, &value, 4);
+  dsend(d, VHU_DISPLAY_UPDATE, buf, sizeof u + pixels * 4);
+}
+
+static void
+test_display_framebuffer(void)
+{
+  VhuDisplayScanout so = { 1, 8, 4 };
+  g_autofree guint32 *frame = NULL;
+  guint w = 0, h = 0;
+  Display d;
+
+  display_setup(&d, FALSE);
+  dsend(&d, VHU_DISPLAY_SCANOUT, &so, sizeof so);
+  send_update(&d, 1, 2, 1, 3, 2, 6, 0x00abcdef);
+  g_assert_true(vhu_display_server_wait_updates(d.ds, 1, 5000));
+  dbarrier(&d);
+  frame = vhu_display_server_get_frame(d.ds, 1, &w, &h);
+  g_assert_nonnull(frame);
+  g_assert_cmpuint(w, ==, 8);
+  g_assert_cmpuint(h, ==, 4);
+  for (guint y = 0; y < 4; y++)
+    for (guint x = 0; x < 8; x++)
+      g_assert_cmphex(frame[y * 8 + x], ==, x >= 2 && x < 5 && y >= 1 && y < 3 ? 0x00abcdef : 0);
+  g_assert_null(vhu_display_server_get_frame(d.ds, 0, NULL, NULL));
+  g_assert_cmpuint(derrors(&d), ==, 0);
+
+  /* Bad updates: each one counted, none applied, the server goes on. */
+  send_update(&d, 1, 6, 0, 3, 1, 3, 1);                   /* past the right edge */
+  send_update(&d, 1, 0, 0xffffffff, 1, 2, 2, 1);          /* y + h overflows */
+  send_update(&d, 1, 0, 0, 0xffffffff, 0xffffffff, 0, 1); /* w * h * 4 overflows */
+  send_update(&d, 1, 0, 0, 2, 2, 3, 1);                   /* payload too short */
+  send_update(&d, 1, 0, 0, 2, 2, 5, 1);                   /* payload too long */
+  send_update(&d, 0, 0, 0, 1, 1, 1, 1);                   /* scanout disabled */
+  send_update(&d, 7, 0, 0, 1, 1, 1, 1);                   /* no such scanout */
+  dsend(&d, VHU_DISPLAY_UPDATE, "abc", 3);                /* shorter than its header */
+  dbarrier(&d);
+  g_assert_cmpuint(derrors(&d), ==, 8);
+  g_free(frame);
+  frame = vhu_display_server_get_frame(d.ds, 1, &w, &h);
+  g_assert_cmphex(frame[0], ==, 0);
+  g_assert_cmphex(frame[7], ==, 0);
+
+  /* Bad scanouts and cursors, unknown requests. */
+  {
+    VhuDisplayScanout huge = { 0, 100000, 100000 }, bad_id = { 16, 8, 8 };
+    g_autofree VhuDisplayCursorUpdate *cur = g_new0(VhuDisplayCursorUpdate, 1);
+    g_autofree guint32 *image = g_new0(guint32, 64 * 64);
+    VhuDisplayCursorPos pos = { 1, 5, 6 };
+    guint x, y;
+    gboolean visible;
+
+    dsend(&d, VHU_DISPLAY_SCANOUT, &huge, sizeof huge);
+    dsend(&d, VHU_DISPLAY_SCANOUT, &bad_id, sizeof bad_id);
+    dsend(&d, VHU_DISPLAY_SCANOUT, &so, 8);
+    dsend(&d, VHU_DISPLAY_CURSOR_UPDATE, cur, sizeof *cur - 4);
+    dsend(&d, 99, NULL, 0);
+    dbarrier(&d);
+    g_assert_cmpuint(derrors(&d), ==, 8 + 5);
+    g_assert_null(vhu_display_server_get_frame(d.ds, 0, NULL, NULL));
+    g_assert_false(vhu_display_server_get_cursor(d.ds, 1, &x, &y, &visible, NULL));
+    cur->pos = pos;
+    cur->data[0] = 0xff112233;
+    dsend(&d, VHU_DISPLAY_CURSOR_UPDATE, cur, sizeof *cur);
+    pos.x = 9;
+    dsend(&d, VHU_DISPLAY_CURSOR_POS_HIDE, &pos, sizeof pos);
+    dbarrier(&d);
+    g_assert_true(vhu_display_server_get_cursor(d.ds, 1, &x, &y, &visible, image));
+    g_assert_cmpuint(x, ==, 9);
+    g_assert_cmpuint(y, ==, 6);
+    g_assert_false(visible);
+    g_assert_cmphex(image[0], ==, 0xff112233);
+  }
+  /* 0x0 disables the scanout. */
+  so.width = so.height = 0;
+  dsend(&d, VHU_DISPLAY_SCANOUT, &so, sizeof so);
+  dbarrier(&d);
+  g_assert_null(vhu_display_server_get_frame(d.ds, 1, NULL, NULL));
+  g_assert_false(vhu_display_server_wait_updates(d.ds, 1000, 10));
+  display_teardown(&d);
+}
+
+/* An oversized message drops the connection; attach replaces it. */
+static void
+test_display_connection(void)
+{
+  guint32 hdr[3] = { VHU_DISPLAY_UPDATE, 0, 512u << 20 };
+  struct pollfd pfd;
+  char c;
+  int old;
+  Display d;
+
+  display_setup(&d, FALSE);
+  g_assert_cmpint(send(d.sock, hdr, sizeof hdr, MSG_NOSIGNAL), ==, sizeof hdr);
+  pfd = (struct pollfd){ .fd = d.sock, .events = POLLIN };
+  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_cmpint(recv(d.sock, &c, 1, 0), ==, 0); /* EOF */
+  g_assert_cmpuint(derrors(&d), ==, 1);
+
+  /* A new socket; the old one is closed by the server. */
+  old = d.sock;
+  d.sock = receive_display_socket(&d);
+  dbarrier(&d);
+  close(old);
+  old = d.sock;
+  d.sock = receive_display_socket(&d);
+  pfd = (struct pollfd){ .fd = old, .events = POLLIN };
+  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_cmpint(recv(old, &c, 1, 0), ==, 0);
+  close(old);
+  dbarrier(&d);
+  vhu_display_server_detach(d.ds);
+  pfd = (struct pollfd){ .fd = d.sock, .events = POLLIN };
+  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_cmpint(recv(d.sock, &c, 1, 0), ==, 0);
+  display_teardown(&d);
+}
+
 /* --- QEMU's vhost-user-gpu ----------------------------------------------- */
 
 typedef struct {
@@ -927,10 +1231,6 @@ qemu_reap(Qemu *qm)
   g_free(qm->path);
   g_free(qm->dir);
 }
-
-static const VhuDisplayConfig display_config = {
-  .num_scanouts = 1, .width = 640, .height = 480, .protocol_features = 0x3, /* like QEMU 10 */
-};
 
 /* init, memory (one region with a non-zero mmap_offset, as QEMU's RAM above
  * the VGA hole), display socket, start: what QEMU does at DRIVER_OK. */
@@ -1311,6 +1611,9 @@ main(int argc, char **argv)
   g_test_add_func("/frontend/queue/indirect", test_queue_indirect);
   g_test_add_func("/frontend/queue/event-idx", test_queue_event_idx);
   g_test_add_func("/frontend/queue/hostile-used", test_queue_hostile_used);
+  g_test_add_func("/frontend/display/requests", test_display_requests);
+  g_test_add_func("/frontend/display/framebuffer", test_display_framebuffer);
+  g_test_add_func("/frontend/display/connection", test_display_connection);
   g_test_add_func("/frontend/qemu-gpu/realize", test_qemu_realize);
   g_test_add_func("/frontend/qemu-gpu/session", test_qemu_session);
   g_test_add_func("/frontend/qemu-gpu/cursor", test_qemu_cursor);
