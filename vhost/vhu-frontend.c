@@ -8,6 +8,7 @@
 #include "vhu-frontend.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <gio/gio.h>
 #include <linux/virtio_ring.h>
 #include <poll.h>
@@ -206,6 +207,7 @@ VhuFrontend *
 vhu_frontend_connect(const char *path, GError **error)
 {
   struct sockaddr_un sun = { .sun_family = AF_UNIX };
+  gint64 deadline;
   int fd;
 
   if (strlen(path) >= sizeof sun.sun_path) {
@@ -213,22 +215,30 @@ vhu_frontend_connect(const char *path, GError **error)
     return NULL;
   }
   strcpy(sun.sun_path, path);
-  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  /* Non-blocking: a listener whose backlog is full makes a blocking
+   * connect() wait forever; here it is retried until the default timeout. */
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
     int errsv = errno;
     g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "socket: %s", g_strerror(errsv));
     return NULL;
   }
+  deadline = deadline_after(VHU_FRONTEND_DEFAULT_TIMEOUT_MS);
   while (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
     int errsv = errno;
 
     if (errsv == EINTR)
       continue;
+    if (errsv == EAGAIN && ms_left(deadline) > 0) {
+      g_usleep(1000);
+      continue;
+    }
     close(fd);
     g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "cannot connect to %s: %s", path,
                 g_strerror(errsv));
     return NULL;
   }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   return vhu_frontend_new_from_fd(fd);
 }
 
