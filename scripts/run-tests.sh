@@ -24,22 +24,22 @@ else
 fi
 
 status=0
-run_suite() { # dir, setup args...
-    dir=$1; shift
+run_suite() { # dir, meson test args, setup args...
+    dir=$1 test_args=$2; shift 2
     if [ ! -f "$dir/build.ninja" ]; then
         meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || {
             cat "$dir.setup.log"; status=1; return; }
     fi
     ninja -C "$dir" || { status=1; return; }
-    meson test -C "$dir" --print-errorlogs --num-processes 2 || status=1
+    meson test -C "$dir" --print-errorlogs --num-processes 2 $test_args || status=1
 }
 
-run_suite build
+run_suite build ""
 if [ "$asan" = 1 ]; then
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        run_suite build-asan -Db_sanitize=address,undefined -Db_lundef=false
+        run_suite build-asan "" -Db_sanitize=address,undefined -Db_lundef=false
 fi
 if [ "$fuzz" = 1 ]; then
-    CC=clang run_suite build-fuzz -Dfuzzing=true -Dgstreamer=disabled -Dguest_tests=disabled
+    CC=clang run_suite build-fuzz "--suite fuzz" -Dfuzzing=true -Dgstreamer=disabled -Dguest_tests=disabled
 fi
 exit $status
