@@ -781,6 +781,9 @@ echo_queue_kick(gpointer data, VhuBackend *backend, guint qidx)
     guint8 buf[RAW_SLOT_SIZE];
     gsize n = vhu_elem_read(elem, 0, buf, MIN(sizeof buf, elem->in_len));
 
+    /* A request the device finds unusable (test hook). */
+    if (n >= 6 && memcmp(buf, "RESET!", 6) == 0)
+      vhu_backend_set_needs_reset(backend, "the test asked for it");
     vhu_elem_write(elem, 0, buf, n);
     vhu_vring_push(vring, elem, (guint32)n);
   }
@@ -1826,6 +1829,38 @@ test_backend_broken_ring(void)
   server_free(s);
 }
 
+/* The device sets NEEDS_RESET itself: every ring's err fd is signalled,
+ * one log line however often it happens. */
+static void
+test_backend_device_needs_reset(void)
+{
+  Server *s = server_new(2);
+  Raw *r = raw_connect(s->path);
+  guint mark = log_mark();
+  int err = new_eventfd();
+  guint64 v;
+
+  raw_init(r, G_MAXUINT64);
+  raw_start_10(r, 2);
+  raw_vring_fd(r, VHU_SET_VRING_ERR, 1, err);
+  raw_echo(r, 0, "RESET! please");
+  g_assert_true(wait_readable(err, TIMEOUT_MS));
+  g_assert_cmpint(read(err, &v, 8), ==, 8);
+  g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS), ==,
+                  VHU_STATUS_ACKNOWLEDGE | VHU_STATUS_DRIVER | VHU_STATUS_FEATURES_OK
+                      | VHU_STATUS_DRIVER_OK | VHU_STATUS_NEEDS_RESET);
+  raw_echo(r, 0, "RESET! again");
+  raw_echo(r, 1, "queues still answer");
+  g_assert_cmpuint(log_count_since(mark, "needs reset"), ==, 1);
+  /* A device reset clears it. */
+  g_assert_cmpuint(raw_acked(r, VHU_RESET_DEVICE, NULL, 0, NULL, 0), ==, 0);
+  g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS), ==, 0);
+  close(err);
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  server_free(s);
+}
+
 /* ------------------------------------------------------------------ */
 /* /null: the vhu-null-backend program */
 
@@ -2298,6 +2333,7 @@ main(int argc, char **argv)
   g_test_add_func("/backend/serve-fd", test_backend_serve_fd);
   g_test_add_func("/backend/socket-file", test_backend_socket_file);
   g_test_add_func("/backend/broken-ring", test_backend_broken_ring);
+  g_test_add_func("/backend/device-needs-reset", test_backend_device_needs_reset);
   g_test_add_data_func("/backend/hostile/unknown-id", hostile_unknown_id, test_hostile);
   g_test_add_data_func("/backend/hostile/wrong-size", hostile_wrong_size, test_hostile);
   g_test_add_data_func("/backend/hostile/getter-size", hostile_getter_size, test_hostile);
