@@ -92,6 +92,7 @@ struct _Conn {
   GQueue out;
   gsize out_data_bytes;
   gboolean closing;
+  gboolean writer_gone; /* the writer failed and exited: nothing is written any more */
 
   /* Device lock: */
   GQueue expects;  /* Expect, in request order */
@@ -248,7 +249,9 @@ conn_push(Conn *c, OutMsg *m)
     out_msg_free(m);
     return TRUE;
   }
-  if (c->out.length >= MAX_QUEUED_MSGS) {
+  if (c->writer_gone) {
+    /* The reader will see the shutdown and close the connection. */
+  } else if (c->out.length >= MAX_QUEUED_MSGS) {
     ok = FALSE;
   } else {
     c->out_data_bytes += m->data_len;
@@ -410,6 +413,7 @@ writer_main(gpointer data)
   rest = c->out;
   g_queue_init(&c->out);
   closing = c->closing;
+  c->writer_gone = TRUE;
   g_mutex_unlock(&c->lock);
   while ((m = g_queue_pop_head(&rest)))
     out_msg_free(m);

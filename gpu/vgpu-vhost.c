@@ -14,6 +14,8 @@ struct _VgpuVhost {
   gboolean batching[VGPU_NUM_QUEUES]; /* lock held: inside queue_kick */
   gboolean used_device;               /* lock held: requests served since the last reset */
   gboolean replay_pending;            /* lock held: a display socket came before the start */
+  void (*disconnect_func)(gpointer data);
+  gpointer disconnect_data;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -92,6 +94,7 @@ iface_queue_started(gpointer dev, guint qidx, gboolean started)
     vgpu_device_flush(v->dev);
     return;
   }
+  g_debug("gpu: queue %u started at %u", qidx, vhu_vring_get_base(vring));
   if (qidx != VGPU_CTRL_QUEUE)
     return;
   if (vhu_vring_get_base(vring) == 0 && v->used_device) {
@@ -173,12 +176,27 @@ iface_reset(gpointer dev)
 {
   VgpuVhost *v = dev;
 
+  /* The display socket stays: QEMU resets the device (RESET_DEVICE) around
+   * a guest reset and may already have sent the socket for the next start. */
+  g_info("gpu: device reset by the frontend");
   vhu_backend_lock(v->backend);
-  vgpu_qemu_display_close(v->display);
   vgpu_device_reset(v->dev);
   v->used_device = FALSE;
   v->replay_pending = FALSE;
   vhu_backend_unlock(v->backend);
+}
+
+/* The frontend left (after reset): its display socket is of no use. */
+static void
+on_disconnect(gpointer data)
+{
+  VgpuVhost *v = data;
+
+  vhu_backend_lock(v->backend);
+  vgpu_qemu_display_close(v->display);
+  vhu_backend_unlock(v->backend);
+  if (v->disconnect_func)
+    v->disconnect_func(v->disconnect_data);
 }
 
 static const VhuDeviceIface gpu_iface = {
@@ -231,7 +249,15 @@ vgpu_vhost_new(const VgpuVhostConfig *config, GMainContext *context, GError **er
   vhu_backend_lock(v->backend);
   v->display = vgpu_qemu_display_new(v->dev, &dopts);
   vhu_backend_unlock(v->backend);
+  vhu_backend_set_disconnect_func(v->backend, on_disconnect, v);
   return v;
+}
+
+void
+vgpu_vhost_set_disconnect_func(VgpuVhost *v, void (*func)(gpointer data), gpointer data)
+{
+  v->disconnect_func = func;
+  v->disconnect_data = data;
 }
 
 void

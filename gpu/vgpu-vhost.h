@@ -7,8 +7,9 @@
  * without it.  Hold vhu_backend_lock() around any use of the device or the
  * display obtained here.
  *
- * Device lifetime: the frontend leaving (or RESET_DEVICE) resets the device
- * and drops the display connection.  A control queue started at ring position
+ * Device lifetime: RESET_DEVICE / RESET_OWNER (QEMU 10 sends one around every
+ * guest reset) reset the device; the frontend leaving also drops the display
+ * connection.  A control queue started at ring position
  * 0 means the guest driver re-initialised (reboot, driver rebind): all
  * resources are dropped then too, while the display socket QEMU sent just
  * before the start is kept.  A start at any other position is a VM resume:
@@ -36,6 +37,10 @@ typedef struct {
 VgpuVhost *vgpu_vhost_new(const VgpuVhostConfig *config, GMainContext *context, GError **error);
 void vgpu_vhost_free(VgpuVhost *vgpu);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VgpuVhost, vgpu_vhost_free)
+
+/* Called on the control context after a frontend left; use this rather than
+ * vhu_backend_set_disconnect_func, which the glue needs itself. */
+void vgpu_vhost_set_disconnect_func(VgpuVhost *vgpu, void (*func)(gpointer data), gpointer data);
 
 VhuBackend *vgpu_vhost_get_backend(VgpuVhost *vgpu);
 VgpuDevice *vgpu_vhost_get_device(VgpuVhost *vgpu);

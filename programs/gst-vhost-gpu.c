@@ -142,7 +142,7 @@ log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpoint
   /* GLib levels: ERROR=4 < CRITICAL=8 < WARNING=16 < MESSAGE=32 < INFO=64 < DEBUG=128 */
   if ((level & G_LOG_LEVEL_MASK) > (GLogLevelFlags)log_threshold)
     return G_LOG_WRITER_HANDLED;
-  return g_log_writer_standard_streams(level, fields, n_fields, data);
+  return g_log_writer_default(level, fields, n_fields, data);
 }
 
 static void
@@ -240,6 +240,12 @@ main(int argc, char **argv)
                   : opts.verbosity == 0 ? G_LOG_LEVEL_MESSAGE
                   : opts.verbosity == 1 ? G_LOG_LEVEL_INFO
                                         : G_LOG_LEVEL_DEBUG;
+  /* Everything to stderr (stdout is for --print-capabilities); the default
+   * writer prints info and debug only when G_MESSAGES_DEBUG asks, so ask for
+   * all and filter by -v/-q in log_writer. */
+  g_log_writer_default_set_use_stderr(TRUE);
+  if (opts.verbosity > 0)
+    g_setenv("G_MESSAGES_DEBUG", "all", TRUE);
   g_log_set_writer_func(log_writer, NULL, NULL);
 
   config.device.num_scanouts = opts.scanouts < 0 ? 0 : (guint)opts.scanouts;
@@ -265,7 +271,7 @@ main(int argc, char **argv)
   }
   dd.loop = loop;
   dd.backend = vgpu_vhost_get_backend(vgpu);
-  vhu_backend_set_disconnect_func(dd.backend, on_frontend_gone, &dd);
+  vgpu_vhost_set_disconnect_func(vgpu, on_frontend_gone, &dd);
   g_unix_signal_add(SIGTERM, on_signal, loop);
   g_unix_signal_add(SIGINT, on_signal, loop);
   if (opts.socket_path)
