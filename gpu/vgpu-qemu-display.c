@@ -90,7 +90,6 @@ struct _Conn {
   GMutex lock;
   GCond cond;
   GQueue out;
-  gsize out_data_bytes;
   gboolean closing;
   gboolean writer_gone; /* the writer failed and exited: nothing is written any more */
 
@@ -181,8 +180,8 @@ conn_unref(gpointer data)
   g_free(c);
 }
 
-/* The last queued message concerning scanout @id with one of @requests
- * (terminated by 0), or NULL; stops at any other message for @id. */
+/* The last queued message for scanout @id whose request is in @kinds, or NULL
+ * when a message in @barriers comes after it (both lists end with 0). */
 static OutMsg *
 last_for_scanout(Conn *c, guint id, const guint32 *kinds, const guint32 *barriers)
 {
@@ -254,7 +253,6 @@ conn_push(Conn *c, OutMsg *m)
   } else if (c->out.length >= MAX_QUEUED_MSGS) {
     ok = FALSE;
   } else {
-    c->out_data_bytes += m->data_len;
     g_queue_push_tail(&c->out, m);
     g_cond_signal(&c->cond);
     m = NULL;
@@ -400,7 +398,6 @@ writer_main(gpointer data)
     if (c->closing)
       break;
     m = g_queue_pop_head(&c->out);
-    c->out_data_bytes -= m->data_len;
     g_mutex_unlock(&c->lock);
     if (!write_msg(c, qd, m, &why)) {
       out_msg_free(m);
