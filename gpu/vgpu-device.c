@@ -205,7 +205,7 @@ backing_new(VhuMemTable *mem, const struct virtio_gpu_mem_entry *ents, guint n, 
     off += g_array_index(arr, struct iovec, i).iov_len;
   }
   b->iov = (struct iovec *)(void *)g_array_free(g_steal_pointer(&arr), FALSE);
-  b->mem = vhu_mem_table_ref(mem);
+  b->mem = mem ? vhu_mem_table_ref(mem) : NULL;
   return b;
 }
 

@@ -549,6 +549,16 @@ test_attach_errors(Fixture *f, gconstpointer data)
   g_clear_pointer(&req, g_free);
   req = gpu_attach(1, &good, 1, 0xffffffff, &len);
   g_assert_cmphex(ctrl(f, req, len), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+  /* zero-length entries make an empty backing: transfers fail their range check */
+  {
+    struct virtio_gpu_mem_entry z[2] = { { GPA0, 0, 0 }, { 0xdead000, 0, 0 } };
+    struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 1, 1, 0);
+    struct virtio_gpu_resource_detach_backing d = gpu_detach(1);
+
+    g_assert_cmphex(attach(f, 1, z, 2), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+    g_assert_cmphex(CTRL(f, d), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  }
   /* attach, attach again without detach, detach, attach */
   g_assert_cmphex(attach(f, 1, &good, 1), ==, VIRTIO_GPU_RESP_OK_NODATA);
   g_assert_cmphex(attach(f, 1, &good, 1), ==, VIRTIO_GPU_RESP_ERR_UNSPEC);
