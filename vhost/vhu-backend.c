@@ -1413,6 +1413,37 @@ vhu_backend_free(VhuBackend *b)
   g_free(b);
 }
 
+/* Creates, binds and listens; returns the fd or -1 with @error set (and no
+ * socket file left behind). */
+static int
+bind_listen(const struct sockaddr_un *addr, guint mode, GError **error)
+{
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  gboolean bound = FALSE;
+  int errsv;
+
+  if (fd < 0)
+    goto fail;
+  /* Linux creates the socket file with the socket inode's mode (minus the
+   * umask), so restrict it before bind: no window with a wider mode. */
+  if (fchmod(fd, mode) < 0 || bind(fd, (const struct sockaddr *)addr, sizeof *addr) < 0)
+    goto fail;
+  bound = TRUE;
+  if (chmod(addr->sun_path, mode) < 0 || listen(fd, LISTEN_BACKLOG) < 0)
+    goto fail;
+  return fd;
+
+fail:
+  errsv = errno;
+  g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "cannot listen on %s: %s",
+              addr->sun_path, g_strerror(errsv));
+  if (bound)
+    unlink(addr->sun_path);
+  if (fd >= 0)
+    close(fd);
+  return -1;
+}
+
 gboolean
 vhu_backend_listen(VhuBackend *b, const char *path, GError **error)
 {
@@ -1431,6 +1462,7 @@ vhu_backend_listen(VhuBackend *b, const char *path, GError **error)
   }
   strcpy(addr.sun_path, path);
 
+  /* A stale socket is replaced; anything else is not ours to remove. */
   if (lstat(path, &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       g_set_error(error, G_IO_ERROR, G_IO_ERROR_EXISTS,
@@ -1439,33 +1471,17 @@ vhu_backend_listen(VhuBackend *b, const char *path, GError **error)
     }
     unlink(path);
   }
-
-  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  fd = bind_listen(&addr, b->options.socket_mode, error);
   if (fd < 0)
-    goto errno_fail;
-  /* Linux creates the socket file with the socket inode's mode (minus the
-   * umask), so restrict it before bind: no window with a wider mode. */
-  if (fchmod(fd, b->options.socket_mode) < 0 || bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0
-      || chmod(path, b->options.socket_mode) < 0 || listen(fd, LISTEN_BACKLOG) < 0
-      || lstat(path, &st) < 0)
-    goto errno_fail;
-
+    return FALSE;
+  if (lstat(path, &st) == 0) {
+    b->socket_dev = st.st_dev;
+    b->socket_ino = st.st_ino;
+  }
   b->listen_fd = fd;
   b->socket_path = g_strdup(path);
-  b->socket_dev = st.st_dev;
-  b->socket_ino = st.st_ino;
   start_listen_watch(b);
   return TRUE;
-
-errno_fail : {
-  int errsv = errno;
-
-  g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "cannot listen on %s: %s", path,
-              g_strerror(errsv));
-  if (fd >= 0)
-    close(fd);
-  return FALSE;
-}
 }
 
 gboolean
