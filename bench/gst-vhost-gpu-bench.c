@@ -9,9 +9,11 @@
  * and a wait until the display server has received the UPDATE.  The backend's
  * CPU time is the run time of all its threads (/proc/PID/task/(*)/schedstat,
  * nanoseconds) over the measured frames; /proc/PID/stat utime+stime (clock
- * ticks) is printed beside it as a cross-check.  The memcpy figure is one
- * copy of the frame between two prefaulted buffers in this process (thread
- * CPU time). */
+ * ticks) is printed beside it as a cross-check.  The memcpy figures are one
+ * copy of the frame in this process (thread CPU time), measured twice: warm,
+ * between two prefaulted buffers that stay in the last-level cache, and
+ * cold, rotating through enough prefaulted pairs to exceed it three times,
+ * so that source and destination come from memory. */
 #include <dirent.h>
 #include <errno.h>
 #include <gio/gio.h>
@@ -333,32 +335,68 @@ measure(Backend *b, const char *binary, const Options *opt, GError **error)
   return TRUE;
 }
 
-/* One memcpy of the frame, in this process. */
-static double
-memcpy_ms(gsize bytes, int rounds)
+/* Size of the last-level cache in bytes (sysfs; sysconf's figure is the
+ * whole package's on some machines); 32 MiB when unknown. */
+static gsize
+llc_bytes(void)
 {
-  g_autofree guint8 *src = g_malloc(bytes);
-  g_autofree guint8 *dst = g_malloc(bytes);
+  gsize best = 0;
+
+  for (guint i = 0; i < 8; i++) {
+    g_autofree char *path = g_strdup_printf("/sys/devices/system/cpu/cpu0/cache/index%u/size", i);
+    g_autofree char *text = NULL;
+    char *end = NULL;
+    guint64 v;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+      continue;
+    v = g_ascii_strtoull(text, &end, 10);
+    if (end != NULL && (*end == 'K' || *end == 'k'))
+      v *= 1024;
+    else if (end != NULL && (*end == 'M' || *end == 'm'))
+      v *= 1024 * 1024;
+    best = MAX(best, (gsize)v);
+  }
+  return best ? best : 32u << 20;
+}
+
+/* Average thread CPU time of one memcpy of @bytes.  @pairs source/destination
+ * pairs, each prefaulted, are used in turn: one pair stays in the cache
+ * (warm); enough pairs to exceed the last-level cache several times make
+ * every copy read and write memory that was evicted since its last use
+ * (cold), as in the real path, whose guest backing, image, socket buffers and
+ * receiving framebuffer together far exceed the cache. */
+static double
+memcpy_ms(gsize bytes, guint pairs, int rounds)
+{
+  g_autofree guint8 **src = g_new0(guint8 *, pairs);
+  g_autofree guint8 **dst = g_new0(guint8 *, pairs);
   volatile guint8 sink;
-  double t0, best = G_MAXDOUBLE, total = 0;
+  double total = 0;
 
-  memset(src, 0x5a, bytes);
-  memset(dst, 0xa5, bytes);
-  for (int i = 0; i < 5; i++)
-    memcpy(dst, src, bytes);
+  for (guint p = 0; p < pairs; p++) {
+    src[p] = g_malloc(bytes);
+    dst[p] = g_malloc(bytes);
+    memset(src[p], 0x5a, bytes);
+    memset(dst[p], 0xa5, bytes);
+  }
+  for (guint i = 0; i < 2 * pairs; i++)
+    memcpy(dst[i % pairs], src[i % pairs], bytes);
   for (int i = 0; i < rounds; i++) {
-    double dt;
+    guint p = (guint)i % pairs;
+    double t0;
 
-    src[i % bytes] = (guint8)i;
+    src[p][(gsize)i % bytes] = (guint8)i;
     t0 = thread_cpu_ms();
-    memcpy(dst, src, bytes);
-    dt = thread_cpu_ms() - t0;
-    sink = dst[(gsize)i * 4099 % bytes];
-    total += dt;
-    best = MIN(best, dt);
+    memcpy(dst[p], src[p], bytes);
+    total += thread_cpu_ms() - t0;
+    sink = dst[p][(gsize)i * 4099 % bytes];
   }
   (void)sink;
-  (void)best;
+  for (guint p = 0; p < pairs; p++) {
+    g_free(src[p]);
+    g_free(dst[p]);
+  }
   return total / rounds;
 }
 
@@ -381,8 +419,9 @@ main(int argc, char **argv)
   g_autoptr(GOptionContext) ctx = g_option_context_new("- GPU backend CPU time per frame");
   g_autoptr(GError) error = NULL;
   Backend ours = { .name = "gst-vhost-gpu" }, qemu = { .name = "QEMU vhost-user-gpu" };
-  gsize bytes;
-  double copy;
+  gsize bytes, llc;
+  guint cold_pairs;
+  double warm, cold;
   int status = EXIT_SUCCESS;
 
   g_option_context_add_main_entries(ctx, entries, NULL);
@@ -400,6 +439,9 @@ main(int argc, char **argv)
   if (opt.qemu == NULL)
     opt.qemu = g_strdup(QEMU_GPU_PATH);
   bytes = (gsize)opt.width * (gsize)opt.height * 4;
+  /* Cold: the pairs together at least three times the last-level cache. */
+  llc = llc_bytes();
+  cold_pairs = (guint)CLAMP((3 * llc + 2 * bytes - 1) / (2 * bytes), 6, 64);
 
   printf("gst-vhost-gpu-bench: %dx%d B8G8R8X8 full frames (%" G_GSIZE_FORMAT " bytes), "
          "%d frames per backend after %d warm-up frames, %ld CPUs\n",
@@ -408,7 +450,8 @@ main(int argc, char **argv)
          "the UPDATE\n\n");
   fflush(stdout);
 
-  copy = memcpy_ms(bytes, 200);
+  warm = memcpy_ms(bytes, 1, 200);
+  cold = memcpy_ms(bytes, cold_pairs, 200);
   if (!measure(&ours, opt.ours, &opt, &error)) {
     g_printerr("%s: %s\n", ours.name, error->message);
     g_clear_error(&error);
@@ -426,15 +469,23 @@ main(int argc, char **argv)
     backend_stop(&qemu);
   }
   /* memcpy again after the backends, so a frequency change shows */
-  copy = (copy + memcpy_ms(bytes, 200)) / 2;
+  warm = (warm + memcpy_ms(bytes, 1, 200)) / 2;
+  cold = (cold + memcpy_ms(bytes, cold_pairs, 200)) / 2;
 
-  printf("%-24s %14s %10s %16s %14s\n", "", "CPU/frame", "x memcpy", "CPU/frame(stat)",
+  printf("memcpy warm: one source/destination pair (%" G_GSIZE_FORMAT " MiB together), "
+         "in the %" G_GSIZE_FORMAT " MiB last-level cache\n",
+         2 * bytes >> 20, llc >> 20);
+  printf("memcpy cold: %u pairs in turn (%" G_GSIZE_FORMAT " MiB), every copy from and to "
+         "evicted memory\n\n",
+         cold_pairs, 2 * bytes * cold_pairs >> 20);
+  printf("%-24s %14s %8s %8s %16s %14s\n", "", "CPU/frame", "x warm", "x cold", "CPU/frame(stat)",
          "wall/frame");
-  printf("%-24s %11.3f ms %10.2f\n", "memcpy (in-process)", copy, 1.0);
+  printf("%-24s %11.3f ms %8.2f %8.2f\n", "memcpy, warm", warm, 1.0, warm / cold);
+  printf("%-24s %11.3f ms %8.2f %8.2f\n", "memcpy, cold", cold, cold / warm, 1.0);
   for (Backend *b = &ours; b != NULL; b = b == &ours ? &qemu : NULL) {
     if (b->ok)
-      printf("%-24s %11.3f ms %10.2f %13.3f ms %11.3f ms\n", b->name, b->cpu_ms, b->cpu_ms / copy,
-             b->ticks_ms, b->wall_ms);
+      printf("%-24s %11.3f ms %8.2f %8.2f %13.3f ms %11.3f ms\n", b->name, b->cpu_ms,
+             b->cpu_ms / warm, b->cpu_ms / cold, b->ticks_ms, b->wall_ms);
   }
   printf("\nby thread (CPU per frame):\n");
   for (Backend *b = &ours; b != NULL; b = b == &ours ? &qemu : NULL) {
@@ -444,9 +495,11 @@ main(int argc, char **argv)
   if (ours.ok && qemu.ok) {
     printf("\nQEMU's backend uses %.2fx the CPU time of gst-vhost-gpu per frame.\n",
            qemu.cpu_ms / ours.cpu_ms);
-    printf("targets: gst-vhost-gpu <= 2.5x memcpy: %s (%.2fx); >= 2x cheaper than QEMU's: %s\n",
-           ours.cpu_ms / copy <= 2.5 ? "met" : "NOT met", ours.cpu_ms / copy,
-           qemu.cpu_ms / ours.cpu_ms >= 2.0 ? "met" : "NOT met");
+    printf("targets: <= 2.5x memcpy: %s against the warm memcpy (%.2fx), %s against the cold "
+           "one (%.2fx);\n         >= 2x cheaper than QEMU's: %s (%.2fx)\n",
+           ours.cpu_ms / warm <= 2.5 ? "met" : "NOT met", ours.cpu_ms / warm,
+           ours.cpu_ms / cold <= 2.5 ? "met" : "NOT met", ours.cpu_ms / cold,
+           qemu.cpu_ms / ours.cpu_ms >= 2.0 ? "met" : "NOT met", qemu.cpu_ms / ours.cpu_ms);
   }
   for (Backend *b = &ours; b != NULL; b = b == &ours ? &qemu : NULL) {
     if (b->threads != NULL)
