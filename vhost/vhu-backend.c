@@ -131,16 +131,23 @@ queue_ref_new(VhuBackend *b, guint qidx)
   return r;
 }
 
+/* One log line per broken ring (until it is restarted), with the reason the
+ * ring recorded when a pop broke it; NEEDS_RESET and the error eventfd go
+ * with it.  Runs after every queue_kick and in vhu_backend_unlock, so pops
+ * from any thread are covered. */
 static void
 report_broken_locked(VhuBackend *b)
 {
   for (guint i = 0; i < b->num_queues; i++) {
     VhuQueue *q = &b->queues[i];
+    const char *why;
 
     if (q->broken_reported || !vhu_vring_is_broken(q->vring))
       continue;
     q->broken_reported = TRUE;
-    g_warning("%s: queue %u: the guest corrupted the ring; device needs reset", b->iface.name, i);
+    why = vhu_vring_get_broken_reason(q->vring);
+    g_warning("%s: queue %u broken: %s; device needs reset", b->iface.name, i,
+              why != NULL ? why : "reason unknown");
     g_atomic_int_or(&b->status, VHU_STATUS_NEEDS_RESET);
     vhu_vring_signal_error(q->vring);
   }
@@ -416,8 +423,8 @@ check_fds(const VhuMsg *msg, guint n, GError **error)
 {
   if (msg->n_fds == n)
     return TRUE;
-  g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "%u file descriptors, expected %u",
-              msg->n_fds, n);
+  g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "%u file descriptor%s, expected %u",
+              msg->n_fds, msg->n_fds == 1 ? "" : "s", n);
   return FALSE;
 }
 
@@ -814,7 +821,8 @@ read_config(VhuBackend *b, const VhuMsg *msg, VhuConfigMsg *cfg, GError **error)
 
   if (msg->hdr.size < VHU_CONFIG_HDR_SIZE) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
-                "payload of %" G_GUINT32_FORMAT " bytes", msg->hdr.size);
+                "payload of %" G_GUINT32_FORMAT " bytes is shorter than the %u-byte header",
+                msg->hdr.size, (guint)VHU_CONFIG_HDR_SIZE);
     return FALSE;
   }
   memcpy(cfg, msg->payload, MIN(msg->hdr.size, sizeof *cfg));
@@ -845,7 +853,8 @@ handle_get_config(VhuBackend *b, const VhuMsg *msg, GError **error)
 
   if (!read_config(b, msg, &cfg, error)) {
     /* An empty reply is an error QEMU understands; the session survives. */
-    g_warning("%s: GET_CONFIG rejected: %s", b->iface.name, (*error)->message);
+    g_warning("%s: GET_CONFIG (%u) rejected: %s; answered with an empty reply", b->iface.name,
+              VHU_GET_CONFIG, (*error)->message);
     g_clear_error(error);
     return send_reply(b, msg->hdr.request, NULL, 0, NULL, 0) ? H_REPLIED : H_CLOSE;
   }
@@ -931,7 +940,8 @@ handle_get_inflight_fd(VhuBackend *b, const VhuMsg *msg, GError **error)
 
 fail:
   /* mmap_size 0 and no fd: QEMU reads it as "no inflight buffer". */
-  g_warning("%s: GET_INFLIGHT_FD rejected: %s", b->iface.name, (*error)->message);
+  g_warning("%s: GET_INFLIGHT_FD (%u) rejected: %s; answered without a buffer", b->iface.name,
+            VHU_GET_INFLIGHT_FD, (*error)->message);
   g_clear_error(error);
   if (fd >= 0)
     close(fd);
@@ -1206,9 +1216,12 @@ on_conn_readable(int fd, GIOCondition cond, gpointer data)
 
   if (st == VHU_MSG_OK)
     keep = vhu_backend_handle_message(b, msg);
+  else if (st == VHU_MSG_ERROR && msg->hdr.request != 0)
+    g_warning("%s: %s (%" G_GUINT32_FORMAT ") rejected: %s; dropping the connection", b->iface.name,
+              vhu_request_name(msg->hdr.request), msg->hdr.request, error->message);
   else if (st == VHU_MSG_ERROR)
-    g_warning("%s: bad message from the frontend: %s; dropping the connection", b->iface.name,
-              error->message);
+    g_warning("%s: bad message header from the frontend: %s; dropping the connection",
+              b->iface.name, error->message);
   g_free(msg);
   if (keep)
     return G_SOURCE_CONTINUE;

@@ -121,7 +121,7 @@ take_fds(struct msghdr *mh, VhuMsg *msg, GError **error)
     }
   }
   if (!ok)
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "more than %u descriptors",
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "more than %u file descriptors",
                 VHU_MAX_FDS);
   else if (mh->msg_flags & MSG_CTRUNC) {
     g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
@@ -207,8 +207,11 @@ vhu_msg_read(int sock, VhuMsg *msg, int timeout_ms, GError **error)
     vhu_msg_close_fds(msg);
     return VHU_MSG_EOF;
   }
-  if (r != RECV_OK)
+  if (r != RECV_OK) {
+    /* No half header: the caller names the request only if it arrived. */
+    memset(&msg->hdr, 0, sizeof msg->hdr);
     goto fail;
+  }
   if (msg->hdr.size > VHU_MAX_PAYLOAD) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
                 "payload of %" G_GUINT32_FORMAT " bytes is larger than %u", msg->hdr.size,

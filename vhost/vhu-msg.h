@@ -30,7 +30,8 @@ typedef enum {
  * then the payload).  Once the first byte has arrived, the rest must come
  * within @timeout_ms (-1: no limit), so a stalled peer cannot hang the
  * reader.  Payloads over VHU_MAX_PAYLOAD are an error.  On error every fd
- * received is closed. */
+ * received is closed, and msg->hdr holds the header if it arrived whole
+ * (request 0, which no message uses, if not). */
 VhuMsgStatus vhu_msg_read (int sock, VhuMsg *msg, int timeout_ms, GError **error);
 /* Writes header + payload in one sendmsg (fds attached), retrying on EINTR
  * and completing short writes.  MSG_NOSIGNAL: a closed peer is an error,

@@ -31,6 +31,9 @@ void vhu_vring_set_enabled (VhuVring *vring, gboolean enabled);
 void vhu_vring_reset (VhuVring *vring);
 /* Signals the error eventfd, if any. */
 void vhu_vring_signal_error (VhuVring *vring);
+/* Why the ring broke (e.g. "descriptor 5 chains to 300, beyond ring size
+ * 256"), without the queue index; NULL while it is not broken. */
+const char *vhu_vring_get_broken_reason (const VhuVring *vring);
 
 /* Inflight tracking (INFLIGHT_SHMFD): @region is the queue's part of the
  * shared buffer, @size its length.  On start, requests recorded as inflight

@@ -76,6 +76,7 @@ struct _VhuVring {
   gboolean started;
   gboolean enabled;
   gboolean broken;
+  char *broken_reason; /* why, while broken */
   gboolean notify_enabled;
   guint64 generation;
 
@@ -158,6 +159,7 @@ vhu_vring_free(VhuVring *vring)
   vhu_mem_table_unref(vring->mem);
   g_array_unref(vring->resubmit);
   g_free(vring->iov);
+  g_free(vring->broken_reason);
   g_free(vring->indirect);
   g_free(vring);
 }
@@ -190,6 +192,12 @@ gboolean
 vhu_vring_is_broken(const VhuVring *vring)
 {
   return vring->broken;
+}
+
+const char *
+vhu_vring_get_broken_reason(const VhuVring *vring)
+{
+  return vring->broken ? vring->broken_reason : NULL;
 }
 
 static gboolean
@@ -537,6 +545,7 @@ vhu_vring_start(VhuVring *vring, GError **error)
     return FALSE;
   /* A restart by the frontend gives the ring a fresh chance. */
   vring->broken = FALSE;
+  g_clear_pointer(&vring->broken_reason, g_free);
   vring->signalled_used_valid = FALSE;
   vring->notify_enabled = TRUE;
   vring->used_flags = 0;
@@ -572,6 +581,7 @@ vhu_vring_reset(VhuVring *vring)
   vring->used_flags = 0;
   vring->enabled = FALSE;
   vring->broken = FALSE;
+  g_clear_pointer(&vring->broken_reason, g_free);
   vring->notify_enabled = TRUE;
   replace_fd(&vring->call_fd, -1);
   replace_fd(&vring->err_fd, -1);
@@ -585,18 +595,20 @@ vhu_vring_reset(VhuVring *vring)
 static void break_ring(VhuVring *vring, GError **error, const char *format, ...)
     G_GNUC_PRINTF(3, 4);
 
-/* Marks the ring broken and says why; the caller fails. */
+/* Marks the ring broken and keeps why (for the backend's log line); the
+ * caller fails with @error, which says the same. */
 static void
 break_ring(VhuVring *vring, GError **error, const char *format, ...)
 {
   va_list args;
-  g_autofree char *what = NULL;
 
   va_start(args, format);
-  what = g_strdup_vprintf(format, args);
+  g_free(vring->broken_reason);
+  vring->broken_reason = g_strdup_vprintf(format, args);
   va_end(args);
   vring->broken = TRUE;
-  g_set_error(error, VHU_VRING_ERROR, VHU_VRING_ERROR_BROKEN, "queue %u: %s", vring->index, what);
+  g_set_error(error, VHU_VRING_ERROR, VHU_VRING_ERROR_BROKEN, "queue %u: %s", vring->index,
+              vring->broken_reason);
 }
 
 static void
@@ -645,6 +657,28 @@ range_mapped(const VhuMemTable *mem, guint64 gpa, guint64 len)
   return TRUE;
 }
 
+/* Where a chain walk is, to name the culprit in the reason. */
+typedef struct {
+  guint16 head;
+  guint idx;         /* descriptor being looked at */
+  gboolean indirect; /* idx is an entry of the head's indirect table */
+  guint table_size;  /* entries of the table idx is in */
+} VhuWalk;
+
+/* "descriptor 5", "descriptor 7 (chain of head 5)" or "indirect descriptor
+ * 2 (head 5)"; @buf must hold 64 bytes. */
+static const char *
+walk_where(const VhuWalk *w, char *buf)
+{
+  if (w->indirect)
+    g_snprintf(buf, 64, "indirect descriptor %u (head %u)", w->idx, w->head);
+  else if (w->idx == w->head)
+    g_snprintf(buf, 64, "descriptor %u", w->idx);
+  else
+    g_snprintf(buf, 64, "descriptor %u (chain of head %u)", w->idx, w->head);
+  return buf;
+}
+
 typedef struct {
   guint n_iov;
   guint out_num;
@@ -655,32 +689,34 @@ typedef struct {
 
 /* Adds one (already copied) descriptor's buffer to @g. */
 static gboolean
-gather_desc(VhuVring *vring, VhuGather *g, const VhuDesc *d, guint16 head, GError **error)
+gather_desc(VhuVring *vring, VhuGather *g, const VhuDesc *d, const VhuWalk *w, GError **error)
 {
   gboolean writable = (d->flags & VRING_DESC_F_WRITE) != 0;
   gsize *total = writable ? &g->in_len : &g->out_len;
+  char where[64];
   int n;
 
   if (d->len == 0)
     return TRUE;
   if (!writable && g->writable_seen) {
-    break_ring(vring, error, "head %u: device-readable buffer after a device-writable one", head);
+    break_ring(vring, error, "%s is device-readable but follows a device-writable one",
+               walk_where(w, where));
     return FALSE;
   }
   n = vhu_mem_gpa_to_iov(vring->mem, d->addr, d->len, vring->iov + g->n_iov,
                          VHU_ELEM_MAX_IOV - g->n_iov);
   if (n < 0 && !range_mapped(vring->mem, d->addr, d->len)) {
-    break_ring(vring, error, "head %u: buffer 0x%" G_GINT64_MODIFIER "x+%u is not in guest memory",
-               head, d->addr, d->len);
+    break_ring(vring, error, "%s: buffer 0x%" G_GINT64_MODIFIER "x+%u is not in guest memory",
+               walk_where(w, where), d->addr, d->len);
     return FALSE;
   }
   if (n < 0) {
-    break_ring(vring, error, "head %u: chain needs more than %u memory segments", head,
+    break_ring(vring, error, "head %u: chain needs more than %u memory segments", w->head,
                VHU_ELEM_MAX_IOV);
     return FALSE;
   }
   if (!g_size_checked_add(total, *total, d->len)) {
-    break_ring(vring, error, "head %u: chain length overflows", head);
+    break_ring(vring, error, "head %u: chain length overflows", w->head);
     return FALSE;
   }
   g->n_iov += n;
@@ -693,26 +729,30 @@ gather_desc(VhuVring *vring, VhuGather *g, const VhuDesc *d, guint16 head, GErro
 
 /* Copies the indirect table @d points at into the scratch table. */
 static gboolean
-load_indirect(VhuVring *vring, const VhuDesc *d, guint16 head, guint *n_entries, GError **error)
+load_indirect(VhuVring *vring, const VhuDesc *d, const VhuWalk *w, guint *n_entries, GError **error)
 {
+  char where[64];
+
   if (!has_feature(vring, VIRTIO_RING_F_INDIRECT_DESC)) {
-    break_ring(vring, error, "head %u: indirect descriptor, but INDIRECT_DESC not negotiated",
-               head);
+    break_ring(vring, error, "%s is indirect, but INDIRECT_DESC was not negotiated",
+               walk_where(w, where));
     return FALSE;
   }
   if (d->flags & VRING_DESC_F_NEXT) {
-    break_ring(vring, error, "head %u: descriptor has both INDIRECT and NEXT", head);
+    break_ring(vring, error, "%s has both INDIRECT and NEXT", walk_where(w, where));
     return FALSE;
   }
   if (d->len == 0 || d->len % sizeof(struct vring_desc) != 0
       || d->len / sizeof(struct vring_desc) > VHU_INDIRECT_MAX) {
-    break_ring(vring, error, "head %u: indirect table of %u bytes", head, d->len);
+    break_ring(vring, error,
+               "%s: indirect table of %u bytes (needs 16 to %u bytes, a multiple of 16)",
+               walk_where(w, where), d->len, VHU_INDIRECT_MAX * 16);
     return FALSE;
   }
   if (!copy_from_guest(vring->mem, d->addr, d->len, vring->indirect)) {
     break_ring(vring, error,
-               "head %u: indirect table 0x%" G_GINT64_MODIFIER "x+%u is not in guest memory", head,
-               d->addr, d->len);
+               "%s: indirect table 0x%" G_GINT64_MODIFIER "x+%u is not in guest memory",
+               walk_where(w, where), d->addr, d->len);
     return FALSE;
   }
   *n_entries = d->len / sizeof(struct vring_desc);
@@ -725,43 +765,54 @@ static VhuElemPriv *
 gather_chain(VhuVring *vring, guint16 head, GError **error)
 {
   const struct vring_desc *table = vring->desc;
-  guint table_size = vring->num, count = 0, i = head;
-  gboolean indirect = FALSE;
+  VhuWalk w = { .head = head, .idx = head, .table_size = vring->num };
+  guint count = 0;
   VhuGather g = { 0 };
   VhuElemPriv *priv;
+  char where[64];
 
   for (;;) {
     VhuDesc d;
 
-    if (count++ >= table_size) {
-      break_ring(vring, error, "head %u: chain longer than its %s table of %u (loop?)", head,
-                 indirect ? "indirect" : "descriptor", table_size);
+    if (count++ >= w.table_size) {
+      if (w.indirect)
+        break_ring(vring, error,
+                   "head %u: chain longer than its indirect table of %u entries (a loop)", head,
+                   w.table_size);
+      else
+        break_ring(vring, error, "head %u: chain longer than the ring size %u (a loop)", head,
+                   w.table_size);
       return NULL;
     }
-    load_desc(&table[i], &d);
+    load_desc(&table[w.idx], &d);
     if (d.flags & VRING_DESC_F_INDIRECT) {
-      if (indirect) {
-        break_ring(vring, error, "head %u: nested indirect table", head);
+      if (w.indirect) {
+        break_ring(vring, error, "%s is indirect inside an indirect table (nested)",
+                   walk_where(&w, where));
         return NULL;
       }
-      if (!load_indirect(vring, &d, head, &table_size, error))
+      if (!load_indirect(vring, &d, &w, &w.table_size, error))
         return NULL;
       table = vring->indirect;
-      indirect = TRUE;
+      w.indirect = TRUE;
+      w.idx = 0;
       count = 0;
-      i = 0;
       continue;
     }
-    if (!gather_desc(vring, &g, &d, head, error))
+    if (!gather_desc(vring, &g, &d, &w, error))
       return NULL;
     if (!(d.flags & VRING_DESC_F_NEXT))
       break;
-    if (d.next >= table_size) {
-      break_ring(vring, error, "head %u: next %u beyond %s table of %u", head, d.next,
-                 indirect ? "indirect" : "descriptor", table_size);
+    if (d.next >= w.table_size) {
+      if (w.indirect)
+        break_ring(vring, error, "%s chains to %u, beyond its indirect table of %u entries",
+                   walk_where(&w, where), d.next, w.table_size);
+      else
+        break_ring(vring, error, "%s chains to %u, beyond ring size %u", walk_where(&w, where),
+                   d.next, w.table_size);
       return NULL;
     }
-    i = d.next;
+    w.idx = d.next;
   }
 
   priv = g_malloc(sizeof(VhuElemPriv) + g.n_iov * sizeof(struct iovec));
@@ -819,7 +870,7 @@ vhu_vring_pop(VhuVring *vring, GError **error)
   avail_idx = __atomic_load_n(&vring->avail->idx, __ATOMIC_ACQUIRE);
   pending = avail_idx - vring->last_avail_idx;
   if (pending > vring->num) {
-    break_ring(vring, error, "avail index moved from %u to %u, beyond ring size %u",
+    break_ring(vring, error, "avail index moved from %u to %u, more than the ring size %u",
                vring->last_avail_idx, avail_idx, vring->num);
     return NULL;
   }
@@ -827,7 +878,8 @@ vhu_vring_pop(VhuVring *vring, GError **error)
     return NULL;
   head = GUEST_LOAD(&vring->avail->ring[vring->last_avail_idx & (vring->num - 1)]);
   if (head >= vring->num) {
-    break_ring(vring, error, "head %u beyond ring size %u", head, vring->num);
+    break_ring(vring, error, "avail entry %u names head %u, beyond ring size %u",
+               vring->last_avail_idx, head, vring->num);
     return NULL;
   }
   priv = gather_chain(vring, head, error);

@@ -1520,12 +1520,17 @@ hostile_stall(Raw *r)
 {
   VhuMsgHeader h = { .request = VHU_SET_FEATURES, .flags = VHU_VERSION, .size = 8 };
   gint64 t0 = g_get_monotonic_time();
+  guint mark = log_mark();
 
   /* Half a payload, then silence: dropped after the message timeout. */
   g_assert_cmpint(send(r->sock, &h, sizeof h, MSG_NOSIGNAL), ==, sizeof h);
   g_assert_cmpint(send(r->sock, "1234", 4, MSG_NOSIGNAL), ==, 4);
   g_assert_true(raw_closed(r, TIMEOUT_MS));
   g_assert_cmpint(g_get_monotonic_time() - t0, <, 4 * G_USEC_PER_SEC);
+  /* One line naming the request and saying why. */
+  g_assert_cmpuint(log_count_since(mark, "SET_FEATURES (2) rejected: timed out in the middle of a "
+                                         "message; dropping the connection"),
+                   ==, 1);
 }
 
 static void
@@ -1543,9 +1548,13 @@ static void
 hostile_oversized(Raw *r)
 {
   VhuMsgHeader h = { .request = VHU_SET_CONFIG, .flags = VHU_VERSION, .size = 1 << 20 };
+  guint mark = log_mark();
 
   g_assert_cmpint(send(r->sock, &h, sizeof h, MSG_NOSIGNAL), ==, sizeof h);
   g_assert_true(raw_closed(r, TIMEOUT_MS));
+  g_assert_cmpuint(log_count_since(mark, "SET_CONFIG (25) rejected: payload of 1048576 bytes is "
+                                         "larger than 4096"),
+                   ==, 1);
 }
 
 static void
@@ -1782,13 +1791,37 @@ test_backend_socket_file(void)
   server_free(s);
 }
 
-/* The guest breaks queue 0: NEEDS_RESET, err fd signalled, one log line;
- * queue 1 keeps working; a restart of the queue clears the ring. */
+/* Makes descriptor @d of queue @i loop onto itself and publishes it, without
+ * kicking. */
+static void
+raw_publish_loop(Raw *r, guint i, guint16 d)
+{
+  RawQueue *q = &r->q[i];
+
+  q->desc[d]
+      = (struct vring_desc){ .addr = q->buf_gpa, .len = 16, .flags = VRING_DESC_F_NEXT, .next = d };
+  q->avail->ring[q->avail_idx % q->num] = d;
+  q->avail_idx++;
+  __atomic_store_n(&q->avail->idx, q->avail_idx, __ATOMIC_RELEASE);
+}
+
+/* The log line of a ring broken by raw_publish_loop(r, @i, @d). */
+static char *
+loop_line(Raw *r, guint i, guint16 d)
+{
+  return g_strdup_printf("echo: queue %u broken: head %u: chain longer than the ring size %u (a "
+                         "loop); device needs reset",
+                         i, d, r->q[i].num);
+}
+
+/* The guest breaks queue 0: NEEDS_RESET, err fd signalled, one log line that
+ * says why; queue 1 keeps working; a restart of the queue clears the ring. */
 static void
 test_backend_broken_ring(void)
 {
   Server *s = server_new(2);
   Raw *r = raw_connect(s->path);
+  g_autofree char *line = NULL;
   RawQueue *q;
   guint64 one = 1, v;
   guint mark;
@@ -1800,13 +1833,10 @@ test_backend_broken_ring(void)
   raw_echo(r, 0, "healthy");
   mark = log_mark();
 
-  /* A descriptor that loops onto itself. */
+  /* A descriptor that loops onto itself, popped by queue_kick on the queue
+   * thread. */
   q = &r->q[0];
-  q->desc[4]
-      = (struct vring_desc){ .addr = q->buf_gpa, .len = 16, .flags = VRING_DESC_F_NEXT, .next = 4 };
-  q->avail->ring[q->avail_idx % q->num] = 4;
-  q->avail_idx++;
-  __atomic_store_n(&q->avail->idx, q->avail_idx, __ATOMIC_RELEASE);
+  raw_publish_loop(r, 0, 4);
   g_assert_cmpint(write(q->kick, &one, 8), ==, 8);
   g_assert_true(wait_readable(err, TIMEOUT_MS));
   g_assert_cmpint(read(err, &v, 8), ==, 8);
@@ -1815,8 +1845,12 @@ test_backend_broken_ring(void)
   raw_echo(r, 1, "other queue still works");
   /* More kicks on the broken ring: no more log lines, nothing used. */
   g_assert_cmpint(write(q->kick, &one, 8), ==, 8);
+  vhu_backend_kick(s->backend, 0);
   raw_echo(r, 1, "still fine");
-  g_assert_cmpuint(log_count_since(mark, "corrupted"), ==, 1);
+  context_barrier(vhu_backend_get_queue_context(s->backend));
+  line = loop_line(r, 0, 4);
+  g_assert_cmpuint(log_count_since(mark, line), ==, 1);
+  g_assert_cmpuint(log_count_since(mark, "broken"), ==, 1);
   /* Status writes keep NEEDS_RESET until the driver writes 0. */
   raw_u64_acked_ok(r, VHU_SET_STATUS, VHU_STATUS_DRIVER_OK);
   g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS), ==,
@@ -1824,6 +1858,90 @@ test_backend_broken_ring(void)
   raw_u64_acked_ok(r, VHU_SET_STATUS, 0);
   g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS), ==, 0);
   close(err);
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  server_free(s);
+}
+
+typedef struct {
+  VhuBackend *backend;
+  guint qidx;
+  gboolean popped;
+} OutsidePop;
+
+/* What a device does from a source of its own: lock, pop, unlock. */
+static void
+outside_pop(OutsidePop *o)
+{
+  g_autoptr(GError) error = NULL;
+  VhuElem *elem;
+
+  vhu_backend_lock(o->backend);
+  elem = vhu_vring_pop(vhu_backend_get_vring(o->backend, o->qidx), &error);
+  vhu_backend_unlock(o->backend);
+  g_assert_null(elem);
+  o->popped = TRUE;
+}
+
+static gboolean
+outside_pop_idle(gpointer data)
+{
+  outside_pop(data);
+  return G_SOURCE_REMOVE;
+}
+
+/* A ring broken by a pop outside queue_kick is reported once, with its
+ * reason, when the popper unlocks: from a device source on the queue thread
+ * and from any other thread. */
+static void
+test_backend_broken_ring_outside_kick(void)
+{
+  Server *s = server_new(2);
+  Raw *r = raw_connect(s->path);
+  OutsidePop o = { .backend = s->backend, .qidx = 0 };
+  g_autofree char *line0 = NULL, *line1 = NULL;
+  GSource *idle;
+  guint64 v;
+  guint mark;
+  int err0 = new_eventfd(), err1 = new_eventfd();
+
+  raw_init(r, G_MAXUINT64);
+  raw_start_10(r, 2);
+  raw_vring_fd(r, VHU_SET_VRING_ERR, 0, err0);
+  raw_vring_fd(r, VHU_SET_VRING_ERR, 1, err1);
+  raw_echo(r, 0, "healthy");
+  raw_echo(r, 1, "healthy");
+  mark = log_mark();
+
+  /* Queue thread, from a source the "device" attached to its context. */
+  raw_publish_loop(r, 0, 6);
+  idle = g_idle_source_new();
+  g_source_set_callback(idle, outside_pop_idle, &o, NULL);
+  g_source_attach(idle, vhu_backend_get_queue_context(s->backend));
+  g_source_unref(idle);
+  g_assert_true(wait_readable(err0, TIMEOUT_MS));
+  g_assert_cmpint(read(err0, &v, 8), ==, 8);
+  context_barrier(vhu_backend_get_queue_context(s->backend));
+  g_assert_true(o.popped);
+  line0 = loop_line(r, 0, 6);
+  g_assert_cmpuint(log_count_since(mark, line0), ==, 1);
+
+  /* This thread, on the other queue; the first one stays reported once. */
+  raw_publish_loop(r, 1, 2);
+  o.qidx = 1;
+  outside_pop(&o);
+  g_assert_true(wait_readable(err1, TIMEOUT_MS));
+  g_assert_cmpint(read(err1, &v, 8), ==, 8);
+  o.qidx = 0;
+  outside_pop(&o);
+  line1 = loop_line(r, 1, 2);
+  g_assert_cmpuint(log_count_since(mark, line1), ==, 1);
+  g_assert_cmpuint(log_count_since(mark, line0), ==, 1);
+  g_assert_cmpuint(log_count_since(mark, "broken"), ==, 2);
+  g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS) & VHU_STATUS_NEEDS_RESET, ==,
+                  VHU_STATUS_NEEDS_RESET);
+  close(err0);
+  close(err1);
   raw_free(r);
   server_wait_disconnects(s, 1);
   server_free(s);
@@ -1927,8 +2045,9 @@ spawn_null(GSubprocessLauncher *launcher, const char *const *extra)
   return proc;
 }
 
+/* Starts the null device; its stderr goes to @stderr_path when given. */
 static NullProc *
-null_start(const char *dir, const char *const *extra)
+null_start_full(const char *dir, const char *const *extra, const char *stderr_path)
 {
   g_autoptr(GSubprocessLauncher) launcher
       = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE);
@@ -1942,8 +2061,35 @@ null_start(const char *dir, const char *const *extra)
   for (guint i = 0; extra != NULL && extra[i] != NULL; i++)
     g_ptr_array_add(args, (gpointer)extra[i]);
   g_ptr_array_add(args, NULL);
+  if (stderr_path != NULL)
+    g_subprocess_launcher_set_stderr_file_path(launcher, stderr_path);
   p->proc = spawn_null(launcher, (const char *const *)args->pdata);
   return p;
+}
+
+static NullProc *
+null_start(const char *dir, const char *const *extra)
+{
+  return null_start_full(dir, extra, NULL);
+}
+
+/* Lines of @path that contain @needle. */
+static guint
+file_count_lines(const char *path, const char *needle)
+{
+  g_autofree char *text = NULL;
+  g_auto(GStrv) lines = NULL;
+  guint n = 0;
+
+  g_assert_true(g_file_get_contents(path, &text, NULL, NULL));
+  lines = g_strsplit(text, "\n", -1);
+  for (guint i = 0; lines[i] != NULL; i++) {
+    if (strstr(lines[i], needle) != NULL) {
+      g_test_message("%s", lines[i]);
+      n++;
+    }
+  }
+  return n;
 }
 
 static void
@@ -2089,7 +2235,8 @@ test_null_hostile_then_fresh(void)
 }
 
 /* The guest corrupts queue 0 through the frontend library's raw ring
- * access; queue 1 keeps working and GET_STATUS reports NEEDS_RESET. */
+ * access; queue 1 keeps working, GET_STATUS reports NEEDS_RESET and the
+ * process logs one line on stderr that says which queue broke and why. */
 static void
 test_null_broken_ring(void)
 {
@@ -2104,12 +2251,15 @@ test_null_broken_ring(void)
   int err = new_eventfd();
   guint64 v, one = 1;
   char resp[32];
+  g_autofree char *dir = NULL, *log = NULL;
 
   if (null_backend_path() == NULL) {
     close(err);
     return;
   }
-  p = null_start(NULL, NULL);
+  dir = make_tmpdir();
+  log = g_build_filename(dir, "stderr.log", NULL);
+  p = null_start_full(dir, NULL, log);
   fe = vhu_frontend_connect(p->path, &error);
   g_assert_no_error(error);
   g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
@@ -2137,6 +2287,10 @@ test_null_broken_ring(void)
     g_assert_no_error(error);
     g_assert_cmpint(write(kick, &one, 8), ==, 8);
     g_assert_true(wait_readable(err, TIMEOUT_MS));
+    /* Kicked again: the broken ring stays quiet. */
+    g_assert_cmpint(write(kick, &one, 8), ==, 8);
+    g_assert_true(vhu_frontend_request(fe, VHU_SET_VRING_KICK, &v, 8, &kick, 1, &error));
+    g_assert_no_error(error);
     close(kick);
   }
   g_assert_true(vhu_frontend_get_status(fe, &status, &error));
@@ -2148,7 +2302,14 @@ test_null_broken_ring(void)
   g_assert_cmpstr(resp, ==, "q1");
   vhu_frontend_free(fe);
   close(err);
-  null_stop(p, FALSE);
+  null_stop(p, TRUE);
+  /* The process is gone: its stderr is complete. */
+  g_assert_cmpuint(file_count_lines(log, "null: queue 0 broken: descriptor 0: buffer 0x40000000+64 "
+                                         "is not in guest memory; device needs reset"),
+                   ==, 1);
+  g_assert_cmpuint(file_count_lines(log, "broken"), ==, 1);
+  g_unlink(log);
+  g_rmdir(dir);
 }
 
 static void
@@ -2333,6 +2494,7 @@ main(int argc, char **argv)
   g_test_add_func("/backend/serve-fd", test_backend_serve_fd);
   g_test_add_func("/backend/socket-file", test_backend_socket_file);
   g_test_add_func("/backend/broken-ring", test_backend_broken_ring);
+  g_test_add_func("/backend/broken-ring-outside-kick", test_backend_broken_ring_outside_kick);
   g_test_add_func("/backend/device-needs-reset", test_backend_device_needs_reset);
   g_test_add_data_func("/backend/hostile/unknown-id", hostile_unknown_id, test_hostile);
   g_test_add_data_func("/backend/hostile/wrong-size", hostile_wrong_size, test_hostile);

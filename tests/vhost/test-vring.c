@@ -862,6 +862,8 @@ expect_broken(Driver *d, const char *what)
   g_assert_true(g_str_has_prefix(error->message, "queue 0: "));
   g_assert_nonnull(strstr(error->message, what));
   g_assert_true(vhu_vring_is_broken(d->vring));
+  /* The ring keeps the reason for the backend's log line. */
+  g_assert_cmpstr(vhu_vring_get_broken_reason(d->vring), ==, error->message + strlen("queue 0: "));
   g_clear_error(&error);
   /* Once only; then the ring does nothing. */
   g_assert_null(vhu_vring_pop(d->vring, &error));
@@ -899,6 +901,14 @@ break_next(Driver *d)
 {
   write_desc(d->desc, 0, DATA_GPA, 4, VRING_DESC_F_NEXT, d->num);
   publish(d, 0);
+}
+
+static void
+break_next_mid_chain(Driver *d)
+{
+  write_desc(d->desc, 2, DATA_GPA, 4, VRING_DESC_F_NEXT, 3);
+  write_desc(d->desc, 3, DATA_GPA, 4, VRING_DESC_F_NEXT, 300);
+  publish(d, 2);
 }
 
 static void
@@ -1027,26 +1037,38 @@ typedef struct {
   const char *message;
 } BreakCase;
 
+/* @message: a part of the reason precise enough to name the culprit. */
 static const BreakCase break_cases[] = {
-  { "avail-jump", break_avail_jump, F_INDIRECT, "avail index" },
-  { "head", break_head, F_INDIRECT, "beyond ring size" },
-  { "loop", break_loop, F_INDIRECT, "longer than" },
-  { "next", break_next, F_INDIRECT, "next 8 beyond" },
-  { "readable-after-writable", break_order, F_INDIRECT, "readable buffer after" },
-  { "unmapped", break_unmapped, F_INDIRECT, "not in guest memory" },
-  { "past-region-end", break_past_end, F_INDIRECT, "not in guest memory" },
-  { "address-overflow", break_addr_overflow, F_INDIRECT, "not in guest memory" },
-  { "indirect-len", break_indirect_len, F_INDIRECT, "indirect table of 24 bytes" },
+  { "avail-jump", break_avail_jump, F_INDIRECT,
+    "avail index moved from 0 to 9, more than the ring size 8" },
+  { "head", break_head, F_INDIRECT, "avail entry 0 names head 8, beyond ring size 8" },
+  { "loop", break_loop, F_INDIRECT, "head 0: chain longer than the ring size 8 (a loop)" },
+  { "next", break_next, F_INDIRECT, "descriptor 0 chains to 8, beyond ring size 8" },
+  { "next-mid-chain", break_next_mid_chain, F_INDIRECT,
+    "descriptor 3 (chain of head 2) chains to 300, beyond ring size 8" },
+  { "readable-after-writable", break_order, F_INDIRECT,
+    "descriptor 1 (chain of head 0) is device-readable but follows a device-writable one" },
+  { "unmapped", break_unmapped, F_INDIRECT, "is not in guest memory" },
+  { "past-region-end", break_past_end, F_INDIRECT, "is not in guest memory" },
+  { "address-overflow", break_addr_overflow, F_INDIRECT,
+    "descriptor 0: buffer 0xfffffffffffffff7+64 is not in guest memory" },
+  { "indirect-len", break_indirect_len, F_INDIRECT, "descriptor 0: indirect table of 24 bytes" },
   { "indirect-zero", break_indirect_zero, F_INDIRECT, "indirect table of 0 bytes" },
   { "indirect-huge", break_indirect_huge, F_INDIRECT, "indirect table of 16400 bytes" },
-  { "indirect-and-next", break_indirect_next, F_INDIRECT, "INDIRECT and NEXT" },
-  { "indirect-unmapped", break_indirect_unmapped, F_INDIRECT, "indirect table 0x" },
-  { "indirect-nested", break_indirect_nested, F_INDIRECT, "nested" },
-  { "indirect-loop", break_indirect_loop, F_INDIRECT, "longer than its indirect" },
-  { "indirect-next", break_indirect_next_range, F_INDIRECT, "next 2 beyond indirect" },
-  { "indirect-order", break_indirect_order, F_INDIRECT, "readable buffer after" },
-  { "indirect-not-negotiated", break_indirect_len, 0, "not negotiated" },
-  { "too-many-segments", break_too_many_segments, F_INDIRECT, "segments" },
+  { "indirect-and-next", break_indirect_next, F_INDIRECT,
+    "descriptor 0 has both INDIRECT and NEXT" },
+  { "indirect-unmapped", break_indirect_unmapped, F_INDIRECT, "descriptor 0: indirect table 0x" },
+  { "indirect-nested", break_indirect_nested, F_INDIRECT,
+    "indirect descriptor 1 (head 0) is indirect inside an indirect table" },
+  { "indirect-loop", break_indirect_loop, F_INDIRECT,
+    "head 0: chain longer than its indirect table of 2 entries" },
+  { "indirect-next", break_indirect_next_range, F_INDIRECT,
+    "indirect descriptor 0 (head 0) chains to 2, beyond its indirect table of 2 entries" },
+  { "indirect-order", break_indirect_order, F_INDIRECT,
+    "indirect descriptor 1 (head 0) is device-readable but follows" },
+  { "indirect-not-negotiated", break_indirect_len, 0,
+    "descriptor 0 is indirect, but INDIRECT_DESC was not negotiated" },
+  { "too-many-segments", break_too_many_segments, F_INDIRECT, "head 0: chain needs more than" },
 };
 
 static void
@@ -1066,6 +1088,7 @@ test_broken(gconstpointer data)
   g_assert_true(vhu_vring_set_base(d->vring, 0, &error));
   start_vring(d);
   g_assert_false(vhu_vring_is_broken(d->vring));
+  g_assert_null(vhu_vring_get_broken_reason(d->vring));
   add_simple(d, 4, 0, 0);
   complete_one(d);
   driver_free(d);
