@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "vgpu-backing.h"
 #include "vgpu-edid.h"
 
 G_STATIC_ASSERT(G_BYTE_ORDER == G_LITTLE_ENDIAN); /* virtio fields are used as host order */
@@ -35,17 +36,14 @@ typedef enum {
 #define LOG_INTERVAL_US (60 * G_USEC_PER_SEC)
 
 typedef struct {
-  struct iovec *iov;
-  guint64 *starts; /* offset of iov[i] within the backing */
-  guint n;
-  guint64 size;
-  VhuMemTable *mem; /* keeps the mappings alive */
-} Backing;
-
-typedef struct {
   guint32 id;
   VgpuImage *image;
-  Backing *backing;
+  VgpuBacking *backing;
+  /* A transfer not copied into the image yet: inside @pending the resource's
+   * pixels are the backing's, row y at pending_offset + (y - pending.y) *
+   * stride.  Empty (width 0) when the image holds every pixel. */
+  VgpuRect pending;
+  guint64 pending_offset;
   gboolean has_uuid;
   guint8 uuid[16];
 } Resource;
@@ -138,108 +136,6 @@ guest_error(VgpuDevice *dev, GuestError kind, const char *format, ...)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Backing */
-
-static void
-backing_free(Backing *b)
-{
-  if (!b)
-    return;
-  g_free(b->iov);
-  g_free(b->starts);
-  if (b->mem)
-    vhu_mem_table_unref(b->mem);
-  g_free(b);
-}
-
-/* Appends @n iovecs, merging with the previous one when contiguous. */
-static void
-append_iov(GArray *arr, const struct iovec *iov, guint n)
-{
-  for (guint i = 0; i < n; i++) {
-    if (arr->len > 0) {
-      struct iovec *last = &g_array_index(arr, struct iovec, arr->len - 1);
-
-      if ((guint8 *)last->iov_base + last->iov_len == iov[i].iov_base) {
-        last->iov_len += iov[i].iov_len;
-        continue;
-      }
-    }
-    g_array_append_val(arr, iov[i]);
-  }
-}
-
-static Backing *
-backing_new(VhuMemTable *mem, const struct virtio_gpu_mem_entry *ents, guint n, GuestError *err,
-            guint *bad)
-{
-  g_autoptr(GArray) arr = g_array_new(FALSE, FALSE, sizeof(struct iovec));
-  Backing *b;
-  guint64 size = 0;
-
-  for (guint i = 0; i < n; i++) {
-    struct iovec tmp[VHU_MAX_MEM_SLOTS];
-    int k;
-
-    if (ents[i].length == 0)
-      continue;
-    k = mem ? vhu_mem_gpa_to_iov(mem, ents[i].addr, ents[i].length, tmp, G_N_ELEMENTS(tmp)) : -1;
-    if (k < 0) {
-      *err = GE_BACKING_UNMAPPED;
-      *bad = i;
-      return NULL;
-    }
-    if (!g_uint64_checked_add(&size, size, ents[i].length)) {
-      *err = GE_BACKING_ENTRIES;
-      *bad = i;
-      return NULL;
-    }
-    append_iov(arr, tmp, (guint)k);
-  }
-  b = g_new0(Backing, 1);
-  b->n = arr->len;
-  b->size = size;
-  b->starts = g_new(guint64, MAX(b->n, 1u));
-  for (guint64 i = 0, off = 0; i < b->n; i++) {
-    b->starts[i] = off;
-    off += g_array_index(arr, struct iovec, i).iov_len;
-  }
-  b->iov = (struct iovec *)(void *)g_array_free(g_steal_pointer(&arr), FALSE);
-  b->mem = mem ? vhu_mem_table_ref(mem) : NULL;
-  return b;
-}
-
-/* Copies [offset, offset + len) of the backing, which the caller checked
- * lies inside it. */
-static void
-backing_read(const Backing *b, guint64 offset, guint8 *dst, gsize len)
-{
-  guint lo = 0, hi = b->n;
-
-  /* Last iovec starting at or before @offset. */
-  while (hi - lo > 1) {
-    guint mid = lo + (hi - lo) / 2;
-
-    if (b->starts[mid] <= offset)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  for (guint i = lo; i < b->n && len > 0; i++) {
-    guint64 skip = offset > b->starts[i] ? offset - b->starts[i] : 0;
-    gsize chunk;
-
-    if (skip >= b->iov[i].iov_len)
-      continue;
-    chunk = MIN(len, b->iov[i].iov_len - skip);
-    memcpy(dst, (const guint8 *)b->iov[i].iov_base + skip, chunk);
-    dst += chunk;
-    len -= chunk;
-    offset += chunk;
-  }
-}
-
-/* ------------------------------------------------------------------------ */
 /* Resources and sinks */
 
 static void
@@ -247,7 +143,7 @@ resource_free(gpointer data)
 {
   Resource *res = data;
 
-  backing_free(res->backing);
+  vgpu_backing_unref(res->backing);
   vgpu_image_unref(res->image);
   g_free(res);
 }
@@ -284,6 +180,19 @@ sinks_update(VgpuDevice *dev, guint id, const VgpuRect *rect)
   }
 }
 
+/* TRUE when every sink that shows updates can read them from guest memory. */
+static gboolean
+sinks_read_guest(VgpuDevice *dev)
+{
+  for (guint i = 0; i < dev->sinks->len; i++) {
+    Sink *k = &g_array_index(dev->sinks, Sink, i);
+
+    if (k->iface->update && !k->iface->update_guest)
+      return FALSE;
+  }
+  return TRUE;
+}
+
 static void
 sinks_cursor_move(VgpuDevice *dev, guint id, gboolean visible)
 {
@@ -309,6 +218,96 @@ disable_scanout(VgpuDevice *dev, guint id)
   s->full_pending = FALSE;
   g_clear_pointer(&s->image, vgpu_image_unref);
   sinks_set_scanout(dev, id);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pending transfers
+ *
+ * TRANSFER_TO_HOST_2D does not copy: it records its rectangle as pending,
+ * where the resource's pixels are those of the guest backing.  A
+ * RESOURCE_FLUSH inside the pending rectangle lets the sinks read the guest
+ * memory directly.  The pixels are copied into the image (materialised) only
+ * when something needs them there: a transfer elsewhere, a flush beyond the
+ * pending rectangle or to a sink that only reads images, DETACH_BACKING, a
+ * reader of the image.  Until then the guest's later writes to its backing
+ * show through, as they would on a scanout from guest memory. */
+
+static gboolean
+rect_is_empty(const VgpuRect *r)
+{
+  return r->width == 0 || r->height == 0;
+}
+
+/* TRUE when @inner lies inside @outer (an empty @outer holds nothing). */
+static gboolean
+rect_contains(const VgpuRect *outer, const VgpuRect *inner)
+{
+  return !rect_is_empty(outer) && inner->x >= outer->x && inner->y >= outer->y
+         && (guint64)inner->x + inner->width <= (guint64)outer->x + outer->width
+         && (guint64)inner->y + inner->height <= (guint64)outer->y + outer->height;
+}
+
+/* Backing offset of pixel (@x, @y), which lies in the pending rectangle. */
+static guint64
+pending_offset_at(const Resource *res, guint32 x, guint32 y)
+{
+  return res->pending_offset + (guint64)(y - res->pending.y) * res->image->stride
+         + (guint64)(x - res->pending.x) * 4u;
+}
+
+/* A sink still reads the image or the guest memory of @res. */
+static gboolean
+resource_busy(Resource *res)
+{
+  return vgpu_image_is_busy(res->image) || (res->backing && vgpu_backing_is_busy(res->backing));
+}
+
+/* A sink still reads the guest memory, or lent its pages to a peer that may
+ * read them later. */
+static gboolean
+backing_in_use(VgpuBacking *backing)
+{
+  return vgpu_backing_is_busy(backing) || vgpu_backing_is_lent(backing);
+}
+
+/* Copies the pending rectangle into the image; the caller made sure no sink
+ * reads the image. */
+static void
+materialize(VgpuDevice *dev, Resource *res)
+{
+  const VgpuRect *r = &res->pending;
+  VgpuImage *img = res->image;
+
+  if (rect_is_empty(r))
+    return;
+  if (r->x == 0 && r->width == img->width) {
+    /* Whole rows: one contiguous copy. */
+    vgpu_backing_read(res->backing, res->pending_offset, img->data + (gsize)r->y * img->stride,
+                      (gsize)r->height * img->stride);
+  } else {
+    for (guint32 h = 0; h < r->height; h++)
+      vgpu_backing_read(res->backing, res->pending_offset + (guint64)h * img->stride,
+                        img->data + (gsize)(r->y + h) * img->stride + (gsize)r->x * 4u,
+                        (gsize)r->width * 4u);
+  }
+  res->pending = (VgpuRect){ 0, 0, 0, 0 };
+  dev->stats.materializations++;
+}
+
+static void
+sinks_update_guest(VgpuDevice *dev, guint id, Resource *res, const VgpuRect *rect)
+{
+  Scanout *s = &dev->scanouts[id];
+  guint64 offset = pending_offset_at(res, rect->x, rect->y);
+
+  for (guint i = 0; i < dev->sinks->len; i++) {
+    Sink *k = &g_array_index(dev->sinks, Sink, i);
+
+    if (k->iface->update_guest)
+      k->iface->update_guest(k->sink, id, res->image, res->backing, offset, rect,
+                             rect->x - s->rect.x, rect->y - s->rect.y);
+  }
+  dev->stats.guest_updates++;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -592,6 +591,11 @@ cmd_unref(VgpuDevice *dev, const struct virtio_gpu_resource_unref *c)
 
   if (!res)
     return bad_resource(dev, "RESOURCE_UNREF", c->resource_id);
+  if (res->backing && backing_in_use(res->backing)) {
+    /* The guest frees the pages once answered: not while a sink reads them. */
+    dev->stats.stalls++;
+    return RESULT_WAIT;
+  }
   for (guint i = 0; i < dev->config.num_scanouts; i++) {
     if (dev->scanouts[i].resource_id == res->id)
       disable_scanout(dev, i);
@@ -649,6 +653,12 @@ cmd_flush(VgpuDevice *dev, const struct virtio_gpu_resource_flush *c)
 {
   VgpuRect r = { c->r.x, c->r.y, c->r.width, c->r.height };
   Resource *res = find_resource(dev, c->resource_id);
+  struct {
+    guint id;
+    VgpuRect rect;
+  } parts[VGPU_MAX_SCANOUTS];
+  guint n = 0;
+  gboolean touches = FALSE, inside = TRUE, direct;
 
   if (!res)
     return bad_resource(dev, "RESOURCE_FLUSH", c->resource_id);
@@ -657,19 +667,40 @@ cmd_flush(VgpuDevice *dev, const struct virtio_gpu_resource_flush *c)
                 r.width, r.height, r.x, r.y, res->id, res->image->width, res->image->height);
     return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
   }
+  /* What each scanout showing the resource needs, and where it comes from. */
   for (guint i = 0; i < dev->config.num_scanouts; i++) {
     Scanout *s = &dev->scanouts[i];
-    VgpuRect part;
+    VgpuRect part, common;
 
     if (s->resource_id != res->id)
       continue;
-    if (s->full_pending) {
+    if (s->full_pending)
       part = s->rect;
-      s->full_pending = FALSE;
-    } else if (!vgpu_rect_intersect(&r, &s->rect, &part)) {
+    else if (!vgpu_rect_intersect(&r, &s->rect, &part))
       continue;
+    touches |= vgpu_rect_intersect(&part, &res->pending, &common);
+    inside &= rect_contains(&res->pending, &part);
+    parts[n].id = i;
+    parts[n++].rect = part;
+  }
+  /* Straight from guest memory when it holds all of it and no sink still
+   * reads it (one message in flight per backing keeps a slow display from
+   * piling up updates); otherwise the image gets the pending pixels first. */
+  direct = touches && inside && res->backing && !vgpu_backing_is_busy(res->backing)
+           && sinks_read_guest(dev);
+  if (touches && !direct) {
+    if (vgpu_image_is_busy(res->image)) {
+      dev->stats.stalls++;
+      return RESULT_WAIT;
     }
-    sinks_update(dev, i, &part);
+    materialize(dev, res);
+  }
+  for (guint k = 0; k < n; k++) {
+    dev->scanouts[parts[k].id].full_pending = FALSE;
+    if (direct)
+      sinks_update_guest(dev, parts[k].id, res, &parts[k].rect);
+    else
+      sinks_update(dev, parts[k].id, &parts[k].rect);
   }
   return VIRTIO_GPU_RESP_OK_NODATA;
 }
@@ -695,32 +726,35 @@ cmd_transfer(VgpuDevice *dev, const struct virtio_gpu_transfer_to_host_2d *c)
     guest_error(dev, GE_NO_BACKING, "TRANSFER_TO_HOST_2D: resource %u has no backing", res->id);
     return VIRTIO_GPU_RESP_ERR_UNSPEC;
   }
-  if (r.width == 0 || r.height == 0)
+  if (rect_is_empty(&r))
     return VIRTIO_GPU_RESP_OK_NODATA;
   /* Row h comes from offset + h * stride; the last byte read must lie in
    * the backing.  Both factors are < 2^32, so only the sums can overflow. */
   row_bytes = (guint64)r.width * 4u;
   if (!g_uint64_checked_add(&end, c->offset, (guint64)(r.height - 1) * img->stride)
-      || !g_uint64_checked_add(&end, end, row_bytes) || end > res->backing->size) {
+      || !g_uint64_checked_add(&end, end, row_bytes) || end > vgpu_backing_get_size(res->backing)) {
     guest_error(dev, GE_TRANSFER_RANGE,
                 "TRANSFER_TO_HOST_2D: offset %" G_GUINT64_FORMAT
                 " + %ux%u rows beyond the %" G_GUINT64_FORMAT "-byte backing of resource %u",
-                (guint64)c->offset, r.width, r.height, res->backing->size, res->id);
+                (guint64)c->offset, r.width, r.height, vgpu_backing_get_size(res->backing),
+                res->id);
     return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
   }
-  if (vgpu_image_is_busy(img)) {
+  /* Also keeps a guest from transferring faster than the display reads. */
+  if (resource_busy(res)) {
     dev->stats.stalls++;
     return RESULT_WAIT;
   }
-  if (r.x == 0 && r.width == img->width) {
-    /* Whole rows: one contiguous copy. */
-    backing_read(res->backing, c->offset, img->data + (gsize)r.y * img->stride,
-                 (gsize)r.height * img->stride);
+  dev->stats.transfers_deferred++;
+  if (rect_is_empty(&res->pending) || rect_contains(&r, &res->pending)) {
+    /* Nothing pending, or all of it replaced. */
+  } else if (rect_contains(&res->pending, &r) && pending_offset_at(res, r.x, r.y) == c->offset) {
+    return VIRTIO_GPU_RESP_OK_NODATA; /* already pending, from the same place */
   } else {
-    for (guint32 h = 0; h < r.height; h++)
-      backing_read(res->backing, c->offset + (guint64)h * img->stride,
-                   img->data + (gsize)(r.y + h) * img->stride + (gsize)r.x * 4u, row_bytes);
+    materialize(dev, res);
   }
+  res->pending = r;
+  res->pending_offset = c->offset;
   return VIRTIO_GPU_RESP_OK_NODATA;
 }
 
@@ -729,8 +763,8 @@ cmd_attach_backing(VgpuDevice *dev, VhuElem *elem,
                    const struct virtio_gpu_resource_attach_backing *c)
 {
   g_autofree struct virtio_gpu_mem_entry *ents = NULL;
+  g_autoptr(GError) error = NULL;
   Resource *res = find_resource(dev, c->resource_id);
-  GuestError err = GE_BACKING_ENTRIES;
   gsize bytes, need;
   guint bad = 0;
 
@@ -760,14 +794,18 @@ cmd_attach_backing(VgpuDevice *dev, VhuElem *elem,
     guest_error(dev, GE_BACKING_ENTRIES, "RESOURCE_ATTACH_BACKING: truncated entries");
     return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
   }
-  res->backing = backing_new(elem->mem, ents, c->nr_entries, &err, &bad);
+  res->backing = vgpu_backing_new(elem->mem, ents, c->nr_entries, &bad, &error);
   if (!res->backing) {
-    guest_error(dev, err,
+    guest_error(dev,
+                g_error_matches(error, VGPU_BACKING_ERROR, VGPU_BACKING_ERROR_UNMAPPED)
+                    ? GE_BACKING_UNMAPPED
+                    : GE_BACKING_ENTRIES,
                 "RESOURCE_ATTACH_BACKING: entry %u (0x%" G_GINT64_MODIFIER "x, %u bytes) of "
-                "resource %u is not in guest memory",
-                bad, (guint64)ents[bad].addr, ents[bad].length, res->id);
+                "resource %u: %s",
+                bad, (guint64)ents[bad].addr, ents[bad].length, res->id, error->message);
     return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
   }
+  vgpu_backing_set_idle_notify(res->backing, dev->idle_notify);
   return VIRTIO_GPU_RESP_OK_NODATA;
 }
 
@@ -778,7 +816,15 @@ cmd_detach_backing(VgpuDevice *dev, const struct virtio_gpu_resource_detach_back
 
   if (!res)
     return bad_resource(dev, "RESOURCE_DETACH_BACKING", c->resource_id);
-  g_clear_pointer(&res->backing, backing_free);
+  /* The guest reuses the pages once answered: no sink may still read them,
+   * and the image keeps what was transferred. */
+  if ((res->backing && backing_in_use(res->backing))
+      || (!rect_is_empty(&res->pending) && vgpu_image_is_busy(res->image))) {
+    dev->stats.stalls++;
+    return RESULT_WAIT;
+  }
+  materialize(dev, res);
+  g_clear_pointer(&res->backing, vgpu_backing_unref);
   return VIRTIO_GPU_RESP_OK_NODATA;
 }
 
@@ -912,10 +958,6 @@ submit_ctrl(VgpuDevice *dev, VhuElem *elem)
       break;
     case VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D:
       type = cmd_transfer(dev, &req.transfer);
-      if (type == RESULT_WAIT) {
-        dev->stats.commands--;
-        return FALSE;
-      }
       break;
     case VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
       type = cmd_attach_backing(dev, elem, &req.attach);
@@ -930,6 +972,10 @@ submit_ctrl(VgpuDevice *dev, VhuElem *elem)
       break;
     default:
       g_assert_not_reached();
+  }
+  if (type == RESULT_WAIT) {
+    dev->stats.commands--;
+    return FALSE; /* taken again after ops->wake */
   }
 
 answer:
@@ -958,6 +1004,7 @@ static void
 cursor_update(VgpuDevice *dev, const struct virtio_gpu_update_cursor *c)
 {
   guint32 pixels[VGPU_CURSOR_SIZE * VGPU_CURSOR_SIZE];
+  g_autofree guint8 *live = NULL;
   Scanout *s = &dev->scanouts[c->pos.scanout_id];
   Resource *res;
   VgpuImage *img;
@@ -982,8 +1029,18 @@ cursor_update(VgpuDevice *dev, const struct virtio_gpu_update_cursor *c)
     dev->stats.errors++;
     return;
   }
-  vgpu_format_convert(img->format, img->data, img->width, img->height, img->stride, 0, 0,
-                      VGPU_CURSOR_SIZE, VGPU_CURSOR_SIZE, PIXMAN_a8r8g8b8, (guint8 *)pixels,
+  if (!rect_is_empty(&res->pending)) {
+    /* The pending pixels from the backing, without writing the image (a
+     * sink may read it). */
+    live = g_memdup2(img->data, (gsize)img->stride * img->height);
+    for (guint32 h = 0; h < res->pending.height; h++)
+      vgpu_backing_read(res->backing, res->pending_offset + (guint64)h * img->stride,
+                        live + (gsize)(res->pending.y + h) * img->stride
+                            + (gsize)res->pending.x * 4u,
+                        (gsize)res->pending.width * 4u);
+  }
+  vgpu_format_convert(img->format, live ? live : img->data, img->width, img->height, img->stride, 0,
+                      0, VGPU_CURSOR_SIZE, VGPU_CURSOR_SIZE, PIXMAN_a8r8g8b8, (guint8 *)pixels,
                       VGPU_CURSOR_SIZE * 4u);
   s->cursor_defined = TRUE;
   for (guint i = 0; i < dev->sinks->len; i++) {
@@ -1207,5 +1264,22 @@ vgpu_device_get_resource_image(VgpuDevice *dev, guint32 resource_id)
 {
   Resource *res = find_resource(dev, resource_id);
 
-  return res ? res->image : NULL;
+  if (!res)
+    return NULL;
+  if (!vgpu_image_is_busy(res->image))
+    materialize(dev, res);
+  return res->image;
+}
+
+void
+vgpu_device_sync_images(VgpuDevice *dev)
+{
+  GHashTableIter it;
+  gpointer res;
+
+  g_hash_table_iter_init(&it, dev->resources);
+  while (g_hash_table_iter_next(&it, NULL, &res)) {
+    if (!vgpu_image_is_busy(((Resource *)res)->image))
+      materialize(dev, res);
+  }
 }

@@ -1,7 +1,13 @@
 /* vgpu-device.h: the virtio-gpu 2D device model.
  *
  * Turns control-queue and cursor-queue requests into state changes and calls
- * to the attached display sinks (vgpu-sink.h).  Knows nothing of rings,
+ * to the attached display sinks (vgpu-sink.h).
+ *
+ * TRANSFER_TO_HOST_2D is deferred: the rectangle is recorded as pending and
+ * its pixels stay in the guest's backing until something needs them in the
+ * resource's image (see docs/gpu-backend.md); a flush of pending pixels is
+ * read by the sinks straight from guest memory.  What a display shows there
+ * is the backing as of when it is read, not as of the transfer.  Knows nothing of rings,
  * sockets or GStreamer: the caller pops requests and hands them in with
  * vgpu_device_submit(); the device writes the response into the request's
  * writable buffers and gives the element back through ops->complete, at
@@ -79,6 +85,9 @@ typedef struct {
   guint64 hostmem_used; /* bytes charged */
   guint64 stalls;       /* submits refused because a sink was reading */
   guint64 display_queries, display_query_fallbacks;
+  guint64 transfers_deferred; /* transfers left in guest memory until needed */
+  guint64 materializations;   /* pending transfers copied into images */
+  guint64 guest_updates;      /* flushes sinks read straight from guest memory */
 } VgpuDeviceStats;
 
 /* Checks @config; fills @error with a message for the user. */
@@ -97,7 +106,9 @@ void vgpu_device_get_config(VgpuDevice *dev, guint8 *config, gsize size);
 void vgpu_device_set_config(VgpuDevice *dev, guint32 offset, const guint8 *data, gsize size);
 
 /* Takes @elem popped from queue @qidx.  Returns FALSE without taking it when
- * it must wait (a transfer into an image a sink is still reading): the
+ * it must wait for a sink to stop reading (a transfer into a resource whose
+ * image or guest memory a sink still reads, a flush that must copy into an
+ * image a sink reads, a detach or unref of guest memory a sink reads): the
  * caller puts it back and submits it again after ops->wake. */
 gboolean vgpu_device_submit(VgpuDevice *dev, guint qidx, VhuElem *elem);
 /* Answers every request waiting on a sink now, from the configuration (the
@@ -114,7 +125,12 @@ void vgpu_device_query_done(VgpuDevice *dev, VgpuQuery *query, const void *reply
 
 void vgpu_device_get_stats(VgpuDevice *dev, VgpuDeviceStats *stats);
 VgpuHostmem *vgpu_device_get_hostmem(VgpuDevice *dev);
-/* The image of resource @resource_id, or NULL (no reference taken). */
+/* The image of resource @resource_id, or NULL (no reference taken).  A
+ * pending transfer is copied into it first, unless a sink still reads it. */
 VgpuImage *vgpu_device_get_resource_image(VgpuDevice *dev, guint32 resource_id);
+/* Copies every pending transfer into its image (images a sink still reads
+ * are left as they are): for readers of the images outside update(), such
+ * as a replay to a new display connection. */
+void vgpu_device_sync_images(VgpuDevice *dev);
 
 G_END_DECLS

@@ -41,8 +41,10 @@ typedef struct {
   gsize body_len;
   guint8 *data; /* owned extra payload (cursor update) */
   gsize data_len;
-  VgpuImage *image; /* UPDATE: pixels come from here, read-marked */
+  VgpuImage *image; /* UPDATE: pixels come from here, read-marked ... */
   guint32 src_x, src_y;
+  VgpuBacking *backing; /* ... or from here (read-marked), row h at offset + h * stride */
+  guint64 offset;
 } OutMsg;
 
 typedef struct {
@@ -146,13 +148,23 @@ out_msg_new(guint32 request, guint scanout, const void *body, gsize body_len)
   return m;
 }
 
+/* Drops the pixel source of an UPDATE. */
+static void
+out_msg_clear_source(OutMsg *m)
+{
+  if (m->backing) {
+    vgpu_backing_end_read(m->backing);
+    g_clear_pointer(&m->backing, vgpu_backing_unref);
+  } else if (m->image) {
+    vgpu_image_end_read(m->image);
+  }
+  g_clear_pointer(&m->image, vgpu_image_unref);
+}
+
 static void
 out_msg_free(OutMsg *m)
 {
-  if (m->image) {
-    vgpu_image_end_read(m->image);
-    vgpu_image_unref(m->image);
-  }
+  out_msg_clear_source(m);
   g_free(m->data);
   g_free(m);
 }
@@ -202,6 +214,65 @@ last_for_scanout(Conn *c, guint id, const guint32 *kinds, const guint32 *barrier
   return NULL;
 }
 
+static VgpuRect
+update_rect(const OutMsg *m)
+{
+  return (VgpuRect){ m->body.update.x, m->body.update.y, m->body.update.width,
+                     m->body.update.height };
+}
+
+static gboolean
+rect_contains(const VgpuRect *outer, const VgpuRect *inner)
+{
+  VgpuRect common;
+
+  return vgpu_rect_intersect(outer, inner, &common) && common.x == inner->x && common.y == inner->y
+         && common.width == inner->width && common.height == inner->height;
+}
+
+/* Folds UPDATE @m into the queued UPDATE @old of the same scanout when that
+ * shows the same pixels: the result covers both and reads the newest
+ * source.  FALSE when they cannot be merged. */
+static gboolean
+merge_update(OutMsg *old, OutMsg *m)
+{
+  VgpuRect a = update_rect(old), b = update_rect(m), u;
+
+  /* Same image at the same place on the scanout (offsets wrap alike). */
+  if (old->image != m->image || old->src_x - a.x != m->src_x - b.x
+      || old->src_y - a.y != m->src_y - b.y)
+    return FALSE;
+  if (rect_contains(&b, &a)) {
+    /* @m covers @old: it takes @old's place in the queue. */
+    out_msg_clear_source(old);
+    old->body.update = m->body.update;
+    old->hdr.size = m->hdr.size;
+    old->image = g_steal_pointer(&m->image);
+    old->backing = g_steal_pointer(&m->backing);
+    old->src_x = m->src_x;
+    old->src_y = m->src_y;
+    old->offset = m->offset;
+    return TRUE;
+  }
+  if (old->backing || m->backing) {
+    /* Guest memory is only known to hold the rectangles flushed: no union.
+     * The smaller one from the same place is part of the bigger one. */
+    return old->backing == m->backing && rect_contains(&a, &b)
+           && m->offset
+                  == old->offset + (guint64)(b.y - a.y) * m->image->stride
+                         + (guint64)(b.x - a.x) * 4u;
+  }
+  vgpu_rect_union(&a, &b, &u);
+  old->src_x = old->src_x - a.x + u.x;
+  old->src_y = old->src_y - a.y + u.y;
+  old->body.update.x = u.x;
+  old->body.update.y = u.y;
+  old->body.update.width = u.width;
+  old->body.update.height = u.height;
+  old->hdr.size = (guint32)(sizeof old->body.update + (gsize)u.width * u.height * 4u);
+  return TRUE;
+}
+
 /* Queues @m for the writer (device lock held).  Coalesces an UPDATE with a
  * queued one of the same scanout and image, and cursor positions with a
  * queued position.  FALSE when the display is too far behind. */
@@ -218,22 +289,7 @@ conn_push(Conn *c, OutMsg *m)
   g_mutex_lock(&c->lock);
   if (m->hdr.request == VHU_DISPLAY_UPDATE
       && (old = last_for_scanout(c, m->scanout, update_kind, update_barrier))
-      && old->image == m->image && old->src_x - old->body.update.x == m->src_x - m->body.update.x
-      && old->src_y - old->body.update.y == m->src_y - m->body.update.y) {
-    VgpuRect a = { old->body.update.x, old->body.update.y, old->body.update.width,
-                   old->body.update.height };
-    VgpuRect b
-        = { m->body.update.x, m->body.update.y, m->body.update.width, m->body.update.height };
-    VgpuRect u;
-
-    vgpu_rect_union(&a, &b, &u);
-    old->src_x = old->src_x - old->body.update.x + u.x;
-    old->src_y = old->src_y - old->body.update.y + u.y;
-    old->body.update.x = u.x;
-    old->body.update.y = u.y;
-    old->body.update.width = u.width;
-    old->body.update.height = u.height;
-    old->hdr.size = (guint32)(sizeof old->body.update + (gsize)u.width * u.height * 4u);
+      && merge_update(old, m)) {
     g_mutex_unlock(&c->lock);
     if (c->qd)
       stats_add(c->qd, &c->qd->stats.coalesced, 1);
@@ -309,49 +365,79 @@ write_iov(Conn *c, struct iovec *iov, guint n, const char **why)
   return TRUE;
 }
 
+/* X8R8G8B8-compatible pixels, sent as they are: one sendmsg() for the
+ * header and every row, no copy in user space. */
 static gboolean
-write_update_pixels(Conn *c, OutMsg *m, struct iovec *head, guint n_head, const char **why)
+write_rows_direct(Conn *c, OutMsg *m, struct iovec *head, guint n_head, const char **why)
 {
   const VhuDisplayUpdate *u = &m->body.update;
   VgpuImage *img = m->image;
   gsize row = (gsize)u->width * 4u;
+  g_autoptr(GArray) iov = g_array_sized_new(FALSE, FALSE, sizeof(struct iovec), n_head + 1);
 
-  if (vgpu_format_is_xrgb(img->format)) {
+  g_array_append_vals(iov, head, n_head);
+  if (m->backing && row == img->stride) {
+    vgpu_backing_append_iov(m->backing, m->offset, row * u->height, iov);
+  } else if (m->backing) {
+    for (guint32 h = 0; h < u->height; h++)
+      vgpu_backing_append_iov(m->backing, m->offset + (guint64)h * img->stride, row, iov);
+  } else {
     guint8 *src = img->data + (gsize)m->src_y * img->stride + (gsize)m->src_x * 4u;
+    struct iovec v = { src, row * u->height }; /* whole rows: one piece */
 
     if (row == img->stride) {
-      /* Whole rows: header and pixels in one call. */
-      head[n_head].iov_base = src;
-      head[n_head].iov_len = row * u->height;
-      return write_iov(c, head, n_head + 1, why);
+      g_array_append_val(iov, v);
     } else {
-      g_autofree struct iovec *iov = g_new(struct iovec, n_head + u->height);
-
-      memcpy(iov, head, n_head * sizeof *iov);
       for (guint32 h = 0; h < u->height; h++) {
-        iov[n_head + h].iov_base = src + (gsize)h * img->stride;
-        iov[n_head + h].iov_len = row;
+        v = (struct iovec){ src + (gsize)h * img->stride, row };
+        g_array_append_val(iov, v);
       }
-      return write_iov(c, iov, n_head + u->height, why);
     }
-  } else {
-    /* Convert a bounded number of rows at a time. */
-    guint rows = (guint)MAX(1u, CONVERT_CHUNK / row);
-    g_autofree guint8 *buf = g_malloc((gsize)MIN(rows, u->height) * row);
+  }
+  return write_iov(c, (struct iovec *)(void *)iov->data, iov->len, why);
+}
 
-    if (!write_iov(c, head, n_head, why))
-      return FALSE;
-    for (guint32 y = 0; y < u->height; y += rows) {
-      guint n = MIN(rows, u->height - y);
-      struct iovec iov = { buf, (gsize)n * row };
+/* Other formats: converted a bounded number of rows at a time (rows in
+ * guest memory are gathered first). */
+static gboolean
+write_rows_converted(Conn *c, OutMsg *m, struct iovec *head, guint n_head, const char **why)
+{
+  const VhuDisplayUpdate *u = &m->body.update;
+  VgpuImage *img = m->image;
+  gsize row = (gsize)u->width * 4u;
+  guint rows = (guint)MAX(1u, CONVERT_CHUNK / row);
+  gsize chunk = (gsize)MIN(rows, u->height) * row;
+  g_autofree guint8 *buf = g_malloc(chunk);
+  g_autofree guint8 *gathered = m->backing ? g_malloc(chunk) : NULL;
 
+  if (!write_iov(c, head, n_head, why))
+    return FALSE;
+  for (guint32 y = 0; y < u->height; y += rows) {
+    guint n = MIN(rows, u->height - y);
+    struct iovec iov = { buf, (gsize)n * row };
+
+    if (m->backing) {
+      for (guint h = 0; h < n; h++)
+        vgpu_backing_read(m->backing, m->offset + (guint64)(y + h) * img->stride,
+                          gathered + (gsize)h * row, row);
+      vgpu_format_convert(img->format, gathered, u->width, n, (guint)row, 0, 0, u->width, n,
+                          PIXMAN_x8r8g8b8, buf, (guint)row);
+    } else {
       vgpu_format_convert(img->format, img->data, img->width, img->height, img->stride, m->src_x,
                           m->src_y + y, u->width, n, PIXMAN_x8r8g8b8, buf, (guint)row);
-      if (!write_iov(c, &iov, 1, why))
-        return FALSE;
     }
-    return TRUE;
+    if (!write_iov(c, &iov, 1, why))
+      return FALSE;
   }
+  return TRUE;
+}
+
+static gboolean
+write_update_pixels(Conn *c, OutMsg *m, struct iovec *head, guint n_head, const char **why)
+{
+  if (vgpu_format_is_xrgb(m->image->format))
+    return write_rows_direct(c, m, head, n_head, why);
+  return write_rows_converted(c, m, head, n_head, why);
 }
 
 static gboolean
@@ -792,6 +878,8 @@ vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error)
 void
 vgpu_qemu_display_replay(VgpuQemuDisplay *qd)
 {
+  /* The replay reads the images: pending transfers go into them first. */
+  vgpu_device_sync_images(qd->dev);
   for (guint i = 0; i < VGPU_MAX_SCANOUTS && qd->conn; i++)
     replay_scanout(qd, i);
 }
@@ -829,16 +917,16 @@ sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect
   send_msg(qd, out_msg_new(VHU_DISPLAY_SCANOUT, id, &so, sizeof so));
 }
 
-static void
-sink_update(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect, guint32 dst_x,
-            guint32 dst_y)
+/* An UPDATE message for scanout @id, announcing the scanout first if this
+ * connection never saw it.  NULL when there is nothing to send. */
+static OutMsg *
+update_msg_new(VgpuQemuDisplay *qd, guint id, const VgpuRect *rect, guint32 dst_x, guint32 dst_y)
 {
-  VgpuQemuDisplay *qd = sink;
   Conn *c = qd->conn;
   OutMsg *m;
 
   if (!c || rect->width == 0 || rect->height == 0)
-    return;
+    return NULL;
   if (c->sent_width[id] == 0) {
     /* QEMU has no surface for a scanout it was never told about. */
     ScanoutState *s = &qd->scanouts[id];
@@ -848,16 +936,44 @@ sink_update(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect, gui
     c->sent_height[id] = s->rect.height;
     send_msg(qd, out_msg_new(VHU_DISPLAY_SCANOUT, id, &so, sizeof so));
     if (!qd->conn)
-      return;
+      return NULL;
   }
   m = out_msg_new(VHU_DISPLAY_UPDATE, id, NULL, 0);
   m->body.update = (VhuDisplayUpdate){ id, dst_x, dst_y, rect->width, rect->height };
   m->body_len = sizeof m->body.update;
   m->hdr.size = (guint32)(sizeof m->body.update + (gsize)rect->width * rect->height * 4u);
-  m->image = vgpu_image_ref(image);
-  vgpu_image_begin_read(image);
   m->src_x = rect->x;
   m->src_y = rect->y;
+  return m;
+}
+
+static void
+sink_update(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect, guint32 dst_x,
+            guint32 dst_y)
+{
+  VgpuQemuDisplay *qd = sink;
+  OutMsg *m = update_msg_new(qd, id, rect, dst_x, dst_y);
+
+  if (!m)
+    return;
+  m->image = vgpu_image_ref(image);
+  vgpu_image_begin_read(image);
+  send_msg(qd, m);
+}
+
+static void
+sink_update_guest(gpointer sink, guint id, VgpuImage *image, VgpuBacking *backing, guint64 offset,
+                  const VgpuRect *rect, guint32 dst_x, guint32 dst_y)
+{
+  VgpuQemuDisplay *qd = sink;
+  OutMsg *m = update_msg_new(qd, id, rect, dst_x, dst_y);
+
+  if (!m)
+    return;
+  m->image = vgpu_image_ref(image);
+  m->backing = vgpu_backing_ref(backing);
+  vgpu_backing_begin_read(backing);
+  m->offset = offset;
   send_msg(qd, m);
 }
 
@@ -948,6 +1064,7 @@ static const VgpuSinkIface sink_iface = {
   .cursor_move = sink_cursor_move,
   .query_display_info = sink_query_display_info,
   .query_edid = sink_query_edid,
+  .update_guest = sink_update_guest,
 };
 
 /* ------------------------------------------------------------------------ */

@@ -63,8 +63,9 @@ void vgpu_qemu_display_free(VgpuQemuDisplay *qd);
 /* Takes ownership of @fd, a connected stream socket, replacing the current
  * connection.  FALSE (fd closed) if @fd is not a socket. */
 gboolean vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error);
-/* Sends every enabled scanout (SCANOUT + a full UPDATE) and cursor on the
- * current connection: QEMU shows nothing of a scanout until it gets them. */
+/* Sends every enabled scanout (SCANOUT + a full UPDATE from its image, with
+ * pending transfers copied in) and cursor on the current connection: QEMU
+ * shows nothing of a scanout until it gets them. */
 void vgpu_qemu_display_replay(VgpuQemuDisplay *qd);
 /* Drops the current connection, if any. */
 void vgpu_qemu_display_close(VgpuQemuDisplay *qd);

@@ -5,13 +5,16 @@
  * the backend lock, on the queue thread or the control thread).  Sinks must
  * not block: a sink that reads pixels after returning (a socket writer, a
  * GStreamer pipeline) takes a reference and brackets the reading with
- * vgpu_image_begin_read/end_read; the device then holds back writes into that
- * image until the reading ends, so the sink must end it promptly. */
+ * vgpu_image_begin_read/end_read (vgpu_backing_* for update_guest); the
+ * device then holds back writes into that image, further transfers into the
+ * resource, and giving the guest memory back, until the reading ends, so the
+ * sink must end it promptly. */
 #pragma once
 
 #include <glib.h>
 #include <linux/virtio_gpu.h>
 
+#include "vgpu-backing.h"
 #include "vgpu-format.h"
 #include "vgpu-image.h"
 
@@ -42,6 +45,19 @@ typedef struct {
    * sink goes away; never from inside this call. */
   gboolean (*query_display_info)(gpointer sink, VgpuQuery *query);
   gboolean (*query_edid)(gpointer sink, guint id, VgpuQuery *query);
+
+  /* Optional: like update(), but the pixels are in guest memory: row h of
+   * @rect is at @offset + h * image->stride of @backing, in image->format
+   * (@image is for its format and size; its pixels there are stale).  A
+   * sink that reads after returning takes a reference on @backing and
+   * brackets the reading with vgpu_backing_begin_read/end_read.  The guest
+   * may write that memory meanwhile: the sink shows what it reads.
+   * Sinks without update_guest get update() with the pixels copied into the
+   * image first: that is how a sink asks for materialised images (e.g. to
+   * pass the image memfd downstream).  Flushes go through update() whenever
+   * any attached sink lacks update_guest. */
+  void (*update_guest)(gpointer sink, guint id, VgpuImage *image, VgpuBacking *backing,
+                       guint64 offset, const VgpuRect *rect, guint32 dst_x, guint32 dst_y);
 } VgpuSinkIface;
 
 G_END_DECLS

@@ -940,6 +940,65 @@ test_two_scanouts(void)
   teardown(f, NULL);
 }
 
+/* Hostile frontend: the memory region holding a resource's backing is
+ * removed (REM_MEM_REG) between TRANSFER_TO_HOST_2D and RESOURCE_FLUSH.  The
+ * backing keeps its mappings, so the flush reads valid memory and shows the
+ * pixels; new backings there are refused and the daemon keeps serving. */
+static void
+test_memory_removed(void)
+{
+  const guint64 gpa2 = 0x40000000ull;
+  const guint w = 320, h = 200;
+  Fixture fx = { 0 }, *f = &fx;
+  g_autoptr(GError) error = NULL;
+  Res r = { 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, w, h, gpa2, NULL };
+  struct virtio_gpu_resource_create_2d c = gpu_create_2d(1, r.format, w, h);
+  struct virtio_gpu_mem_entry e = { gpa2, w * h * 4, 0 };
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, w, h);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, w, h, 0);
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, w, h);
+  VhuMemSingleRegion rem = { 0 };
+  g_autofree guint8 *a = NULL;
+  VhuDisplayStats st;
+  gsize len;
+
+  daemon_start(&f->d, NULL);
+  f->fe = frontend_connect(&f->d);
+  frontend_init(f->fe);
+  g_assert_true(vhu_frontend_add_region(f->fe, gpa2, 4u << 20, &error));
+  g_assert_no_error(error);
+  f->ds = display_attach(f->fe, 1, 1024, 768, 0x3);
+  frontend_start(f->fe);
+  r.pixels = vhu_frontend_gpa_to_ptr(f->fe, gpa2, w * h * 4);
+  res_paint(&r, 9);
+  a = gpu_attach(1, &e, 1, 1, &len);
+  g_assert_cmphex(CMD(f->fe, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(cmd_full(f->fe, a, len, NULL, 0), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CMD(f->fe, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CMD(f->fe, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+
+  rem.region = (VhuMemRegionDesc){ gpa2, 4u << 20, (guint64)(guintptr)r.pixels, 0 };
+  g_assert_true(vhu_frontend_request(f->fe, VHU_REM_MEM_REG, &rem, sizeof rem, NULL, 0, &error));
+  g_assert_no_error(error);
+
+  vhu_display_server_get_stats(f->ds, &st);
+  g_assert_cmphex(CMD(f->fe, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_true(vhu_display_server_wait_updates(f->ds, st.updates + 1, WAIT_MS));
+  check_frame(f->ds, 0, &r, 9, 0, 0, w, h);
+  c.resource_id = 2;
+  g_assert_cmphex(CMD(f->fe, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  ((struct virtio_gpu_resource_attach_backing *)(void *)a)->resource_id = 2;
+  g_assert_cmphex(cmd_full(f->fe, a, len, NULL, 0), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+  {
+    struct virtio_gpu_resource_detach_backing d = gpu_detach(1);
+    struct virtio_gpu_resource_unref u = gpu_unref(1);
+
+    g_assert_cmphex(CMD(f->fe, d), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    g_assert_cmphex(CMD(f->fe, u), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  }
+  teardown(f, NULL);
+}
+
 /* --fd: the daemon serves an inherited socket and exits 0 when it closes. */
 static void
 test_fd_mode(void)
@@ -998,5 +1057,6 @@ main(int argc, char **argv)
   g_test_add_func("/gpu/daemon/hostmem", test_hostmem);
   g_test_add_func("/gpu/daemon/two-scanouts", test_two_scanouts);
   g_test_add_func("/gpu/daemon/fd-mode", test_fd_mode);
+  g_test_add_func("/gpu/daemon/memory-removed-after-transfer", test_memory_removed);
   return g_test_run();
 }

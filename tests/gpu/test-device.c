@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "gpu-test-util.h"
+#include "vgpu-backing.h"
 #include "vgpu-device.h"
 #include "vgpu-edid.h"
 #include "vgpu-format.h"
@@ -42,6 +43,8 @@ typedef struct {
   VgpuRect rect;
   guint32 dst_x, dst_y;
   VgpuImage *image;
+  VgpuBacking *backing; /* update_guest: rows at offset + h * stride */
+  guint64 offset;
 } UpdateCall;
 
 typedef struct {
@@ -58,10 +61,12 @@ typedef struct {
   guint32 cursor[64 * 64];
   guint32 cursor_hot_x, cursor_x, cursor_y;
   gboolean cursor_visible;
-  gboolean hold_queries;  /* answer queries later (test does) */
-  gboolean hold_images;   /* keep images read-marked after update */
-  GPtrArray *queries;     /* held VgpuQuery */
-  GPtrArray *held_images; /* read-marked VgpuImage */
+  gboolean hold_queries;    /* answer queries later (test does) */
+  gboolean hold_images;     /* keep images read-marked after update */
+  gboolean hold_backings;   /* keep backings read-marked after update_guest */
+  GPtrArray *queries;       /* held VgpuQuery */
+  GPtrArray *held_images;   /* read-marked VgpuImage */
+  GPtrArray *held_backings; /* read-marked VgpuBacking */
 } Fixture;
 
 static guint log_count;
@@ -182,8 +187,29 @@ s_query_edid(gpointer sink, guint id, VgpuQuery *q)
   return s_query(sink, q);
 }
 
+static void
+s_update_guest(gpointer sink, guint id, VgpuImage *image, VgpuBacking *backing, guint64 offset,
+               const VgpuRect *rect, guint32 dst_x, guint32 dst_y)
+{
+  Fixture *f = sink;
+  UpdateCall c = { id, *rect, dst_x, dst_y, image, backing, offset };
+
+  g_array_append_val(f->update_calls, c);
+  if (f->hold_backings) {
+    vgpu_backing_begin_read(backing);
+    g_ptr_array_add(f->held_backings, vgpu_backing_ref(backing));
+  }
+}
+
+/* A sink that only reads images (asks for materialised frames)... */
 static const VgpuSinkIface sink_iface = {
   s_set_scanout, s_update, s_cursor_update, s_cursor_move, s_query_display_info, s_query_edid,
+};
+
+/* ... and one that reads flushed pixels from guest memory when it can. */
+static const VgpuSinkIface guest_sink_iface = {
+  s_set_scanout,        s_update,     s_cursor_update, s_cursor_move,
+  s_query_display_info, s_query_edid, s_update_guest,
 };
 
 /* --- fixture --------------------------------------------------------------- */
@@ -217,6 +243,7 @@ setup_with(Fixture *f, guint scanouts, guint64 hostmem, guint max_resources)
   f->update_calls = g_array_new(FALSE, TRUE, sizeof(UpdateCall));
   f->queries = g_ptr_array_new();
   f->held_images = g_ptr_array_new();
+  f->held_backings = g_ptr_array_new();
   f->dev = vgpu_device_new(&cfg, &ops, f);
   vgpu_device_add_sink(f->dev, &sink_iface, f);
   log_count = 0;
@@ -226,6 +253,15 @@ static void
 setup(Fixture *f, gconstpointer data)
 {
   setup_with(f, 1, 256 * MIB, 0);
+}
+
+/* The device model with a sink that reads guest memory. */
+static void
+setup_guest(Fixture *f, gconstpointer data)
+{
+  setup(f, data);
+  vgpu_device_remove_sink(f->dev, f);
+  vgpu_device_add_sink(f->dev, &guest_sink_iface, f);
 }
 
 static void
@@ -239,16 +275,28 @@ release_images(Fixture *f)
 }
 
 static void
+release_backings(Fixture *f)
+{
+  for (guint i = 0; i < f->held_backings->len; i++) {
+    vgpu_backing_end_read(f->held_backings->pdata[i]);
+    vgpu_backing_unref(f->held_backings->pdata[i]);
+  }
+  g_ptr_array_set_size(f->held_backings, 0);
+}
+
+static void
 teardown(Fixture *f, gconstpointer data)
 {
   release_images(f);
+  release_backings(f);
   for (guint i = 0; i < f->queries->len; i++)
     vgpu_device_query_done(f->dev, f->queries->pdata[i], NULL, 0);
   vgpu_device_remove_sink(f->dev, f);
   vgpu_device_free(f->dev);
   vhu_mem_table_unref(f->mem);
   for (guint i = 0; i < 2; i++) {
-    munmap(f->guest[i], REGION_SIZE);
+    if (f->guest[i])
+      munmap(f->guest[i], REGION_SIZE);
     close(f->memfd[i]);
   }
   g_array_unref(f->done);
@@ -256,6 +304,7 @@ teardown(Fixture *f, gconstpointer data)
   g_array_unref(f->update_calls);
   g_ptr_array_unref(f->queries);
   g_ptr_array_unref(f->held_images);
+  g_ptr_array_unref(f->held_backings);
 }
 
 static guint8 *
@@ -660,10 +709,10 @@ test_transfer_pixels(Fixture *f, gconstpointer data)
   }
   g_assert_cmphex(CTRL(f, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
   g_assert_cmphex(attach(f, 1, &one, 1), ==, VIRTIO_GPU_RESP_OK_NODATA);
-  img = vgpu_device_get_resource_image(f->dev, 1);
-  /* partial: rectangle 30x20 at (10, 5) */
+  /* partial: rectangle 30x20 at (10, 5); the image gets it when asked for */
   t = gpu_transfer(1, 10, 5, 30, 20, 5 * stride + 10 * 4);
   g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  img = vgpu_device_get_resource_image(f->dev, 1);
   for (guint y = 0; y < h; y++) {
     for (guint x = 0; x < w; x++) {
       gboolean in = x >= 10 && x < 40 && y >= 5 && y < 25;
@@ -676,6 +725,7 @@ test_transfer_pixels(Fixture *f, gconstpointer data)
   /* whole rows from row 20 on */
   t = gpu_transfer(1, 0, 20, w, h - 20, 20 * stride);
   g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  img = vgpu_device_get_resource_image(f->dev, 1);
   for (guint y = 20; y < h; y++) /* rows 20..29 in region 0, 30.. in region 1 */
     g_assert_cmpmem(img->data + y * stride, stride, gpa_ptr(f, base + y * stride), stride);
 
@@ -690,6 +740,7 @@ test_transfer_pixels(Fixture *f, gconstpointer data)
     memset(img->data, 0, stride * h);
     t = gpu_transfer(1, 0, 0, w, h, 0);
     g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    g_assert_true(vgpu_device_get_resource_image(f->dev, 1) == img);
     g_assert_cmpmem(img->data, stride * h / 2, f->guest[0] + REGION_SIZE - stride * h / 2,
                     stride * h / 2);
     g_assert_cmpmem(img->data + stride * h / 2, stride * h / 2, f->guest[1], stride * h / 2);
@@ -1133,6 +1184,342 @@ test_garbage(Fixture *f, gconstpointer data)
   g_assert_cmphex(CTRL(f, info), ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
 }
 
+/* --- deferred transfers ---------------------------------------------------- */
+
+#define FMT VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM
+
+/* Pattern @seed in a @w x @h B8G8R8X8 backing (stride w * 4). */
+static void
+paint(guint8 *p, guint w, guint h, guint seed)
+{
+  for (guint y = 0; y < h; y++) {
+    for (guint x = 0; x < w; x++) {
+      guint8 r, g, b;
+
+      gpu_pattern(x, y, seed, &r, &g, &b);
+      gpu_put_pixel(p + ((gsize)y * w + x) * 4, FMT, r, g, b, 0);
+    }
+  }
+}
+
+/* What a sink reads for update @u: rows from the image or from guest memory,
+ * packed (stride width * 4). */
+static guint8 *
+shown(const UpdateCall *u)
+{
+  gsize row = (gsize)u->rect.width * 4;
+  guint8 *out = g_malloc(row * u->rect.height);
+
+  for (guint h = 0; h < u->rect.height; h++) {
+    if (u->backing)
+      vgpu_backing_read(u->backing, u->offset + (guint64)h * u->image->stride, out + h * row, row);
+    else
+      memcpy(out + h * row,
+             u->image->data + (gsize)(u->rect.y + h) * u->image->stride + (gsize)u->rect.x * 4,
+             row);
+  }
+  return out;
+}
+
+/* Pixel (x, y) of @rect, found at @p (stride @stride), has pattern @seed
+ * shifted by (@dx, @dy); seed G_MAXUINT: zero. */
+static gboolean
+rect_has(const guint8 *p, gsize stride, const VgpuRect *rect, guint seed, int dx, int dy)
+{
+  for (guint y = 0; y < rect->height; y++) {
+    for (guint x = 0; x < rect->width; x++) {
+      const guint8 *q = p + y * stride + (gsize)x * 4;
+      guint8 r = 0, g = 0, b = 0;
+
+      if (seed != G_MAXUINT)
+        gpu_pattern(rect->x + x + dx, rect->y + y + dy, seed, &r, &g, &b);
+      if (q[0] != b || q[1] != g || q[2] != r) {
+        g_test_message("pixel (%u,%u) is %02x%02x%02x, not %02x%02x%02x", rect->x + x, rect->y + y,
+                       q[2], q[1], q[0], r, g, b);
+        return FALSE;
+      }
+    }
+  }
+  return TRUE;
+}
+
+static const UpdateCall *
+last_update(Fixture *f)
+{
+  g_assert_cmpuint(f->update_calls->len, >, 0);
+  return &g_array_index(f->update_calls, UpdateCall, f->update_calls->len - 1);
+}
+
+/* The last update shows pattern @seed. */
+static void
+assert_shows(Fixture *f, guint seed)
+{
+  const UpdateCall *u = last_update(f);
+  g_autofree guint8 *px = shown(u);
+
+  g_assert_true(rect_has(px, (gsize)u->rect.width * 4, &u->rect, seed, 0, 0));
+}
+
+static void
+assert_stats(Fixture *f, guint64 deferred, guint64 materialized, guint64 guest_updates)
+{
+  VgpuDeviceStats st;
+
+  vgpu_device_get_stats(f->dev, &st);
+  g_assert_cmpuint(st.transfers_deferred, ==, deferred);
+  g_assert_cmpuint(st.materializations, ==, materialized);
+  g_assert_cmpuint(st.guest_updates, ==, guest_updates);
+}
+
+/* A flush of transferred pixels reaches a guest-reading sink straight from
+ * guest memory, with the offset of its first pixel; the image gets them
+ * only when asked. */
+static void
+test_deferred_flush(Fixture *f, gconstpointer data)
+{
+  const guint w = 64, h = 48;
+  guint8 *backing = make_resource(f, 1, FMT, w, h, GPA0);
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, w, h);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, w, h, 0);
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, w, h);
+  struct virtio_gpu_resource_flush part = gpu_flush(1, 10, 5, 20, 7);
+  const UpdateCall *u;
+  VgpuImage *img;
+
+  paint(backing, w, h, 1);
+  g_assert_cmphex(CTRL(f, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  u = last_update(f);
+  g_assert_nonnull(u->backing);
+  g_assert_cmpuint(u->offset, ==, 0);
+  assert_shows(f, 1);
+  assert_stats(f, 1, 0, 1);
+  g_assert_cmphex(CTRL(f, part), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  u = last_update(f);
+  g_assert_cmpuint(u->offset, ==, (5 * w + 10) * 4);
+  g_assert_cmpuint(u->dst_x, ==, 10);
+  g_assert_cmpuint(u->dst_y, ==, 5);
+  assert_shows(f, 1);
+  /* A transfer is no snapshot: what the guest draws later shows through
+   * until the pixels are copied. */
+  paint(backing, w, h, 2);
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  assert_shows(f, 2);
+  assert_stats(f, 1, 0, 3);
+  img = vgpu_device_get_resource_image(f->dev, 1);
+  assert_stats(f, 1, 1, 3);
+  g_assert_true(rect_has(img->data, img->stride, &(VgpuRect){ 0, 0, w, h }, 2, 0, 0));
+  /* copied: flushes read the image, the guest's later drawing stays out */
+  paint(backing, w, h, 3);
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_null(last_update(f)->backing);
+  assert_shows(f, 2);
+  assert_stats(f, 1, 1, 3);
+}
+
+/* A sink without update_guest asks for images: the device copies the
+ * pending pixels into the image before calling it. */
+static void
+test_image_sink(Fixture *f, gconstpointer data)
+{
+  guint8 *backing = make_resource(f, 1, FMT, 40, 30, GPA0);
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, 40, 30);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 40, 30, 0);
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 40, 30);
+
+  paint(backing, 40, 30, 4);
+  g_assert_cmphex(CTRL(f, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_null(last_update(f)->backing);
+  assert_shows(f, 4);
+  assert_stats(f, 1, 1, 0);
+}
+
+/* DETACH_BACKING copies what was transferred: the guest may reuse the pages
+ * at once, later flushes show the transferred pixels. */
+static void
+test_transfer_detach_flush(Fixture *f, gconstpointer data)
+{
+  guint8 *backing = make_resource(f, 1, FMT, 32, 32, GPA0);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 32, 32, 0);
+  struct virtio_gpu_resource_detach_backing d = gpu_detach(1);
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, 32, 32);
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 32, 32);
+
+  paint(backing, 32, 32, 5);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, d), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  paint(backing, 32, 32, 6); /* reused */
+  g_assert_cmphex(CTRL(f, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_null(last_update(f)->backing);
+  assert_shows(f, 5);
+  assert_stats(f, 1, 1, 0);
+}
+
+/* What a pending rectangle shows is guest memory as of the moment it is
+ * copied or sent: a transfer elsewhere copies it at that point, a flush
+ * beyond it copies the new one. */
+static void
+test_overwrite_then_transfer_elsewhere(Fixture *f, gconstpointer data)
+{
+  const guint w = 64, h = 48, stride = w * 4;
+  guint8 *backing = make_resource(f, 1, FMT, w, h, GPA0);
+  const VgpuRect a = { 0, 0, 16, 16 }, b = { 32, 16, 16, 16 };
+  struct virtio_gpu_transfer_to_host_2d ta = gpu_transfer(1, a.x, a.y, a.width, a.height, 0);
+  struct virtio_gpu_transfer_to_host_2d tb
+      = gpu_transfer(1, b.x, b.y, b.width, b.height, b.y * stride + b.x * 4);
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, w, h);
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, w, h);
+  const UpdateCall *u;
+  VgpuImage *img;
+
+  paint(backing, w, h, 1);
+  g_assert_cmphex(CTRL(f, ta), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  paint(backing, w, h, 2);
+  g_assert_cmphex(CTRL(f, tb), ==, VIRTIO_GPU_RESP_OK_NODATA); /* copies a: pattern 2 */
+  paint(backing, w, h, 3);
+  g_assert_cmphex(CTRL(f, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA); /* beyond b: copies b */
+  assert_stats(f, 2, 2, 0);
+  u = last_update(f);
+  g_assert_null(u->backing);
+  img = u->image;
+  g_assert_true(rect_has(img->data, stride, &a, 2, 0, 0));
+  g_assert_true(rect_has(img->data + b.y * stride + b.x * 4, stride, &b, 3, 0, 0));
+  g_assert_true(
+      rect_has(img->data + 16 * stride, stride, &(VgpuRect){ 0, 16, 32, 32 }, G_MAXUINT, 0, 0));
+
+  /* A transfer inside the pending rectangle from the same place changes
+   * nothing; from another place it copies the pending one first. */
+  paint(backing, w, h, 4);
+  ta = gpu_transfer(1, 0, 0, w, h, 0);
+  g_assert_cmphex(CTRL(f, ta), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  tb = gpu_transfer(1, 8, 8, 4, 4, 8 * stride + 8 * 4);
+  g_assert_cmphex(CTRL(f, tb), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  assert_stats(f, 4, 2, 0);
+  tb = gpu_transfer(1, 8, 8, 4, 4, 0); /* rows of the top-left corner */
+  g_assert_cmphex(CTRL(f, tb), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  assert_stats(f, 5, 3, 0);
+  paint(backing, w, h, 5);
+  img = vgpu_device_get_resource_image(f->dev, 1);
+  g_assert_true(rect_has(img->data, stride, &(VgpuRect){ 0, 0, w, 8 }, 4, 0, 0));
+  g_assert_true(
+      rect_has(img->data + 8 * stride + 8 * 4, stride, &(VgpuRect){ 8, 8, 4, 4 }, 5, -8, -8));
+}
+
+/* Hostile frontend: after a transfer, the memory table is replaced without
+ * the backing's region and the test unmaps its own view of it.  A flush
+ * still reads valid memory (the backing keeps its mappings) and shows the
+ * guest's pixels; the old address is gone for new backings. */
+static void
+test_memory_table_replaced(Fixture *f, gconstpointer data)
+{
+  const guint w = 64, h = 48;
+  guint8 *backing = make_resource(f, 1, FMT, w, h, GPA0);
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, w, h);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, w, h, 0);
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, w, h);
+  struct virtio_gpu_resource_create_2d c = gpu_create_2d(2, FMT, w, h);
+  struct virtio_gpu_mem_entry e = { GPA0, w * h * 4, 0 };
+  VhuMemRegionDesc r1 = { GPA1, REGION_SIZE, 0x7100000000ull, 0 };
+  g_autoptr(VhuMemTable) empty = vhu_mem_table_new();
+  g_autoptr(GError) error = NULL;
+  VhuMemTable *table;
+
+  paint(backing, w, h, 7);
+  g_assert_cmphex(CTRL(f, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  table = vhu_mem_table_add(empty, &r1, f->memfd[1], 8, &error);
+  g_assert_no_error(error);
+  vhu_mem_table_unref(f->mem);
+  f->mem = table;
+  munmap(f->guest[0], REGION_SIZE);
+  f->guest[0] = NULL;
+
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_nonnull(last_update(f)->backing);
+  assert_shows(f, 7);
+  /* an image-reading sink gets the same pixels copied */
+  vgpu_device_remove_sink(f->dev, f);
+  vgpu_device_add_sink(f->dev, &sink_iface, f);
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_null(last_update(f)->backing);
+  assert_shows(f, 7);
+  g_assert_cmphex(CTRL(f, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(attach(f, 2, &e, 1), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+}
+
+/* While a sink reads a resource's guest memory, a transfer into it, a
+ * detach and an unref wait (the guest must not get the pages back); a flush
+ * meanwhile copies into the image instead.  A loan (pages spliced into a
+ * socket) holds back detach and unref, not transfers. */
+static void
+test_busy_backing(Fixture *f, gconstpointer data)
+{
+  guint8 *backing = make_resource(f, 1, FMT, 32, 32, GPA0);
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, 32, 32);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 32, 32, 0);
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 32, 32);
+  struct virtio_gpu_resource_detach_backing d = gpu_detach(1);
+  struct virtio_gpu_resource_unref un = gpu_unref(1);
+  g_autoptr(VgpuBacking) lent = NULL;
+  VgpuDeviceStats st;
+
+  paint(backing, 32, 32, 8);
+  g_assert_cmphex(CTRL(f, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  f->hold_backings = TRUE;
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmpuint(f->held_backings->len, ==, 1);
+  lent = vgpu_backing_ref(f->held_backings->pdata[0]);
+  g_assert_false(submit_full(f, VGPU_CTRL_QUEUE, &t, sizeof t, 64));
+  g_assert_false(submit_full(f, VGPU_CTRL_QUEUE, &d, sizeof d, 64));
+  g_assert_false(submit_full(f, VGPU_CTRL_QUEUE, &un, sizeof un, 64));
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_null(last_update(f)->backing);
+  assert_shows(f, 8);
+  assert_stats(f, 1, 1, 1);
+
+  vgpu_backing_begin_loan(lent);
+  g_assert_cmpint(f->wakes, ==, 0);
+  release_backings(f);
+  g_assert_cmpint(f->wakes, ==, 1);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_false(submit_full(f, VGPU_CTRL_QUEUE, &d, sizeof d, 64));
+  g_assert_false(submit_full(f, VGPU_CTRL_QUEUE, &un, sizeof un, 64));
+  vgpu_backing_end_loan(lent);
+  g_assert_cmpint(f->wakes, ==, 2);
+  g_assert_cmphex(CTRL(f, d), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, un), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  vgpu_device_get_stats(f->dev, &st);
+  g_assert_cmpuint(st.stalls, ==, 5);
+}
+
+/* A cursor defined from a partly pending resource takes the pending part
+ * from guest memory, without copying it into the image. */
+static void
+test_cursor_pending(Fixture *f, gconstpointer data)
+{
+  guint8 *backing = make_resource(f, 3, FMT, 64, 64, GPA0);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(3, 0, 0, 64, 64, 0);
+  struct virtio_gpu_update_cursor c = gpu_cursor(VIRTIO_GPU_CMD_UPDATE_CURSOR, 0, 1, 1, 3, 0, 0);
+
+  memset(backing, 0x11, 64 * 64 * 4);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  vgpu_device_get_resource_image(f->dev, 3); /* the image holds 0x11 */
+  memset(backing, 0x22, 64 * 64 * 4);
+  t = gpu_transfer(3, 0, 0, 32, 64, 0);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_true(submit_full(f, VGPU_CURSOR_QUEUE, &c, sizeof c, 0));
+  g_assert_cmphex(f->cursor[0] & 0xffffff, ==, 0x222222);
+  g_assert_cmphex(f->cursor[63 * 64 + 31] & 0xffffff, ==, 0x222222);
+  g_assert_cmphex(f->cursor[32] & 0xffffff, ==, 0x111111);
+  assert_stats(f, 2, 1, 0);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1169,5 +1556,14 @@ main(int argc, char **argv)
   ADD("busy-image", test_busy_image);
   ADD("log-rate-limit", test_log_rate_limit);
   ADD("garbage", test_garbage);
+#define ADD_GUEST(name, fn)                                                                        \
+  g_test_add("/gpu/device/" name, Fixture, NULL, setup_guest, fn, teardown)
+  ADD_GUEST("deferred-flush", test_deferred_flush);
+  ADD("deferred-image-sink", test_image_sink);
+  ADD_GUEST("transfer-detach-flush", test_transfer_detach_flush);
+  ADD_GUEST("overwrite-then-transfer-elsewhere", test_overwrite_then_transfer_elsewhere);
+  ADD_GUEST("memory-table-replaced", test_memory_table_replaced);
+  ADD_GUEST("busy-backing", test_busy_backing);
+  ADD("cursor-pending", test_cursor_pending);
   return g_test_run();
 }

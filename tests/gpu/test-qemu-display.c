@@ -523,6 +523,84 @@ test_replay(Fixture *f, gconstpointer data)
   expect_set_features(f->peer, 3);
 }
 
+/* Pixels flushed right after their transfer are sent from guest memory:
+ * whole rows and partial ones, from a backing in two pieces that split a
+ * row, for a format sent as it is and for one converted on the way. */
+static void
+test_guest_pixels(Fixture *f, gconstpointer data)
+{
+  const guint32 formats[] = { VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM };
+  const guint w = 100, h = 60, stride = w * 4, split = stride * 25 + 6;
+  const guint64 gpa2 = GPA + (1u << 20); /* not adjacent: two pieces */
+  struct virtio_gpu_mem_entry e[2] = { { GPA, split, 0 }, { gpa2, stride * h - split, 0 } };
+  const VgpuRect rects[] = { { 0, 0, w, h }, { 3, 20, 50, 11 } };
+  VgpuDeviceStats st;
+  gsize len;
+  g_autofree guint8 *a = NULL;
+
+  negotiate(f->peer, 3);
+  for (guint i = 0; i < G_N_ELEMENTS(formats); i++) {
+    guint32 id = 1 + i;
+    struct virtio_gpu_resource_create_2d c = gpu_create_2d(id, formats[i], w, h);
+    struct virtio_gpu_set_scanout s = gpu_set_scanout(0, id, 0, 0, w, h);
+    struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(id, 0, 0, w, h, 0);
+    guint n;
+
+    for (guint y = 0; y < h; y++) {
+      for (guint x = 0; x < w; x++) {
+        guint8 px[4], r, g, b;
+
+        gpu_pattern(x, y, i, &r, &g, &b);
+        gpu_put_pixel(px, formats[i], r, g, b, 0xff);
+        for (guint j = 0, off = (y * w + x) * 4; j < 4; j++, off++)
+          *(off < split ? f->guest + off : f->guest + (1u << 20) + (off - split)) = px[j];
+      }
+    }
+    g_free(a);
+    a = gpu_attach(id, e, 2, 2, &len);
+    CTRL_OK(f, c);
+    n = f->done->len;
+    g_assert_true(submit(f, a, len));
+    g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    CTRL_OK(f, t);
+    CTRL_OK(f, s);
+    if (i == 0)
+      g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_SCANOUT);
+    for (guint k = 0; k < G_N_ELEMENTS(rects); k++) {
+      const VgpuRect *r = &rects[k];
+      struct virtio_gpu_resource_flush fl = gpu_flush(id, r->x, r->y, r->width, r->height);
+      g_autofree guint8 *p = NULL;
+      VhuDisplayUpdate u;
+      Hdr hdr;
+
+      CTRL_OK(f, fl);
+      hdr = peer_msg(f->peer, &p);
+      g_assert_cmpuint(hdr.request, ==, VHU_DISPLAY_UPDATE);
+      memcpy(&u, p, sizeof u);
+      /* the first flush after SET_SCANOUT is the whole scanout */
+      g_assert_cmpuint(u.width, ==, r->width);
+      g_assert_cmpuint(u.height, ==, r->height);
+      g_assert_cmpuint(hdr.size, ==, sizeof u + r->width * r->height * 4);
+      for (guint y = 0; y < r->height; y++) {
+        for (guint x = 0; x < r->width; x++) {
+          guint32 px;
+          guint8 cr, cg, cb;
+
+          memcpy(&px, p + sizeof u + (y * r->width + x) * 4, 4);
+          gpu_pattern(r->x + x, r->y + y, i, &cr, &cg, &cb);
+          if ((px & 0xffffff) != ((guint32)cr << 16 | (guint32)cg << 8 | cb))
+            g_error("format %u rect %u pixel (%u,%u): %06x", i, k, x, y, px);
+        }
+      }
+    }
+  }
+  g_mutex_lock(&f->lock);
+  vgpu_device_get_stats(f->dev, &st);
+  g_mutex_unlock(&f->lock);
+  g_assert_cmpuint(st.guest_updates, ==, 4);
+  g_assert_cmpuint(st.materializations, ==, 0);
+}
+
 /* A display sending garbage: unknown replies and requests are ignored, an
  * oversized message drops the connection; the device keeps working. */
 static void
@@ -564,6 +642,7 @@ main(int argc, char **argv)
   ADD("reply-timeout", test_reply_timeout);
   ADD("stalled-display", test_stalled_display);
   ADD("replay", test_replay);
+  ADD("guest-pixels", test_guest_pixels);
   ADD("bad-display", test_bad_display);
   return g_test_run();
 }

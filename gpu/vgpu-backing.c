@@ -1,0 +1,225 @@
+/* vgpu-backing.c: resource backing in guest memory. */
+#include "vgpu-backing.h"
+
+#include <string.h>
+
+struct _VgpuBacking {
+  gint refcount;
+  gint readers;
+  gint loans;
+  struct iovec *iov;
+  guint64 *starts; /* offset of iov[i] within the backing */
+  guint n;
+  guint64 size;
+  VhuMemTable *mem; /* keeps the mappings alive */
+  VgpuNotify *idle_notify;
+};
+
+GQuark
+vgpu_backing_error_quark(void)
+{
+  return g_quark_from_static_string("vgpu-backing-error-quark");
+}
+
+/* Appends @n iovecs, merging with the previous one when contiguous. */
+static void
+append_merged(GArray *arr, const struct iovec *iov, guint n)
+{
+  for (guint i = 0; i < n; i++) {
+    if (arr->len > 0) {
+      struct iovec *last = &g_array_index(arr, struct iovec, arr->len - 1);
+
+      if ((guint8 *)last->iov_base + last->iov_len == iov[i].iov_base) {
+        last->iov_len += iov[i].iov_len;
+        continue;
+      }
+    }
+    g_array_append_val(arr, iov[i]);
+  }
+}
+
+VgpuBacking *
+vgpu_backing_new(VhuMemTable *mem, const struct virtio_gpu_mem_entry *entries, guint n,
+                 guint *bad_entry, GError **error)
+{
+  g_autoptr(GArray) arr = g_array_new(FALSE, FALSE, sizeof(struct iovec));
+  VgpuBacking *b;
+  guint64 size = 0;
+
+  for (guint i = 0; i < n; i++) {
+    struct iovec tmp[VHU_MAX_MEM_SLOTS];
+    int k;
+
+    if (entries[i].length == 0)
+      continue;
+    k = mem ? vhu_mem_gpa_to_iov(mem, entries[i].addr, entries[i].length, tmp, G_N_ELEMENTS(tmp))
+            : -1;
+    if (k < 0) {
+      *bad_entry = i;
+      g_set_error_literal(error, VGPU_BACKING_ERROR, VGPU_BACKING_ERROR_UNMAPPED,
+                          "not in guest memory");
+      return NULL;
+    }
+    if (!g_uint64_checked_add(&size, size, entries[i].length)) {
+      *bad_entry = i;
+      g_set_error_literal(error, VGPU_BACKING_ERROR, VGPU_BACKING_ERROR_SIZE, "backing too large");
+      return NULL;
+    }
+    append_merged(arr, tmp, (guint)k);
+  }
+  b = g_new0(VgpuBacking, 1);
+  b->refcount = 1;
+  b->n = arr->len;
+  b->size = size;
+  b->starts = g_new(guint64, MAX(b->n, 1u));
+  for (guint64 i = 0, off = 0; i < b->n; i++) {
+    b->starts[i] = off;
+    off += g_array_index(arr, struct iovec, i).iov_len;
+  }
+  b->iov = (struct iovec *)(void *)g_array_free(g_steal_pointer(&arr), FALSE);
+  b->mem = mem ? vhu_mem_table_ref(mem) : NULL;
+  return b;
+}
+
+VgpuBacking *
+vgpu_backing_ref(VgpuBacking *b)
+{
+  g_atomic_int_inc(&b->refcount);
+  return b;
+}
+
+void
+vgpu_backing_unref(VgpuBacking *b)
+{
+  if (!b || !g_atomic_int_dec_and_test(&b->refcount))
+    return;
+  g_warn_if_fail(g_atomic_int_get(&b->readers) == 0 && g_atomic_int_get(&b->loans) == 0);
+  g_free(b->iov);
+  g_free(b->starts);
+  if (b->mem)
+    vhu_mem_table_unref(b->mem);
+  vgpu_notify_unref(b->idle_notify);
+  g_free(b);
+}
+
+guint64
+vgpu_backing_get_size(const VgpuBacking *b)
+{
+  return b->size;
+}
+
+/* Index of the last piece starting at or before @offset. */
+static guint
+find_piece(const VgpuBacking *b, guint64 offset)
+{
+  guint lo = 0, hi = b->n;
+
+  while (hi - lo > 1) {
+    guint mid = lo + (hi - lo) / 2;
+
+    if (b->starts[mid] <= offset)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Calls @func for each host piece of [@offset, @offset + @len). */
+static void
+foreach_piece(const VgpuBacking *b, guint64 offset, gsize len,
+              void (*func)(guint8 *p, gsize len, gpointer data), gpointer data)
+{
+  g_return_if_fail(offset <= b->size && len <= b->size - offset);
+  for (guint i = find_piece(b, offset); i < b->n && len > 0; i++) {
+    guint64 skip = offset > b->starts[i] ? offset - b->starts[i] : 0;
+    gsize chunk;
+
+    if (skip >= b->iov[i].iov_len)
+      continue;
+    chunk = MIN(len, b->iov[i].iov_len - skip);
+    func((guint8 *)b->iov[i].iov_base + skip, chunk, data);
+    len -= chunk;
+    offset += chunk;
+  }
+}
+
+static void
+copy_piece(guint8 *p, gsize len, gpointer data)
+{
+  guint8 **dst = data;
+
+  memcpy(*dst, p, len);
+  *dst += len;
+}
+
+void
+vgpu_backing_read(const VgpuBacking *b, guint64 offset, void *dst, gsize len)
+{
+  guint8 *d = dst;
+
+  foreach_piece(b, offset, len, copy_piece, &d);
+}
+
+static void
+iov_piece(guint8 *p, gsize len, gpointer data)
+{
+  struct iovec v = { p, len };
+
+  g_array_append_val((GArray *)data, v);
+}
+
+void
+vgpu_backing_append_iov(const VgpuBacking *b, guint64 offset, gsize len, GArray *iov)
+{
+  foreach_piece(b, offset, len, iov_piece, iov);
+}
+
+void
+vgpu_backing_set_idle_notify(VgpuBacking *b, VgpuNotify *notify)
+{
+  VgpuNotify *old = b->idle_notify;
+
+  b->idle_notify = notify ? vgpu_notify_ref(notify) : NULL;
+  vgpu_notify_unref(old);
+}
+
+void
+vgpu_backing_begin_read(VgpuBacking *b)
+{
+  g_atomic_int_inc(&b->readers);
+}
+
+void
+vgpu_backing_end_read(VgpuBacking *b)
+{
+  g_return_if_fail(g_atomic_int_get(&b->readers) > 0);
+  if (g_atomic_int_dec_and_test(&b->readers) && b->idle_notify)
+    vgpu_notify_fire(b->idle_notify);
+}
+
+gboolean
+vgpu_backing_is_busy(VgpuBacking *b)
+{
+  return g_atomic_int_get(&b->readers) > 0;
+}
+
+void
+vgpu_backing_begin_loan(VgpuBacking *b)
+{
+  g_atomic_int_inc(&b->loans);
+}
+
+void
+vgpu_backing_end_loan(VgpuBacking *b)
+{
+  g_return_if_fail(g_atomic_int_get(&b->loans) > 0);
+  if (g_atomic_int_dec_and_test(&b->loans) && b->idle_notify)
+    vgpu_notify_fire(b->idle_notify);
+}
+
+gboolean
+vgpu_backing_is_lent(VgpuBacking *b)
+{
+  return g_atomic_int_get(&b->loans) > 0;
+}
