@@ -10,6 +10,9 @@
  *   one fd watch per started ring (the kick eventfd) and the idle sources that
  *   vhu_backend_kick schedules; both call iface->queue_kick with the backend
  *   lock held.  Devices may attach their own sources to that context.
+ *   A guest kick costs one poll, one read of the kick eventfd and (when the
+ *   guest wants one) one write of the call eventfd: nothing else wakes the
+ *   queue context on that path (see add_kick_watch).
  * - One GMutex (the backend lock) guards the rings, the memory table, the
  *   negotiated features and the inflight mapping.  The control thread takes
  *   it for every change to those, so a ring never changes under a running
@@ -54,7 +57,14 @@
 #define MSG_TIMEOUT_MS 1000
 #define LISTEN_BACKLOG 8
 
+/* What a queue's sources get as data: lives as long as the backend. */
 typedef struct {
+  VhuBackend *backend;
+  guint qidx;
+} QueueRef;
+
+typedef struct {
+  QueueRef ref;
   VhuVring *vring;
   int kick_fd;          /* owned by the watch; closed on the queue thread */
   GSource *kick_source; /* on the queue context */
@@ -116,21 +126,6 @@ static void start_listen_watch(VhuBackend *b);
 /* ------------------------------------------------------------------ */
 /* Queue thread side */
 
-typedef struct {
-  VhuBackend *backend;
-  guint qidx;
-} QueueRef;
-
-static QueueRef *
-queue_ref_new(VhuBackend *b, guint qidx)
-{
-  QueueRef *r = g_new(QueueRef, 1);
-
-  r->backend = b;
-  r->qidx = qidx;
-  return r;
-}
-
 /* One log line per broken ring (until it is restarted), with the reason the
  * ring recorded when a pop broke it; NEEDS_RESET and the error eventfd go
  * with it.  Runs after every queue_kick and in vhu_backend_unlock, so pops
@@ -187,7 +182,7 @@ schedule_kick(VhuBackend *b, guint qidx)
     return;
   s = g_idle_source_new();
   g_source_set_priority(s, G_PRIORITY_DEFAULT);
-  g_source_set_callback(s, on_kick_idle, queue_ref_new(b, qidx), g_free);
+  g_source_set_callback(s, on_kick_idle, &b->queues[qidx].ref, NULL);
   g_source_attach(s, b->qctx);
   g_source_unref(s);
 }
@@ -287,7 +282,13 @@ add_kick_watch(VhuBackend *b, guint qidx, int fd)
   VhuQueue *q = &b->queues[qidx];
   GSource *s = g_unix_fd_source_new(fd, G_IO_IN);
 
-  g_source_set_callback(s, G_SOURCE_FUNC(on_kick), queue_ref_new(b, qidx), g_free);
+  /* GLib takes a non-recursive source's fds out of the poll set around each
+   * dispatch and puts them back after, and both steps write the context's
+   * wakeup eventfd: two writes, a read and an extra poll per kick.  Nothing
+   * iterates the queue context from inside on_kick, so there is no
+   * recursion to guard against. */
+  g_source_set_can_recurse(s, TRUE);
+  g_source_set_callback(s, G_SOURCE_FUNC(on_kick), &q->ref, NULL);
   g_source_attach(s, b->qctx);
   q->kick_source = s;
   q->kick_fd = fd;
@@ -1365,6 +1366,7 @@ backend_new(const VhuDeviceIface *iface, gpointer dev, GMainContext *context,
   b->max_queue_size = iface->max_queue_size ? iface->max_queue_size : VHU_MAX_QUEUE_SIZE;
   b->queues = g_new0(VhuQueue, b->num_queues);
   for (guint i = 0; i < b->num_queues; i++) {
+    b->queues[i].ref = (QueueRef){ b, i };
     b->queues[i].vring = vhu_vring_new(i);
     b->queues[i].kick_fd = -1;
   }

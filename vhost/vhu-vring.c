@@ -6,8 +6,9 @@
  * walked.  Memory ordering: avail->idx is loaded with acquire semantics
  * before the entries it publishes; used entries are stored before used->idx
  * with release semantics; a full fence separates "publish used" from
- * "read the guest's notification wishes" and "enable notifications" from
- * "re-check avail->idx". */
+ * "read the guest's notification wishes", and "enable notifications" or
+ * "advance avail_event" (EVENT_IDX) from the avail->idx check that finds
+ * the ring empty. */
 #include "vhu-vring-private.h"
 
 #include <errno.h>
@@ -78,6 +79,7 @@ struct _VhuVring {
   gboolean broken;
   char *broken_reason; /* why, while broken */
   gboolean notify_enabled;
+  gboolean event_unfenced; /* avail_event stored, no full fence since */
   guint64 generation;
 
   int call_fd;
@@ -552,6 +554,7 @@ vhu_vring_start(VhuVring *vring, GError **error)
   GUEST_STORE(&vring->used->flags, vring->used_flags);
   if (has_feature(vring, VIRTIO_RING_F_EVENT_IDX))
     GUEST_STORE((guint16 *)&vring->used->ring[vring->num], vring->last_avail_idx);
+  vring->event_unfenced = has_feature(vring, VIRTIO_RING_F_EVENT_IDX);
   vring->started = TRUE;
   return TRUE;
 }
@@ -869,6 +872,16 @@ vhu_vring_pop(VhuVring *vring, GError **error)
 
   avail_idx = __atomic_load_n(&vring->avail->idx, __ATOMIC_ACQUIRE);
   pending = avail_idx - vring->last_avail_idx;
+  if (pending == 0 && vring->event_unfenced) {
+    /* The guest publishes avail->idx, then (after a full barrier) reads
+     * avail_event to decide whether to kick.  Our avail_event store must be
+     * visible before we conclude the ring is empty, or each side can miss
+     * the other's write: no request seen here, no kick sent there. */
+    vring->event_unfenced = FALSE;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    avail_idx = __atomic_load_n(&vring->avail->idx, __ATOMIC_ACQUIRE);
+    pending = avail_idx - vring->last_avail_idx;
+  }
   if (pending > vring->num) {
     break_ring(vring, error, "avail index moved from %u to %u, more than the ring size %u",
                vring->last_avail_idx, avail_idx, vring->num);
@@ -891,8 +904,10 @@ vhu_vring_pop(VhuVring *vring, GError **error)
   vring->inuse++;
   inflight_mark(vring, head);
   /* Tell the guest how far we read, so it kicks for the next one only. */
-  if (vring->notify_enabled && has_feature(vring, VIRTIO_RING_F_EVENT_IDX))
+  if (vring->notify_enabled && has_feature(vring, VIRTIO_RING_F_EVENT_IDX)) {
     GUEST_STORE((guint16 *)&vring->used->ring[vring->num], vring->last_avail_idx);
+    vring->event_unfenced = TRUE;
+  }
   return &priv->elem;
 }
 
@@ -1052,5 +1067,6 @@ vhu_vring_set_notification(VhuVring *vring, gboolean enable)
     return FALSE;
   /* The guest may have added a request before it saw the change. */
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  vring->event_unfenced = FALSE;
   return !ring_is_empty(vring);
 }
