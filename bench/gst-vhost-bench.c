@@ -15,6 +15,7 @@
 #include <glib/gstdio.h>
 #include <linux/virtio_gpu.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,10 @@ typedef struct {
   int repeat;
   int queue_size;
   gboolean indirect;
+  char *only;      /* NULL, "ours" or "qemu" */
+  int per_kick;    /* 0: both 1 and MAX_BATCH */
+  char *cpus;      /* NULL/"any", "same" or "split" */
+  int backend_cpu; /* -1: wherever the scheduler puts it */
 } Options;
 
 /* What one slot of a batch sends: a readable and a writable buffer. */
@@ -173,14 +178,69 @@ connect_retry(Backend *b, GError **error)
   }
 }
 
+/* In the child between fork and exec: only a syscall. */
+static void
+pin_child(gpointer data)
+{
+  cpu_set_t set;
+
+  CPU_ZERO(&set);
+  CPU_SET(GPOINTER_TO_INT(data), &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
 static GSubprocess *
-spawn(GSubprocessFlags flags, GError **error, const char *const *argv)
+spawn(const Options *opt, GSubprocessFlags flags, GError **error, const char *const *argv)
 {
   g_autoptr(GSubprocessLauncher) l = g_subprocess_launcher_new(flags);
 
   /* QEMU's backend logs guest errors as criticals; keep them non-fatal. */
   g_subprocess_launcher_unsetenv(l, "G_DEBUG");
+  if (opt->backend_cpu >= 0)
+    g_subprocess_launcher_set_child_setup(l, pin_child, GINT_TO_POINTER(opt->backend_cpu), NULL);
   return g_subprocess_launcher_spawnv(l, argv, error);
+}
+
+/* --cpus: "same" runs the driver and the backend on one CPU (every wake-up
+ * is a context switch there: the figure is CPU cost per request), "split"
+ * on two (every wake-up crosses CPUs: the figure is mostly wake-up
+ * latency).  Left to the scheduler, runs land on either, which is the main
+ * source of noise.  Returns a description, or NULL with @error. */
+static char *
+place_cpus(Options *opt, GError **error)
+{
+  cpu_set_t allowed, set;
+  int first = -1, second = -1;
+
+  opt->backend_cpu = -1;
+  if (opt->cpus == NULL || strcmp(opt->cpus, "any") == 0)
+    return g_strdup("left to the scheduler");
+  if (sched_getaffinity(0, sizeof allowed, &allowed) < 0) {
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "sched_getaffinity: %s",
+                g_strerror(errno));
+    return NULL;
+  }
+  for (int i = 0; i < CPU_SETSIZE && second < 0; i++) {
+    if (!CPU_ISSET(i, &allowed))
+      continue;
+    if (first < 0)
+      first = i;
+    else
+      second = i;
+  }
+  if (strcmp(opt->cpus, "split") == 0 && second < 0) {
+    g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED, "--cpus split needs two CPUs");
+    return NULL;
+  }
+  opt->backend_cpu = strcmp(opt->cpus, "split") == 0 ? second : first;
+  CPU_ZERO(&set);
+  CPU_SET(first, &set);
+  if (sched_setaffinity(0, sizeof set, &set) < 0) {
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "sched_setaffinity: %s",
+                g_strerror(errno));
+    return NULL;
+  }
+  return g_strdup_printf("driver on CPU %d, backend on CPU %d", first, opt->backend_cpu);
 }
 
 static gboolean
@@ -191,7 +251,7 @@ start_null(Backend *b, const Options *opt, GError **error)
   if (!backend_dir(b, "null.sock", error))
     return FALSE;
   b->proc = spawn(
-      G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, error,
+      opt, G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, error,
       (const char *const[]){ opt->null_backend, "--socket-path", b->path, "--queues", "1", NULL });
   if (b->proc == NULL || !wait_ready(b->proc, error))
     return FALSE;
@@ -210,7 +270,7 @@ start_qemu(Backend *b, const Options *opt, GError **error)
 
   if (!backend_dir(b, "gpu.sock", error))
     return FALSE;
-  b->proc = spawn(G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, error,
+  b->proc = spawn(opt, G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, error,
                   (const char *const[]){ opt->qemu_gpu, "--socket-path", b->path, NULL });
   if (b->proc == NULL)
     return FALSE;
@@ -335,10 +395,11 @@ round_trip(VhuDriverQueue *q, const Request *r, const Slots *s, guint batch, gbo
   return TRUE;
 }
 
-/* Requests per second over @seconds, after a short warm-up. */
+/* Requests per second over @seconds, after a short warm-up.  Adds every
+ * request sent, warm-up included, to *@sent (for syscalls per request). */
 static double
 measure(VhuFrontend *fe, const Request *r, const Slots *s, guint batch, const Options *opt,
-        GError **error)
+        guint64 *sent, GError **error)
 {
   VhuDriverQueue *q = vhu_frontend_get_queue(fe, 0);
   gint64 start, end, now;
@@ -348,6 +409,7 @@ measure(VhuFrontend *fe, const Request *r, const Slots *s, guint batch, const Op
   while (g_get_monotonic_time() < end) {
     if (!round_trip(q, r, s, batch, opt->indirect, error))
       return -1;
+    *sent += batch;
   }
   start = g_get_monotonic_time();
   end = start + (gint64)(opt->seconds * G_USEC_PER_SEC);
@@ -355,6 +417,7 @@ measure(VhuFrontend *fe, const Request *r, const Slots *s, guint batch, const Op
     if (!round_trip(q, r, s, batch, opt->indirect, error))
       return -1;
     n += batch;
+    *sent += batch;
     now = g_get_monotonic_time();
   } while (now < end);
   return (double)n * G_USEC_PER_SEC / (double)(now - start);
@@ -363,7 +426,8 @@ measure(VhuFrontend *fe, const Request *r, const Slots *s, guint batch, const Op
 typedef struct {
   const char *label;
   const char *short_label;
-  double rate[2]; /* 1 per kick, 64 per kick; < 0: failed */
+  double rate[2];  /* 1 per kick, 64 per kick; < 0: failed */
+  guint64 sent[2]; /* requests sent, warm-up included */
   char *why;
 } Row;
 
@@ -390,8 +454,10 @@ run_row(Backend *b, Row *row, const Request *r, const Options *opt)
     return;
   }
   for (guint i = 0; i < 2; i++) {
+    if (opt->per_kick != 0 && (guint)opt->per_kick != batches[i])
+      continue;
     for (int k = 0; k < opt->repeat; k++) {
-      runs[k] = measure(b->fe, r, &s, batches[i], opt, &error);
+      runs[k] = measure(b->fe, r, &s, batches[i], opt, &row->sent[i], &error);
       if (runs[k] < 0) {
         row->why = g_strdup(error->message);
         return;
@@ -406,7 +472,7 @@ static void
 fail_row(Row *row, GError *error, const char *what)
 {
   row->rate[0] = row->rate[1] = -1;
-  row->why = g_strdup_printf("%s: %s", what, error != NULL ? error->message : "failed");
+  row->why = error != NULL ? g_strdup_printf("%s: %s", what, error->message) : g_strdup(what);
 }
 
 static void
@@ -443,6 +509,10 @@ print_table(Row *rows, guint n, const Options *opt)
     }
     printf("\n");
   }
+  printf("\nrequests sent, warm-up included (to count syscalls or instructions per request)\n");
+  for (guint i = 0; i < n; i++)
+    printf("%-38s %14" G_GUINT64_FORMAT " %14" G_GUINT64_FORMAT "\n", rows[i].label,
+           rows[i].sent[0], rows[i].sent[1]);
   for (guint i = 0; i < n; i++) {
     if (rows[i].why != NULL)
       printf("\n%s: n/a: %s", rows[i].label, rows[i].why);
@@ -466,6 +536,13 @@ main(int argc, char **argv)
     { "queue-size", 'q', 0, G_OPTION_ARG_INT, &opt.queue_size,
       "Ring size, a power of two >= 128 (default 256)", "N" },
     { "indirect", 0, 0, G_OPTION_ARG_NONE, &opt.indirect, "Use indirect descriptor tables", NULL },
+    { "per-kick", 0, 0, G_OPTION_ARG_INT, &opt.per_kick,
+      "Measure only 1 or only 64 requests per kick", "N" },
+    { "cpus", 0, 0, G_OPTION_ARG_STRING, &opt.cpus,
+      "CPU placement: any (default), same (driver and backend on one CPU) or split (two)",
+      "PLACE" },
+    { "only", 0, 0, G_OPTION_ARG_STRING, &opt.only,
+      "Measure one side only: ours or qemu (e.g. under strace -c)", "SIDE" },
     { NULL },
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new(NULL);
@@ -491,6 +568,8 @@ main(int argc, char **argv)
     { .label = "QEMU gpu: RESOURCE_UNREF unknown id", .short_label = "QEMU UNREF" },
   };
   Backend ours = { 0 }, qemu = { 0 };
+  const Row *main_row;
+  g_autofree char *placement = NULL;
 
   g_option_context_set_summary(ctx, "Requests per second through the vhost-user transport: our "
                                     "null device against QEMU's vhost-user-gpu.");
@@ -504,7 +583,11 @@ main(int argc, char **argv)
   g_option_context_add_main_entries(ctx, entries, NULL);
   if (!g_option_context_parse(ctx, &argc, &argv, &error) || opt.seconds <= 0 || opt.repeat < 1
       || opt.repeat > 100 || opt.queue_size < 128 || opt.queue_size > 32768
-      || (opt.queue_size & (opt.queue_size - 1)) != 0) {
+      || (opt.queue_size & (opt.queue_size - 1)) != 0
+      || (opt.per_kick != 0 && opt.per_kick != 1 && opt.per_kick != (int)MAX_BATCH)
+      || (opt.only != NULL && g_strcmp0(opt.only, "ours") != 0 && g_strcmp0(opt.only, "qemu") != 0)
+      || (opt.cpus != NULL && g_strcmp0(opt.cpus, "any") != 0 && g_strcmp0(opt.cpus, "same") != 0
+          && g_strcmp0(opt.cpus, "split") != 0)) {
     fprintf(stderr, "gst-vhost-bench: %s\n", error != NULL ? error->message : "bad option value");
     return 2;
   }
@@ -513,15 +596,26 @@ main(int argc, char **argv)
   for (guint i = 0; i < sizeof echo; i++)
     echo[i] = (guint8)(i * 7 + 1);
 
-  printf("null device: %s\nQEMU backend: %s\n", opt.null_backend, opt.qemu_gpu);
-  if (start_null(&ours, &opt, &error))
+  placement = place_cpus(&opt, &error);
+  if (placement == NULL) {
+    fprintf(stderr, "gst-vhost-bench: %s\n", error->message);
+    return 2;
+  }
+  printf("null device: %s\nQEMU backend: %s\nCPUs: %s\n", opt.null_backend, opt.qemu_gpu,
+         placement);
+  if (g_strcmp0(opt.only, "qemu") == 0)
+    fail_row(&rows[0], NULL, "skipped (--only qemu)");
+  else if (start_null(&ours, &opt, &error))
     run_row(&ours, &rows[0], &echo_req, &opt);
   else
     fail_row(&rows[0], error, "cannot start");
   g_clear_error(&error);
   backend_free(&ours);
 
-  if (start_qemu(&qemu, &opt, &error) && qemu_resource(&qemu, &error)) {
+  if (g_strcmp0(opt.only, "ours") == 0) {
+    fail_row(&rows[1], NULL, "skipped (--only ours)");
+    fail_row(&rows[2], NULL, "skipped (--only ours)");
+  } else if (start_qemu(&qemu, &opt, &error) && qemu_resource(&qemu, &error)) {
     run_row(&qemu, &rows[1], &transfer_req, &opt);
     run_row(&qemu, &rows[2], &unref_req, &opt);
   } else {
@@ -533,5 +627,9 @@ main(int argc, char **argv)
   print_table(rows, G_N_ELEMENTS(rows), &opt);
   for (guint i = 0; i < G_N_ELEMENTS(rows); i++)
     g_free(rows[i].why);
-  return rows[0].rate[0] > 0 ? 0 : 1;
+  /* Fails when the side that was asked for could not be measured. */
+  main_row = g_strcmp0(opt.only, "qemu") == 0 ? &rows[1] : &rows[0];
+  g_free(opt.only);
+  g_free(opt.cpus);
+  return main_row->rate[opt.per_kick == (int)MAX_BATCH ? 1 : 0] > 0 ? 0 : 1;
 }
