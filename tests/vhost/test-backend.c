@@ -1192,6 +1192,63 @@ test_backend_no_protocol_features(void)
   server_free(s);
 }
 
+/* A source that counts the main-loop iterations of its context (GLib
+ * prepares every source once per iteration) and never fires. */
+typedef struct {
+  GSource source;
+  gint iterations; /* atomic */
+} CountSource;
+
+static gboolean
+count_prepare(GSource *source, gint *timeout)
+{
+  g_atomic_int_inc(&((CountSource *)source)->iterations);
+  *timeout = -1;
+  return FALSE;
+}
+
+static GSourceFuncs count_funcs = { .prepare = count_prepare };
+
+/* A guest kick is one pass of the queue thread's loop: nothing (such as
+ * GLib taking the kick fd out of the poll set around the dispatch) wakes
+ * the context a second time for it. */
+static void
+test_backend_kick_wakeups(void)
+{
+  Server *s = server_new(2);
+  Raw *r = raw_connect(s->path);
+  GMainContext *qctx = vhu_backend_get_queue_context(s->backend);
+  GSource *counter = g_source_new(&count_funcs, sizeof(CountSource));
+  const guint rounds = 50;
+  guint kicks, iterations;
+
+  raw_init(r, G_MAXUINT64);
+  raw_start_10(r, 2);
+  raw_echo(r, 0, "warm-up");
+  g_source_attach(counter, qctx);
+  context_barrier(qctx);
+  g_atomic_int_set(&((CountSource *)counter)->iterations, 0);
+  g_mutex_lock(&s->lock);
+  kicks = s->kicks;
+  g_mutex_unlock(&s->lock);
+  for (guint i = 0; i < rounds; i++)
+    raw_echo(r, 0, "one request, one kick");
+  context_barrier(qctx);
+  g_mutex_lock(&s->lock);
+  kicks = s->kicks - kicks;
+  g_mutex_unlock(&s->lock);
+  iterations = (guint)g_atomic_int_get(&((CountSource *)counter)->iterations);
+  g_test_message("%u kicks handled in %u iterations", kicks, iterations);
+  g_assert_cmpuint(kicks, ==, rounds);
+  /* The barrier's own idle costs an iteration or two. */
+  g_assert_cmpuint(iterations, <=, rounds + 3);
+  g_source_destroy(counter);
+  g_source_unref(counter);
+  raw_free(r);
+  server_wait_disconnects(s, 1);
+  server_free(s);
+}
+
 /* vhu_backend_kick runs queue_kick without a guest kick. */
 static void
 test_backend_kick_api(void)
@@ -2488,6 +2545,7 @@ main(int argc, char **argv)
   g_test_add_func("/backend/qemu10-start", test_backend_qemu10);
   g_test_add_func("/backend/no-protocol-features", test_backend_no_protocol_features);
   g_test_add_func("/backend/kick-api", test_backend_kick_api);
+  g_test_add_func("/backend/kick-wakeups", test_backend_kick_wakeups);
   g_test_add_func("/backend/reset-device", test_backend_reset_device);
   g_test_add_func("/backend/backlog", test_backend_backlog);
   g_test_add_func("/backend/single-client", test_backend_single_client);
