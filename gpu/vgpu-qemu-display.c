@@ -2,9 +2,13 @@
 #include "vgpu-qemu-display.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <gio/gio.h>
 #include <glib-unix.h>
+#include <linux/sockios.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +22,10 @@
 #define MAX_EXPECTED             64u   /* outstanding requests */
 #define CONVERT_CHUNK            (256u * 1024u)
 #define MAX_WRITE_IOV            1024u
+#define SOCKET_BUFFER            (1024 * 1024) /* the kernel caps it at net.core.wmem_max */
+#define PIPE_BUFFER              (1024 * 1024) /* capped at fs.pipe-max-size */
+#define LENT_POLL_MIN_US         250
+#define LENT_POLL_MAX_US         (32 * 1000)
 #define OUR_FEATURES             ((1ull << VHU_DISPLAY_PF_EDID) | (1ull << VHU_DISPLAY_PF_DMABUF2))
 
 typedef struct {
@@ -87,6 +95,15 @@ struct _Conn {
   GSource *read_source;
   GThread *writer;
   guint write_timeout_ms;
+
+  /* Writer thread only: guest pages spliced into the socket rather than
+   * copied.  Nothing tells when the display has read them, so the backings
+   * stay lent until the socket holds nothing unread (polled while idle). */
+  int pipe[2]; /* -1: not available, pixels are copied */
+  gboolean splice_refused;
+  GPtrArray *lent; /* VgpuBacking, each with one loan */
+  gint64 lent_deadline;
+  gint64 lent_poll_us;
 
   /* Output queue, shared with the writer thread. */
   GMutex lock;
@@ -183,9 +200,14 @@ conn_unref(gpointer data)
 
   if (!g_atomic_int_dec_and_test(&c->refcount))
     return;
-  g_assert(c->writer == NULL && g_queue_is_empty(&c->out));
+  g_assert(c->writer == NULL && g_queue_is_empty(&c->out) && c->lent->len == 0);
   if (c->fd >= 0)
     close(c->fd);
+  for (guint i = 0; i < 2; i++) {
+    if (c->pipe[i] >= 0)
+      close(c->pipe[i]);
+  }
+  g_ptr_array_unref(c->lent);
   g_main_context_unref(c->context);
   g_mutex_clear(&c->lock);
   g_cond_clear(&c->cond);
@@ -334,6 +356,28 @@ send_msg(VgpuQemuDisplay *qd, OutMsg *m)
 /* ------------------------------------------------------------------------ */
 /* Writer thread */
 
+/* Drops the first @bytes of the @n iovecs at *@iov. */
+static void
+iov_advance(struct iovec **iov, guint *n, gsize bytes)
+{
+  while (*n > 0 && bytes >= (*iov)->iov_len) {
+    bytes -= (*iov)->iov_len;
+    (*iov)++;
+    (*n)--;
+  }
+  if (*n > 0) {
+    (*iov)->iov_base = (guint8 *)(*iov)->iov_base + bytes;
+    (*iov)->iov_len -= bytes;
+  }
+}
+
+static const char *
+write_error(int err)
+{
+  return err == EAGAIN || err == EWOULDBLOCK ? "the display stopped reading (write timeout)"
+                                             : g_strerror(err);
+}
+
 /* Writes all of @iov (modified).  The socket blocks, with SO_SNDTIMEO set
  * to write_timeout_ms: a display that takes no byte for that long fails the
  * write, and conn_close's shutdown() wakes a blocked one. */
@@ -347,19 +391,87 @@ write_iov(Conn *c, struct iovec *iov, guint n, const char **why)
     if (r < 0) {
       if (errno == EINTR)
         continue;
-      *why = errno == EAGAIN || errno == EWOULDBLOCK ? "the display stopped reading (write timeout)"
-                                                     : g_strerror(errno);
+      *why = write_error(errno);
       return FALSE;
     }
-    /* Skip what was written. */
-    while (n > 0 && (gsize)r >= iov->iov_len) {
-      r -= (ssize_t)iov->iov_len;
-      iov++;
-      n--;
+    iov_advance(&iov, &n, (gsize)r);
+  }
+  return TRUE;
+}
+
+/* Ends every loan: the display has read all it was lent, or the connection
+ * is gone. */
+static void
+end_loans(Conn *c)
+{
+  for (guint i = 0; i < c->lent->len; i++) {
+    vgpu_backing_end_loan(c->lent->pdata[i]);
+    vgpu_backing_unref(c->lent->pdata[i]);
+  }
+  g_ptr_array_set_size(c->lent, 0);
+}
+
+/* Keeps @backing from going back to the guest until the display has read
+ * the pages about to be spliced from it. */
+static void
+lend(Conn *c, VgpuBacking *backing)
+{
+  if (!g_ptr_array_find(c->lent, backing, NULL)) {
+    vgpu_backing_begin_loan(backing);
+    g_ptr_array_add(c->lent, vgpu_backing_ref(backing));
+  }
+  c->lent_deadline = g_get_monotonic_time() + (gint64)c->write_timeout_ms * 1000;
+  c->lent_poll_us = LENT_POLL_MIN_US;
+}
+
+/* Ends the loans once nothing sent is left unread in the socket.  FALSE
+ * when the display left spliced pages unread for the write timeout. */
+static gboolean
+reclaim_loans(Conn *c, const char **why)
+{
+  int unread = 0;
+
+  if (c->lent->len == 0)
+    return TRUE;
+  if (ioctl(c->fd, SIOCOUTQ, &unread) == 0 && unread > 0) {
+    if (g_get_monotonic_time() < c->lent_deadline)
+      return TRUE;
+    *why = "the display stopped reading (write timeout)";
+    return FALSE;
+  }
+  end_loans(c);
+  return TRUE;
+}
+
+/* Hands the pages of @iov to the socket without copying them: vmsplice into
+ * the pipe, splice into the socket (the display copies them when it reads).
+ * Advances *@iov / *@n past what went; stops early, returning TRUE, when the
+ * kernel does not take those pages (the caller copies the rest).  FALSE on
+ * a socket error. */
+static gboolean
+splice_iov(Conn *c, struct iovec **iov, guint *n, const char **why)
+{
+  while (*n > 0) {
+    ssize_t r = vmsplice(c->pipe[1], *iov, MIN(*n, MAX_WRITE_IOV), 0);
+
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0) {
+      g_info("display socket: vmsplice: %s; copying pixels instead", g_strerror(errno));
+      c->splice_refused = TRUE;
+      return TRUE;
     }
-    if (n > 0) {
-      iov->iov_base = (guint8 *)iov->iov_base + r;
-      iov->iov_len -= (gsize)r;
+    iov_advance(iov, n, (gsize)r);
+    while (r > 0) {
+      ssize_t k = splice(c->pipe[0], NULL, c->fd, NULL, (gsize)r, SPLICE_F_MOVE);
+
+      if (k < 0 && errno == EINTR)
+        continue;
+      if (k <= 0) {
+        *why = k < 0 ? write_error(errno) : "display socket closed";
+        return FALSE;
+      }
+      r -= k;
     }
   }
   return TRUE;
@@ -393,6 +505,16 @@ write_rows_direct(Conn *c, OutMsg *m, struct iovec *head, guint n_head, const ch
         g_array_append_val(iov, v);
       }
     }
+  }
+  if (m->backing && c->pipe[0] >= 0 && !c->splice_refused) {
+    /* Guest memory: the header is written, the pixel pages are lent. */
+    struct iovec *v = (struct iovec *)(void *)iov->data + n_head;
+    guint n = iov->len - n_head;
+
+    if (!write_iov(c, head, n_head, why))
+      return FALSE;
+    lend(c, m->backing);
+    return splice_iov(c, &v, &n, why) && write_iov(c, v, n, why);
   }
   return write_iov(c, (struct iovec *)(void *)iov->data, iov->len, why);
 }
@@ -474,23 +596,33 @@ writer_main(gpointer data)
   VgpuQemuDisplay *qd = c->qd; /* valid until this thread is joined */
   const char *why = NULL;
   GQueue rest = G_QUEUE_INIT;
-  gboolean closing;
+  gboolean closing, ok = TRUE;
+  sigset_t sigpipe;
   OutMsg *m;
 
+  /* splice() into a closed socket raises SIGPIPE (there is no MSG_NOSIGNAL
+   * for it): this thread takes the EPIPE instead. */
+  sigemptyset(&sigpipe);
+  sigaddset(&sigpipe, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &sigpipe, NULL);
+
   g_mutex_lock(&c->lock);
-  while (TRUE) {
-    while (!c->closing && g_queue_is_empty(&c->out))
-      g_cond_wait(&c->cond, &c->lock);
-    if (c->closing)
-      break;
+  while (ok && !c->closing) {
     m = g_queue_pop_head(&c->out);
-    g_mutex_unlock(&c->lock);
-    if (!write_msg(c, qd, m, &why)) {
-      out_msg_free(m);
-      g_mutex_lock(&c->lock);
-      break;
+    if (!m && c->lent->len == 0) {
+      g_cond_wait(&c->cond, &c->lock);
+      continue;
     }
-    out_msg_free(m);
+    if (!m) {
+      /* Idle with pages lent: nothing signals that the display has read
+       * them, so look again a little later. */
+      g_cond_wait_until(&c->cond, &c->lock, g_get_monotonic_time() + c->lent_poll_us);
+      c->lent_poll_us = MIN(2 * c->lent_poll_us, LENT_POLL_MAX_US);
+    }
+    g_mutex_unlock(&c->lock);
+    ok = (!m || write_msg(c, qd, m, &why)) && reclaim_loans(c, &why);
+    if (m)
+      out_msg_free(m);
     g_mutex_lock(&c->lock);
   }
   rest = c->out;
@@ -506,6 +638,8 @@ writer_main(gpointer data)
     stats_add(qd, &qd->stats.dropped, 1);
     shutdown(c->fd, SHUT_RDWR);
   }
+  /* What the display may still read from its end is out of our hands. */
+  end_loans(c);
   return NULL;
 }
 
@@ -829,6 +963,7 @@ replay_scanout(VgpuQemuDisplay *qd, guint id)
 gboolean
 vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error)
 {
+  int sndbuf = SOCKET_BUFFER;
   struct stat st;
   Conn *c;
 
@@ -848,9 +983,20 @@ vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   }
 
+  /* Fewer, longer writes: the writer sleeps and wakes about 40 times per
+   * 8 MB frame with the default buffer. */
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+
   c = g_new0(Conn, 1);
   c->refcount = 1;
   c->fd = fd;
+  c->lent = g_ptr_array_new();
+  if (pipe2(c->pipe, O_CLOEXEC) == 0) {
+    (void)fcntl(c->pipe[1], F_SETPIPE_SZ, PIPE_BUFFER); /* fewer calls if it works */
+  } else {
+    g_info("display socket: no pipe (%s); pixels are copied", g_strerror(errno));
+    c->pipe[0] = c->pipe[1] = -1;
+  }
   c->qd = qd;
   c->options = qd->options;
   c->context = g_main_context_ref(qd->options.context);

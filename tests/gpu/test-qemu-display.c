@@ -43,7 +43,9 @@ typedef struct {
   VhuMemTable *mem;
   int memfd;
   guint8 *guest;
-  GPtrArray *done; /* completed responses (g_bytes) */
+  GPtrArray *done;  /* completed responses (g_bytes) */
+  GMutex wake_lock; /* wakes come from the writer thread */
+  GCond wake_cond;
   gint wakes;
   int peer; /* our end of the display socket */
 } Fixture;
@@ -74,7 +76,10 @@ t_wake(gpointer data)
 {
   Fixture *f = data;
 
+  g_mutex_lock(&f->wake_lock);
   g_atomic_int_inc(&f->wakes);
+  g_cond_broadcast(&f->wake_cond);
+  g_mutex_unlock(&f->wake_lock);
 }
 
 static const VgpuDeviceOps ops = { t_complete, t_discard, t_wake };
@@ -127,6 +132,8 @@ setup(Fixture *f, gconstpointer data)
 
   g_mutex_init(&f->lock);
   g_cond_init(&f->cond);
+  g_mutex_init(&f->wake_lock);
+  g_cond_init(&f->wake_cond);
   f->done = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
   f->memfd = memfd_create("guest", MFD_CLOEXEC);
   g_assert_cmpint(ftruncate(f->memfd, GUEST_SIZE), ==, 0);
@@ -177,6 +184,20 @@ teardown(Fixture *f, gconstpointer data)
   g_ptr_array_unref(f->done);
   g_mutex_clear(&f->lock);
   g_cond_clear(&f->cond);
+  g_mutex_clear(&f->wake_lock);
+  g_cond_clear(&f->wake_cond);
+}
+
+/* Waits until the device asked to be woken @n times in all. */
+static void
+wait_wakes(Fixture *f, gint n)
+{
+  gint64 end = g_get_monotonic_time() + WAIT_US;
+
+  g_mutex_lock(&f->wake_lock);
+  while (g_atomic_int_get(&f->wakes) < n)
+    g_assert_true(g_cond_wait_until(&f->wake_cond, &f->wake_lock, end));
+  g_mutex_unlock(&f->wake_lock);
 }
 
 /* Submits a control request under the device lock; returns submit's result. */
@@ -601,6 +622,117 @@ test_guest_pixels(Fixture *f, gconstpointer data)
   g_assert_cmpuint(st.materializations, ==, 0);
 }
 
+/* Creates resource @id (@w x @h B8G8R8X8, pattern @seed) with its backing at
+ * GPA, transferred and shown on scanout 0. */
+static void
+show_guest_resource(Fixture *f, guint32 id, guint w, guint h, guint seed)
+{
+  struct virtio_gpu_resource_create_2d c
+      = gpu_create_2d(id, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, w, h);
+  struct virtio_gpu_mem_entry e = { GPA, w * h * 4, 0 };
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, id, 0, 0, w, h);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(id, 0, 0, w, h, 0);
+  gsize len;
+  g_autofree guint8 *a = gpu_attach(id, &e, 1, 1, &len);
+  guint n;
+
+  for (guint y = 0; y < h; y++) {
+    for (guint x = 0; x < w; x++) {
+      guint8 r, g, b;
+
+      gpu_pattern(x, y, seed, &r, &g, &b);
+      gpu_put_pixel(f->guest + (y * w + x) * 4, c.format, r, g, b, 0);
+    }
+  }
+  CTRL_OK(f, c);
+  n = f->done->len;
+  g_assert_true(submit(f, a, len));
+  g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  CTRL_OK(f, s);
+  CTRL_OK(f, t);
+}
+
+/* Guest pages spliced into the socket stay lent until the display has read
+ * them: the guest does not get them back (DETACH_BACKING waits) before.  A
+ * display that leaves them unread past the write timeout is dropped, which
+ * ends the loan.  A display that shuts its end while pages are being
+ * spliced costs the connection, not the process (SIGPIPE). */
+static void
+test_lent_pages(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 64, 32);
+  struct virtio_gpu_resource_detach_backing d = gpu_detach(1);
+  struct virtio_gpu_attach_again {
+    struct virtio_gpu_resource_attach_backing a;
+    struct virtio_gpu_mem_entry e;
+  } again = { { GPU_HDR(VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING), 1, 1 }, { GPA, 64 * 32 * 4, 0 } };
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 64, 32, 0);
+  VgpuQemuDisplayStats st;
+  g_autofree guint8 *p = NULL;
+  gint wakes;
+  guint n;
+
+  negotiate(f->peer, 3);
+  show_guest_resource(f, 1, 64, 32, 1);
+  g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_SCANOUT);
+  wakes = g_atomic_int_get(&f->wakes);
+  CTRL_OK(f, fl);
+  wait_wakes(f, wakes + 1); /* written: the read mark ended */
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_cmpuint(st.updates, ==, 1);
+  g_assert_false(submit(f, &d, sizeof d));
+  g_assert_cmpuint(peer_msg(f->peer, &p).request, ==, VHU_DISPLAY_UPDATE);
+  wait_wakes(f, wakes + 2); /* read: the loan ended */
+  CTRL_OK(f, d);
+
+  /* a display that stops reading */
+  n = f->done->len;
+  g_assert_true(submit(f, &again, sizeof again));
+  g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  CTRL_OK(f, t);
+  wakes = g_atomic_int_get(&f->wakes);
+  CTRL_OK(f, fl);
+  wait_wakes(f, wakes + 1);
+  g_assert_false(submit(f, &d, sizeof d));
+  wait_wakes(f, wakes + 2); /* dropped after the write timeout */
+  CTRL_OK(f, d);
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_cmpuint(st.dropped, ==, 1);
+  close(f->peer);
+
+  /* A display that stops taking data in the middle of a 4 MiB update: EPIPE
+   * for the writer, and SIGPIPE unless it blocks that (when the shutdown
+   * finds the writer between two splices, about one round in four; sixteen
+   * rounds make that all but certain). */
+  show_guest_resource(f, 2, 1024, 1024, 2);
+  fl = gpu_flush(2, 0, 0, 1024, 1024);
+  for (guint round = 0; round < 16; round++) {
+    Hdr h;
+    VhuDisplayUpdate u;
+
+    if (f->peer >= 0)
+      close(f->peer);
+    f->peer = new_peer(f);
+    negotiate(f->peer, 3);
+    wakes = g_atomic_int_get(&f->wakes);
+    CTRL_OK(f, fl);
+    g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_SCANOUT);
+    peer_read(f->peer, &h, sizeof h);
+    peer_read(f->peer, &u, sizeof u);
+    g_assert_cmpuint(h.request, ==, VHU_DISPLAY_UPDATE);
+    g_assert_cmpuint(u.width, ==, 1024);
+    g_assert_cmpint(shutdown(f->peer, SHUT_RD), ==, 0);
+    wait_wakes(f, wakes + 1); /* the writer gave up the update */
+  }
+  /* the detach goes through once the loan ended too (each mark and loan
+   * that ends wakes the device) */
+  d = gpu_detach(2);
+  n = f->done->len;
+  while (!submit(f, &d, sizeof d))
+    wait_wakes(f, ++wakes);
+  g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+}
+
 /* A display sending garbage: unknown replies and requests are ignored, an
  * oversized message drops the connection; the device keeps working. */
 static void
@@ -643,6 +775,7 @@ main(int argc, char **argv)
   ADD("stalled-display", test_stalled_display);
   ADD("replay", test_replay);
   ADD("guest-pixels", test_guest_pixels);
+  ADD("lent-pages", test_lent_pages);
   ADD("bad-display", test_bad_display);
   return g_test_run();
 }
