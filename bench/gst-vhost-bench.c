@@ -8,7 +8,9 @@
  * one request per kick and 64 per kick, and prints requests per second side
  * by side.  Both backends run as separate processes on this machine; the
  * figures measure the vhost-user data path (rings, eventfds, wake-ups), not
- * the devices. */
+ * the devices.  By default the driver and the backend share one CPU, so a
+ * figure is CPU cost per request and repeatable; --cpus split measures
+ * cross-CPU wake-up latency instead (see docs/performance.md). */
 #include <errno.h>
 #include <gio/gio.h>
 #include <gio/gunixinputstream.h>
@@ -213,7 +215,7 @@ place_cpus(Options *opt, GError **error)
   int first = -1, second = -1;
 
   opt->backend_cpu = -1;
-  if (opt->cpus == NULL || strcmp(opt->cpus, "any") == 0)
+  if (opt->cpus != NULL && strcmp(opt->cpus, "any") == 0)
     return g_strdup("left to the scheduler");
   if (sched_getaffinity(0, sizeof allowed, &allowed) < 0) {
     g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "sched_getaffinity: %s",
@@ -228,11 +230,11 @@ place_cpus(Options *opt, GError **error)
     else
       second = i;
   }
-  if (strcmp(opt->cpus, "split") == 0 && second < 0) {
+  if (g_strcmp0(opt->cpus, "split") == 0 && second < 0) {
     g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED, "--cpus split needs two CPUs");
     return NULL;
   }
-  opt->backend_cpu = strcmp(opt->cpus, "split") == 0 ? second : first;
+  opt->backend_cpu = g_strcmp0(opt->cpus, "split") == 0 ? second : first;
   CPU_ZERO(&set);
   CPU_SET(first, &set);
   if (sched_setaffinity(0, sizeof set, &set) < 0) {
@@ -539,8 +541,7 @@ main(int argc, char **argv)
     { "per-kick", 0, 0, G_OPTION_ARG_INT, &opt.per_kick,
       "Measure only 1 or only 64 requests per kick", "N" },
     { "cpus", 0, 0, G_OPTION_ARG_STRING, &opt.cpus,
-      "CPU placement: any (default), same (driver and backend on one CPU) or split (two)",
-      "PLACE" },
+      "CPU placement: same (default: driver and backend on one CPU), split (two) or any", "PLACE" },
     { "only", 0, 0, G_OPTION_ARG_STRING, &opt.only,
       "Measure one side only: ours or qemu (e.g. under strace -c)", "SIDE" },
     { NULL },
@@ -579,6 +580,8 @@ main(int argc, char **argv)
            "cheapest GPU commands (a one-pixel TRANSFER_TO_HOST_2D answered OK without a\n"
            "log line, and a RESOURCE_UNREF of an unknown id answered with an error that QEMU\n"
            "logs).  Each figure waits for every answer of a kick before the next kick.\n"
+           "By default the driver and both backends run on one CPU (CPU cost per request);\n"
+           "--cpus split puts the backend on a second CPU (cross-CPU wake-up latency).\n"
            "A benchmark, not a test: the figures depend on the machine.");
   g_option_context_add_main_entries(ctx, entries, NULL);
   if (!g_option_context_parse(ctx, &argc, &argv, &error) || opt.seconds <= 0 || opt.repeat < 1
