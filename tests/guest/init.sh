@@ -1,13 +1,18 @@
 #!/bin/sh
 # /init of the end-to-end test guest (busybox).  Loads the virtio-gpu driver, draws
 # known text on the framebuffer console and reports on the serial console with
-# machine-readable lines "E2E: <WORD> <args>", then waits for a command and powers off.
+# machine-readable lines "E2E: <WORD> <args>", then waits for commands and powers off.
 #
 # Kernel command line parameters read here:
 #   e2e.hold=SECONDS    how long to wait for a command after READY (default 60)
 #   e2e.fbwait=SECONDS  how long to wait for /dev/fb0 and fbcon (default 30)
 #
-# Commands read from the serial console after READY: "poweroff", "dmesg", "redraw".
+# Commands read from the serial console after READY (one per line):
+#   poweroff      power off (also after e2e.hold seconds without a command)
+#   reboot        reboot -f (a guest-initiated reset)
+#   dmesg         print the kernel log
+#   redraw        draw the screen again, then "E2E: REDRAWN"
+#   draw TEXT     write TEXT on the draw row, then "E2E: DRAWN <uptime>"
 
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -73,9 +78,21 @@ for c in /sys/class/drm/card0-*; do
 done
 # "rows cols" of the console: the harness derives the font cell size from it.
 CONSIZE=$(stty -F /dev/tty0 size)
+# Which device the driver bound: PCI class (VGA or other display), ids, and the
+# driver of the virtio device on it.
+PDEV=/sys/class/drm/card0/device
+VDRV=none
+for v in "$PDEV"/virtio*/driver; do
+	[ -e "$v" ] && VDRV=$(basename "$(readlink -f "$v")")
+done
+DEVINFO="$(cat "$PDEV/class") $(cat "$PDEV/vendor"):$(cat "$PDEV/device") $VDRV"
+# Random per boot: tells this boot's screen from an earlier one's (nothing survives a
+# reboot in an initramfs, and the command line stays the same).
+BOOTID=$(cat /proc/sys/kernel/random/boot_id)
+
+esc=$(printf '\033')
 
 draw() {
-	esc=$(printf '\033')
 	{
 		# Clear, home, hide the cursor.
 		printf '%s[0m%s[H%s[2J%s[?25l' "$esc" "$esc" "$esc" "$esc"
@@ -90,7 +107,13 @@ draw() {
 		printf '%s[30;42m GREEN %s[0m %s[30;41m RED %s[0m %s[37;44m BLUE %s[0m\n' \
 			"$esc" "$esc" "$esc" "$esc" "$esc" "$esc"
 		printf 'uptime %ss\n' "$(uptime_s)"
+		# Row 6: the boot id; the cursor (hidden) stays at its end.
+		printf 'boot %s' "$BOOTID"
 	} >/dev/tty0
+}
+# Row 7, the draw row: the harness's text, in place of what was there.
+draw_text() {
+	printf '%s[8;1H%s[2K%s' "$esc" "$esc" "$1" >/dev/tty0
 }
 draw
 
@@ -99,15 +122,21 @@ say FB "$FBNAME"
 say MODE "$FBMODE"
 say CONNECTOR "$CONN" "$CONNMODE"
 say CONSOLE "$CONSIZE"
-say READY "$(uptime_s)"
+say DEVICE "$DEVINFO"
+say READY "$(uptime_s)" "$BOOTID"
 
 # busybox ash has read -t.
 # shellcheck disable=SC3045
 while read -r -t "$HOLD" cmd; do
 	case "$cmd" in
 	poweroff | quit) break ;;
+	reboot)
+		say REBOOT
+		reboot -f
+		;;
 	dmesg) dmesg ;;
-	redraw) draw && say READY "$(uptime_s)" ;;
+	redraw) draw && say REDRAWN "$(uptime_s)" ;;
+	draw\ *) draw_text "${cmd#draw }" && say DRAWN "$(uptime_s)" ;;
 	*) say UNKNOWN "$cmd" ;;
 	esac
 done
