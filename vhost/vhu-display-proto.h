@@ -7,9 +7,9 @@
 
 #include <stdint.h>
 
-#define VHU_DISPLAY_FLAG_REPLY 0x4u
+#define VHU_DISPLAY_FLAG_REPLY   0x4u
 #define VHU_DISPLAY_MAX_SCANOUTS 16u
-#define VHU_DISPLAY_CURSOR_SIZE 64u
+#define VHU_DISPLAY_CURSOR_SIZE  64u
 
 /* Protocol features negotiated with GET/SET_PROTOCOL_FEATURES. */
 #define VHU_DISPLAY_PF_EDID    0

@@ -16,20 +16,21 @@ G_BEGIN_DECLS
 typedef struct _VhuDisplayServer VhuDisplayServer;
 
 typedef struct {
-  guint num_scanouts; /* 1..16 */
+  guint num_scanouts;  /* 1..16 */
   guint width, height; /* mode reported by GET_DISPLAY_INFO for every scanout */
-  guint64 protocol_features; /* answered to GET_PROTOCOL_FEATURES: 0 like QEMU 7.2, 3 like QEMU 10 */
+  guint64
+      protocol_features; /* answered to GET_PROTOCOL_FEATURES: 0 like QEMU 7.2, 3 like QEMU 10 */
   gboolean answer_invalid_edid; /* FALSE: ignore GET_EDID for bad scanouts, as QEMU does */
 } VhuDisplayConfig;
 
-VhuDisplayServer *vhu_display_server_new (const VhuDisplayConfig *config);
-void vhu_display_server_free (VhuDisplayServer *ds);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC (VhuDisplayServer, vhu_display_server_free)
+VhuDisplayServer *vhu_display_server_new(const VhuDisplayConfig *config);
+void vhu_display_server_free(VhuDisplayServer *ds);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VhuDisplayServer, vhu_display_server_free)
 
 /* Makes a new socketpair and sends one end with GPU_SET_SOCKET (the old
  * connection, if any, is closed as QEMU does on every device start). */
-gboolean vhu_display_server_attach (VhuDisplayServer *ds, VhuFrontend *fe, GError **error);
-void vhu_display_server_detach (VhuDisplayServer *ds);
+gboolean vhu_display_server_attach(VhuDisplayServer *ds, VhuFrontend *fe, GError **error);
+void vhu_display_server_detach(VhuDisplayServer *ds);
 
 typedef struct {
   guint64 messages;     /* all messages received */
@@ -37,7 +38,7 @@ typedef struct {
   guint64 update_bytes; /* pixel bytes received in UPDATEs */
   guint64 scanouts;     /* SCANOUT messages */
   guint64 cursor_updates, cursor_moves;
-  guint64 errors;       /* malformed messages seen */
+  guint64 errors;              /* malformed messages seen */
   guint64 negotiated_features; /* from SET_PROTOCOL_FEATURES */
   /* Requests seen, by kind (for tools that report the handshake). */
   guint64 protocol_features_requests; /* GET_PROTOCOL_FEATURES */
@@ -47,16 +48,15 @@ typedef struct {
   guint64 dmabuf_scanouts;            /* DMABUF_SCANOUT and DMABUF_SCANOUT2 */
   guint64 dmabuf_updates;             /* DMABUF_UPDATE */
 } VhuDisplayStats;
-void vhu_display_server_get_stats (VhuDisplayServer *ds, VhuDisplayStats *stats);
+void vhu_display_server_get_stats(VhuDisplayServer *ds, VhuDisplayStats *stats);
 
 /* Waits until at least @n UPDATE messages have arrived in total. */
-gboolean vhu_display_server_wait_updates (VhuDisplayServer *ds, guint64 n, int timeout_ms);
+gboolean vhu_display_server_wait_updates(VhuDisplayServer *ds, guint64 n, int timeout_ms);
 /* Copy of scanout @id's framebuffer (X8R8G8B8, stride width*4); NULL when the
  * scanout is disabled.  Free with g_free. */
-guint32 *vhu_display_server_get_frame (VhuDisplayServer *ds, guint id, guint *width,
-                                       guint *height);
+guint32 *vhu_display_server_get_frame(VhuDisplayServer *ds, guint id, guint *width, guint *height);
 /* Cursor state of scanout @id; FALSE if never set. */
-gboolean vhu_display_server_get_cursor (VhuDisplayServer *ds, guint id, guint *x, guint *y,
-                                        gboolean *visible, guint32 *image_64x64);
+gboolean vhu_display_server_get_cursor(VhuDisplayServer *ds, guint id, guint *x, guint *y,
+                                       gboolean *visible, guint32 *image_64x64);
 
 G_END_DECLS

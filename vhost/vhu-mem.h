@@ -15,37 +15,37 @@ G_BEGIN_DECLS
 
 typedef struct _VhuMemTable VhuMemTable;
 
-VhuMemTable *vhu_mem_table_new (void);
-VhuMemTable *vhu_mem_table_ref (VhuMemTable *table);
-void vhu_mem_table_unref (VhuMemTable *table);
-G_DEFINE_AUTOPTR_CLEANUP_FUNC (VhuMemTable, vhu_mem_table_unref)
+VhuMemTable *vhu_mem_table_new(void);
+VhuMemTable *vhu_mem_table_ref(VhuMemTable *table);
+void vhu_mem_table_unref(VhuMemTable *table);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VhuMemTable, vhu_mem_table_unref)
 
 /* Returns a new table holding @table's regions plus @region mapped from @fd
  * (the fd is not consumed).  Fails on overlaps (gpa or uva), zero size,
  * arithmetic overflow, more than @max_regions regions, or mmap failure. */
-VhuMemTable *vhu_mem_table_add (const VhuMemTable *table, const VhuMemRegionDesc *region, int fd,
-                                guint max_regions, GError **error);
+VhuMemTable *vhu_mem_table_add(const VhuMemTable *table, const VhuMemRegionDesc *region, int fd,
+                               guint max_regions, GError **error);
 /* Returns a new table without the region matching gpa, uva and size. */
-VhuMemTable *vhu_mem_table_remove (const VhuMemTable *table, const VhuMemRegionDesc *region,
-                                   GError **error);
-guint vhu_mem_table_n_regions (const VhuMemTable *table);
+VhuMemTable *vhu_mem_table_remove(const VhuMemTable *table, const VhuMemRegionDesc *region,
+                                  GError **error);
+guint vhu_mem_table_n_regions(const VhuMemTable *table);
 
 /* Guest-physical -> host pointer.  *len is the wanted length on input and the
  * contiguous mapped length from @gpa on output (never beyond the region end).
  * NULL when @gpa is in no region. */
-void *vhu_mem_gpa_to_host (const VhuMemTable *table, guint64 gpa, guint64 *len);
+void *vhu_mem_gpa_to_host(const VhuMemTable *table, guint64 gpa, guint64 *len);
 /* Frontend virtual address -> host pointer; the whole [uva, uva+len) must lie
  * in one region, else NULL. */
-void *vhu_mem_uva_to_host (const VhuMemTable *table, guint64 uva, guint64 len);
+void *vhu_mem_uva_to_host(const VhuMemTable *table, guint64 uva, guint64 len);
 /* Gathers [gpa, gpa+len) into at most @max_iov iovecs (a buffer may span
  * regions).  Returns the number of iovecs used, or -1 when a byte is unmapped,
  * the range overflows, or more than @max_iov iovecs would be needed. */
-int vhu_mem_gpa_to_iov (const VhuMemTable *table, guint64 gpa, guint64 len, struct iovec *iov,
-                        guint max_iov);
+int vhu_mem_gpa_to_iov(const VhuMemTable *table, guint64 gpa, guint64 len, struct iovec *iov,
+                       guint max_iov);
 
 /* Scatter/gather copy helpers; return the number of bytes copied. */
-gsize vhu_iov_to_buf (const struct iovec *iov, guint n, gsize offset, void *buf, gsize len);
-gsize vhu_iov_from_buf (const struct iovec *iov, guint n, gsize offset, const void *buf, gsize len);
-gsize vhu_iov_size (const struct iovec *iov, guint n);
+gsize vhu_iov_to_buf(const struct iovec *iov, guint n, gsize offset, void *buf, gsize len);
+gsize vhu_iov_from_buf(const struct iovec *iov, guint n, gsize offset, const void *buf, gsize len);
+gsize vhu_iov_size(const struct iovec *iov, guint n);
 
 G_END_DECLS

@@ -15,10 +15,10 @@ typedef struct {
   guint n_fds;
 } VhuMsg;
 
-void vhu_msg_init (VhuMsg *msg); /* zero header, fds = -1 */
-void vhu_msg_close_fds (VhuMsg *msg);
+void vhu_msg_init(VhuMsg *msg); /* zero header, fds = -1 */
+void vhu_msg_close_fds(VhuMsg *msg);
 /* Takes fd @i out of @msg (the message no longer closes it); -1 if absent. */
-int vhu_msg_steal_fd (VhuMsg *msg, guint i);
+int vhu_msg_steal_fd(VhuMsg *msg, guint i);
 
 typedef enum {
   VHU_MSG_OK,
@@ -32,11 +32,11 @@ typedef enum {
  * reader.  Payloads over VHU_MAX_PAYLOAD are an error.  On error every fd
  * received is closed, and msg->hdr holds the header if it arrived whole
  * (request 0, which no message uses, if not). */
-VhuMsgStatus vhu_msg_read (int sock, VhuMsg *msg, int timeout_ms, GError **error);
+VhuMsgStatus vhu_msg_read(int sock, VhuMsg *msg, int timeout_ms, GError **error);
 /* Writes header + payload in one sendmsg (fds attached), retrying on EINTR
  * and completing short writes.  MSG_NOSIGNAL: a closed peer is an error,
  * never SIGPIPE. */
-gboolean vhu_msg_write (int sock, guint32 request, guint32 flags, const void *payload, gsize size,
-                        const int *fds, guint n_fds, GError **error);
+gboolean vhu_msg_write(int sock, guint32 request, guint32 flags, const void *payload, gsize size,
+                       const int *fds, guint n_fds, GError **error);
 
 G_END_DECLS

@@ -7,28 +7,28 @@
 
 #include <stdint.h>
 
-#define VHU_HDR_SIZE        12u
-#define VHU_VERSION         0x1u
-#define VHU_FLAG_VERSION    0x3u
-#define VHU_FLAG_REPLY      0x4u
-#define VHU_FLAG_NEED_REPLY 0x8u
-#define VHU_REPLY_FLAGS     (VHU_FLAG_REPLY | VHU_VERSION) /* exactly 0x5 */
-#define VHU_MAX_FDS         8u
-#define VHU_MAX_PAYLOAD     4096u /* larger than every message we accept */
-#define VHU_MAX_CONFIG_SIZE 256u
-#define VHU_MAX_MEM_SLOTS   32u /* answered to GET_MAX_MEM_SLOTS */
-#define VHU_MAX_TABLE_REGIONS 8u /* SET_MEM_TABLE limit */
-#define VHU_MAX_QUEUE_SIZE  1024u
+#define VHU_HDR_SIZE          12u
+#define VHU_VERSION           0x1u
+#define VHU_FLAG_VERSION      0x3u
+#define VHU_FLAG_REPLY        0x4u
+#define VHU_FLAG_NEED_REPLY   0x8u
+#define VHU_REPLY_FLAGS       (VHU_FLAG_REPLY | VHU_VERSION) /* exactly 0x5 */
+#define VHU_MAX_FDS           8u
+#define VHU_MAX_PAYLOAD       4096u /* larger than every message we accept */
+#define VHU_MAX_CONFIG_SIZE   256u
+#define VHU_MAX_MEM_SLOTS     32u /* answered to GET_MAX_MEM_SLOTS */
+#define VHU_MAX_TABLE_REGIONS 8u  /* SET_MEM_TABLE limit */
+#define VHU_MAX_QUEUE_SIZE    1024u
 
 /* Virtio feature bits the transport cares about. */
-#define VHU_F_NOTIFY_ON_EMPTY   24
-#define VHU_F_ANY_LAYOUT        27
+#define VHU_F_NOTIFY_ON_EMPTY    24
+#define VHU_F_ANY_LAYOUT         27
 #define VHU_F_RING_INDIRECT_DESC 28
-#define VHU_F_RING_EVENT_IDX    29
-#define VHU_F_PROTOCOL_FEATURES 30
-#define VHU_F_VERSION_1         32
-#define VHU_F_ACCESS_PLATFORM   33
-#define VHU_F_RING_PACKED       34
+#define VHU_F_RING_EVENT_IDX     29
+#define VHU_F_PROTOCOL_FEATURES  30
+#define VHU_F_VERSION_1          32
+#define VHU_F_ACCESS_PLATFORM    33
+#define VHU_F_RING_PACKED        34
 
 /* Protocol feature bits. */
 typedef enum {
@@ -190,4 +190,4 @@ typedef struct __attribute__((packed)) {
   VhuInflightDesc desc[];
 } VhuInflightQueue;
 
-const char *vhu_request_name (uint32_t request);
+const char *vhu_request_name(uint32_t request);
