@@ -242,6 +242,29 @@ vhu_frontend_connect(const char *path, GError **error)
   return vhu_frontend_new_from_fd(fd);
 }
 
+VhuFrontend *
+vhu_frontend_connect_wait(const char *path, guint timeout_ms, gboolean (*alive)(gpointer data),
+                          gpointer data, GError **error)
+{
+  gint64 deadline = deadline_after(timeout_ms);
+
+  for (;;) {
+    g_autoptr(GError) local = NULL;
+    VhuFrontend *fe = vhu_frontend_connect(path, &local);
+
+    if (fe != NULL)
+      return fe;
+    /* Only "not there yet" is worth another try. */
+    if ((!g_error_matches(local, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)
+         && !g_error_matches(local, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED))
+        || g_get_monotonic_time() > deadline || (alive != NULL && !alive(data))) {
+      g_propagate_error(error, g_steal_pointer(&local));
+      return NULL;
+    }
+    g_usleep(2000);
+  }
+}
+
 static void queue_free(VhuDriverQueue *q);
 
 static void

@@ -32,6 +32,14 @@ typedef struct {
 } VhuGuestBuf;
 
 VhuFrontend *vhu_frontend_connect(const char *path, GError **error);
+/* Connects to a backend that may not listen yet (one just spawned): while
+ * the socket is missing or refuses connections, retries every 2 ms for up
+ * to @timeout_ms, and gives up early once @alive (optional) returns FALSE,
+ * e.g. because the backend process exited.  Other errors fail at once.  On
+ * failure @error is the last connect error. */
+VhuFrontend *vhu_frontend_connect_wait(const char *path, guint timeout_ms,
+                                       gboolean (*alive)(gpointer data), gpointer data,
+                                       GError **error);
 /* Takes ownership of a connected socket @fd. */
 VhuFrontend *vhu_frontend_new_from_fd(int fd);
 void vhu_frontend_free(VhuFrontend *fe);

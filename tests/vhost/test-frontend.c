@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "vhu-display.h"
@@ -804,6 +805,78 @@ test_connect_errors(void)
   g_rmdir(dir);
 }
 
+typedef struct {
+  int listener;    /* bound to the path, not listening yet */
+  guint listen_at; /* listen() on this call of wait_alive; 0: never */
+  gboolean alive;
+  guint calls;
+} ConnectWait;
+
+static gboolean
+wait_alive(gpointer data)
+{
+  ConnectWait *w = data;
+
+  if (++w->calls == w->listen_at)
+    g_assert_cmpint(listen(w->listener, 1), ==, 0);
+  return w->alive;
+}
+
+/* Retries while the socket is missing or refuses, within the timeout and
+ * while the callback says the backend lives; other errors end it at once. */
+static void
+test_connect_wait(void)
+{
+  g_autofree char *dir = g_dir_make_tmp("vhu-fe-XXXXXX", NULL);
+  g_autofree char *path = g_build_filename(dir, "late.sock", NULL);
+  g_autofree char *long_path = g_strnfill(200, 'x');
+  struct sockaddr_un sun = { .sun_family = AF_UNIX };
+  ConnectWait w = { .listener = -1, .alive = TRUE };
+  VhuFrontend *fe;
+  GError *error = NULL;
+  gint64 t0;
+
+  g_assert_null(vhu_frontend_connect_wait(long_path, 5000, wait_alive, &w, &error));
+  g_assert_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT);
+  g_assert_cmpuint(w.calls, ==, 0);
+  g_clear_error(&error);
+
+  /* Nothing there: the deadline ends it with the last error. */
+  t0 = g_get_monotonic_time();
+  g_assert_null(vhu_frontend_connect_wait(path, 100, wait_alive, &w, &error));
+  g_assert_error(error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND);
+  g_assert_cmpint(g_get_monotonic_time() - t0, >=, 100 * 1000);
+  g_assert_cmpint(g_get_monotonic_time() - t0, <, 5 * G_USEC_PER_SEC);
+  g_assert_cmpuint(w.calls, >=, 1);
+  g_clear_error(&error);
+
+  /* A backend that died ends it at once. */
+  w = (ConnectWait){ .listener = -1, .alive = FALSE };
+  g_assert_null(vhu_frontend_connect_wait(path, 5000, wait_alive, &w, &error));
+  g_assert_error(error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND);
+  g_assert_cmpuint(w.calls, ==, 1);
+  g_clear_error(&error);
+
+  /* Bound but not listening: refused, then accepted once it listens. */
+  w = (ConnectWait){ .listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), .alive = FALSE };
+  g_strlcpy(sun.sun_path, path, sizeof sun.sun_path);
+  g_assert_cmpint(bind(w.listener, (struct sockaddr *)&sun, sizeof sun), ==, 0);
+  g_assert_null(vhu_frontend_connect_wait(path, 5000, wait_alive, &w, &error));
+  g_assert_error(error, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED);
+  g_clear_error(&error);
+  w.alive = TRUE;
+  w.calls = 0;
+  w.listen_at = 3;
+  fe = vhu_frontend_connect_wait(path, 5000, wait_alive, &w, &error);
+  g_assert_no_error(error);
+  g_assert_nonnull(fe);
+  g_assert_cmpuint(w.calls, ==, 3);
+  vhu_frontend_free(fe);
+  close(w.listener);
+  g_unlink(path);
+  g_rmdir(dir);
+}
+
 static void
 test_memory(void)
 {
@@ -1141,26 +1214,10 @@ qemu_gpu_binary(void)
   return env != NULL ? env : QEMU_GPU;
 }
 
-/* Polls connect() until the backend listens: the socket appearing is the
- * event we wait for; the retry is bounded. */
-static VhuFrontend *
-connect_retry(const char *path, GSubprocess *proc)
+static gboolean
+proc_alive(gpointer proc)
 {
-  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-
-  for (;;) {
-    g_autoptr(GError) error = NULL;
-    VhuFrontend *fe = vhu_frontend_connect(path, &error);
-
-    if (fe != NULL)
-      return fe;
-    if (!g_error_matches(error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)
-        && !g_error_matches(error, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED))
-      g_error("connect: %s", error->message);
-    if (g_get_monotonic_time() > deadline || g_subprocess_get_identifier(proc) == NULL)
-      g_error("backend did not listen on %s", path);
-    g_usleep(5000);
-  }
+  return g_subprocess_get_identifier(proc) != NULL;
 }
 
 static gboolean
@@ -1184,7 +1241,10 @@ qemu_spawn(Qemu *qm)
   qm->proc = g_subprocess_launcher_spawn(launcher, &error, qemu_gpu_binary(), "--socket-path",
                                          qm->path, NULL);
   g_assert_no_error(error);
-  qm->fe = connect_retry(qm->path, qm->proc);
+  /* It says nothing when ready: the socket accepting is the event. */
+  qm->fe = vhu_frontend_connect_wait(qm->path, 10000, proc_alive, qm->proc, &error);
+  if (qm->fe == NULL)
+    g_error("backend did not listen on %s: %s", qm->path, error->message);
   return TRUE;
 }
 
@@ -1604,6 +1664,7 @@ main(int argc, char **argv)
   g_test_init(&argc, &argv, NULL);
   g_test_add_func("/frontend/memory", test_memory);
   g_test_add_func("/frontend/connect-errors", test_connect_errors);
+  g_test_add_func("/frontend/connect-wait", test_connect_wait);
   g_test_add_func("/frontend/bad-replies", test_bad_replies);
   g_test_add_func("/frontend/sequence/full", test_sequence_full);
   g_test_add_func("/frontend/sequence/minimal", test_sequence_minimal);
