@@ -435,6 +435,15 @@ check_plain(const VhuMsg *msg, gsize size, GError **error)
   return check_size(msg, size, error) && check_fds(msg, 0, error);
 }
 
+/* A getter: no payload, no fds, a u64 answer. */
+static HResult
+reply_plain_u64(VhuBackend *b, const VhuMsg *msg, guint64 value, GError **error)
+{
+  if (!check_plain(msg, 0, error))
+    return H_MALFORMED;
+  return reply_u64(b, msg->hdr.request, value);
+}
+
 static guint64
 payload_u64(const VhuMsg *msg)
 {
@@ -613,12 +622,28 @@ handle_mem_reg(VhuBackend *b, const VhuMsg *msg, gboolean add, GError **error)
   return install_mem(b, next, error);
 }
 
+/* SET_VRING_NUM, SET_VRING_BASE: only a stopped ring may change. */
+static HResult
+set_stopped_vring(VhuBackend *b, const VhuVringState *st,
+                  gboolean (*set)(VhuVring *vring, guint num, GError **error), GError **error)
+{
+  VhuVring *vring;
+  gboolean ok = FALSE;
+
+  g_mutex_lock(&b->lock);
+  vring = b->queues[st->index].vring;
+  if (vhu_vring_is_started(vring))
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_BUSY, "queue %u is started", st->index);
+  else
+    ok = set(vring, st->num, error);
+  g_mutex_unlock(&b->lock);
+  return ok ? H_OK : H_MALFORMED;
+}
+
 static HResult
 handle_vring_num(VhuBackend *b, const VhuMsg *msg, GError **error)
 {
   VhuVringState st;
-  VhuVring *vring;
-  gboolean ok = FALSE;
 
   if (!read_vring_state(b, msg, &st, error))
     return H_MALFORMED;
@@ -627,33 +652,17 @@ handle_vring_num(VhuBackend *b, const VhuMsg *msg, GError **error)
                 "ring size %" G_GUINT32_FORMAT " above the maximum %u", st.num, b->max_queue_size);
     return H_MALFORMED;
   }
-  g_mutex_lock(&b->lock);
-  vring = b->queues[st.index].vring;
-  if (vhu_vring_is_started(vring))
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_BUSY, "queue %u is started", st.index);
-  else
-    ok = vhu_vring_set_num(vring, st.num, error);
-  g_mutex_unlock(&b->lock);
-  return ok ? H_OK : H_MALFORMED;
+  return set_stopped_vring(b, &st, vhu_vring_set_num, error);
 }
 
 static HResult
 handle_vring_base(VhuBackend *b, const VhuMsg *msg, GError **error)
 {
   VhuVringState st;
-  VhuVring *vring;
-  gboolean ok = FALSE;
 
   if (!read_vring_state(b, msg, &st, error))
     return H_MALFORMED;
-  g_mutex_lock(&b->lock);
-  vring = b->queues[st.index].vring;
-  if (vhu_vring_is_started(vring))
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_BUSY, "queue %u is started", st.index);
-  else
-    ok = vhu_vring_set_base(vring, st.num, error);
-  g_mutex_unlock(&b->lock);
-  return ok ? H_OK : H_MALFORMED;
+  return set_stopped_vring(b, &st, vhu_vring_set_base, error);
 }
 
 static HResult
@@ -1077,15 +1086,11 @@ dispatch(VhuBackend *b, VhuMsg *msg, GError **error)
 {
   switch (msg->hdr.request) {
     case VHU_GET_FEATURES:
-      if (!check_plain(msg, 0, error))
-        return H_MALFORMED;
-      return reply_u64(b, msg->hdr.request, b->offered_features);
+      return reply_plain_u64(b, msg, b->offered_features, error);
     case VHU_SET_FEATURES:
       return handle_set_features(b, msg, error);
     case VHU_GET_PROTOCOL_FEATURES:
-      if (!check_plain(msg, 0, error))
-        return H_MALFORMED;
-      return reply_u64(b, msg->hdr.request, b->offered_protocol);
+      return reply_plain_u64(b, msg, b->offered_protocol, error);
     case VHU_SET_PROTOCOL_FEATURES:
       return handle_set_protocol_features(b, msg, error);
     case VHU_SET_OWNER:
@@ -1099,9 +1104,7 @@ dispatch(VhuBackend *b, VhuMsg *msg, GError **error)
     case VHU_SET_MEM_TABLE:
       return handle_set_mem_table(b, msg, error);
     case VHU_GET_MAX_MEM_SLOTS:
-      if (!check_plain(msg, 0, error))
-        return H_MALFORMED;
-      return reply_u64(b, msg->hdr.request, VHU_MAX_MEM_SLOTS);
+      return reply_plain_u64(b, msg, VHU_MAX_MEM_SLOTS, error);
     case VHU_ADD_MEM_REG:
       return handle_mem_reg(b, msg, TRUE, error);
     case VHU_REM_MEM_REG:
@@ -1128,9 +1131,7 @@ dispatch(VhuBackend *b, VhuMsg *msg, GError **error)
     case VHU_SET_VRING_ENABLE:
       return handle_vring_enable(b, msg, error);
     case VHU_GET_QUEUE_NUM:
-      if (!check_plain(msg, 0, error))
-        return H_MALFORMED;
-      return reply_u64(b, msg->hdr.request, b->num_queues);
+      return reply_plain_u64(b, msg, b->num_queues, error);
     case VHU_SET_BACKEND_REQ_FD:
       return handle_backend_req_fd(b, msg, error);
     case VHU_GET_CONFIG:
@@ -1144,9 +1145,7 @@ dispatch(VhuBackend *b, VhuMsg *msg, GError **error)
     case VHU_SET_STATUS:
       return handle_set_status(b, msg, error);
     case VHU_GET_STATUS:
-      if (!check_plain(msg, 0, error))
-        return H_MALFORMED;
-      return reply_u64(b, msg->hdr.request, (guint8)g_atomic_int_get(&b->status));
+      return reply_plain_u64(b, msg, (guint8)g_atomic_int_get(&b->status), error);
     default:
       return handle_device_request(b, msg, error);
   }

@@ -1737,6 +1737,20 @@ hostile_running_then_garbage(Raw *r)
   expect_dropped(r, 77, "xx", 2, NULL, 0);
 }
 
+/* A started ring keeps its size and position: SET_VRING_NUM and
+ * SET_VRING_BASE are refused until GET_VRING_BASE stops it. */
+static void
+hostile_started_ring(Raw *r)
+{
+  VhuVringState st = { .index = 0, .num = 16 };
+
+  raw_start_10(r, 2);
+  expect_nack(r, VHU_SET_VRING_NUM, &st, sizeof st, NULL, 0);
+  st.num = 5;
+  expect_nack(r, VHU_SET_VRING_BASE, &st, sizeof st, NULL, 0);
+  raw_echo(r, 0, "ring unchanged");
+}
+
 /* One frontend at a time: a second waits in the backlog until the first
  * leaves. */
 static void
@@ -2572,6 +2586,7 @@ main(int argc, char **argv)
   g_test_add_data_func("/backend/hostile/inflight", hostile_inflight, test_hostile);
   g_test_add_data_func("/backend/hostile/running-then-garbage", hostile_running_then_garbage,
                        test_hostile);
+  g_test_add_data_func("/backend/hostile/started-ring", hostile_started_ring, test_hostile);
 
   g_test_add_func("/null/frontend", test_null_frontend);
   g_test_add_func("/null/hostile-then-fresh", test_null_hostile_then_fresh);
