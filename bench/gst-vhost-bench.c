@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <gio/gio.h>
 #include <gio/gunixinputstream.h>
-#include <glib/gstdio.h>
 #include <linux/virtio_gpu.h>
 #include <poll.h>
 #include <sched.h>
@@ -23,8 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vhu-display.h"
-#include "vhu-frontend.h"
+#include "bench-util.h"
 
 #ifndef VHU_NULL_BACKEND_PATH
 #define VHU_NULL_BACKEND_PATH "vhu-null-backend"
@@ -55,77 +53,7 @@ typedef struct {
   guint32 expect_type; /* GPU: the answer's hdr.type; 0: echo check */
 } Request;
 
-typedef struct {
-  GSubprocess *proc;
-  char *dir;
-  char *path;
-  VhuFrontend *fe;
-  VhuDisplayServer *ds;
-} Backend;
-
 /* --- backends ------------------------------------------------------------ */
-
-static gboolean
-backend_dir(Backend *b, const char *name, GError **error)
-{
-  b->dir = g_dir_make_tmp("vhu-bench-XXXXXX", error);
-  if (b->dir == NULL)
-    return FALSE;
-  b->path = g_build_filename(b->dir, name, NULL);
-  return TRUE;
-}
-
-static void
-wait_done(GObject *src, GAsyncResult *res, gpointer data)
-{
-  g_subprocess_wait_finish(G_SUBPROCESS(src), res, NULL);
-  *(gboolean *)data = TRUE;
-}
-
-static gboolean
-set_flag(gpointer data)
-{
-  *(gboolean *)data = TRUE;
-  return G_SOURCE_REMOVE;
-}
-
-/* SIGTERM, then SIGKILL if it is still there after 5 s. */
-static void
-stop_process(GSubprocess *proc)
-{
-  gboolean done = FALSE, timed_out = FALSE;
-  guint timeout_id;
-
-  if (g_subprocess_get_identifier(proc) != NULL)
-    g_subprocess_send_signal(proc, SIGTERM);
-  g_subprocess_wait_async(proc, NULL, wait_done, &done);
-  timeout_id = g_timeout_add(5000, set_flag, &timed_out);
-  while (!done && !timed_out)
-    g_main_context_iteration(NULL, TRUE);
-  if (done) {
-    g_source_remove(timeout_id);
-    return;
-  }
-  g_subprocess_force_exit(proc);
-  while (!done)
-    g_main_context_iteration(NULL, TRUE);
-}
-
-static void
-backend_free(Backend *b)
-{
-  g_clear_pointer(&b->fe, vhu_frontend_free);
-  g_clear_pointer(&b->ds, vhu_display_server_free);
-  if (b->proc != NULL)
-    stop_process(b->proc);
-  g_clear_object(&b->proc);
-  if (b->path != NULL)
-    g_unlink(b->path);
-  if (b->dir != NULL)
-    g_rmdir(b->dir);
-  g_clear_pointer(&b->path, g_free);
-  g_clear_pointer(&b->dir, g_free);
-}
 
 /* The null device prints "ready" once it listens. */
 static gboolean
@@ -155,52 +83,6 @@ wait_ready(GSubprocess *proc, GError **error)
     got += (gsize)n;
   }
   return TRUE;
-}
-
-/* QEMU's backend says nothing when ready; poll connect() (bounded).  It
- * accepts a single connection, which becomes ours. */
-static VhuFrontend *
-connect_retry(Backend *b, GError **error)
-{
-  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-
-  for (;;) {
-    g_autoptr(GError) local = NULL;
-    VhuFrontend *fe = vhu_frontend_connect(b->path, &local);
-
-    if (fe != NULL)
-      return fe;
-    if ((!g_error_matches(local, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)
-         && !g_error_matches(local, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED))
-        || g_get_monotonic_time() > deadline || g_subprocess_get_identifier(b->proc) == NULL) {
-      g_propagate_error(error, g_steal_pointer(&local));
-      return NULL;
-    }
-    g_usleep(2000);
-  }
-}
-
-/* In the child between fork and exec: only a syscall. */
-static void
-pin_child(gpointer data)
-{
-  cpu_set_t set;
-
-  CPU_ZERO(&set);
-  CPU_SET(GPOINTER_TO_INT(data), &set);
-  sched_setaffinity(0, sizeof set, &set);
-}
-
-static GSubprocess *
-spawn(const Options *opt, GSubprocessFlags flags, GError **error, const char *const *argv)
-{
-  g_autoptr(GSubprocessLauncher) l = g_subprocess_launcher_new(flags);
-
-  /* QEMU's backend logs guest errors as criticals; keep them non-fatal. */
-  g_subprocess_launcher_unsetenv(l, "G_DEBUG");
-  if (opt->backend_cpu >= 0)
-    g_subprocess_launcher_set_child_setup(l, pin_child, GINT_TO_POINTER(opt->backend_cpu), NULL);
-  return g_subprocess_launcher_spawnv(l, argv, error);
 }
 
 /* --cpus: "same" runs the driver and the backend on one CPU (every wake-up
@@ -246,14 +128,14 @@ place_cpus(Options *opt, GError **error)
 }
 
 static gboolean
-start_null(Backend *b, const Options *opt, GError **error)
+start_null(BenchBackend *b, const Options *opt, GError **error)
 {
   const guint size = (guint)opt->queue_size;
 
-  if (!backend_dir(b, "null.sock", error))
+  if (!bench_backend_dir(b, "vhu-bench-XXXXXX", "null.sock", error))
     return FALSE;
-  b->proc = spawn(
-      opt, G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, error,
+  b->proc = bench_spawn(
+      G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, opt->backend_cpu, error,
       (const char *const[]){ opt->null_backend, "--socket-path", b->path, "--queues", "1", NULL });
   if (b->proc == NULL || !wait_ready(b->proc, error))
     return FALSE;
@@ -264,20 +146,21 @@ start_null(Backend *b, const Options *opt, GError **error)
 }
 
 static gboolean
-start_qemu(Backend *b, const Options *opt, GError **error)
+start_qemu(BenchBackend *b, const Options *opt, GError **error)
 {
   const VhuDisplayConfig dc
       = { .num_scanouts = 1, .width = 640, .height = 480, .protocol_features = 0x3 };
   const guint sizes[2] = { (guint)opt->queue_size, 16 };
 
-  if (!backend_dir(b, "gpu.sock", error))
+  if (!bench_backend_dir(b, "vhu-bench-XXXXXX", "gpu.sock", error))
     return FALSE;
-  b->proc = spawn(opt, G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, error,
-                  (const char *const[]){ opt->qemu_gpu, "--socket-path", b->path, NULL });
+  b->proc = bench_spawn(G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE,
+                        opt->backend_cpu, error,
+                        (const char *const[]){ opt->qemu_gpu, "--socket-path", b->path, NULL });
   if (b->proc == NULL)
     return FALSE;
-  b->fe = connect_retry(b, error);
-  if (b->fe == NULL || !vhu_frontend_init(b->fe, G_MAXUINT64, error)
+  /* It says nothing when ready, and accepts a single connection: ours. */
+  if (!bench_backend_connect(b, error) || !vhu_frontend_init(b->fe, G_MAXUINT64, error)
       || !vhu_frontend_add_region(b->fe, 0, 4 << 20, error))
     return FALSE;
   b->ds = vhu_display_server_new(&dc);
@@ -287,7 +170,7 @@ start_qemu(Backend *b, const Options *opt, GError **error)
 
 /* A 16x16 resource with backing, for one-pixel transfers. */
 static gboolean
-qemu_resource(Backend *b, GError **error)
+qemu_resource(BenchBackend *b, GError **error)
 {
   struct virtio_gpu_resource_create_2d create = {
     .hdr.type = VIRTIO_GPU_CMD_RESOURCE_CREATE_2D,
@@ -443,7 +326,7 @@ cmp_double(gconstpointer a, gconstpointer b)
 
 /* The median of opt->repeat measurements: this is a busy, shared machine. */
 static void
-run_row(Backend *b, Row *row, const Request *r, const Options *opt)
+run_row(BenchBackend *b, Row *row, const Request *r, const Options *opt)
 {
   g_autoptr(GError) error = NULL;
   g_autofree double *runs = g_new(double, opt->repeat);
@@ -568,7 +451,7 @@ main(int argc, char **argv)
     { .label = "QEMU gpu: TRANSFER_TO_HOST_2D 1 px", .short_label = "QEMU TRANSFER" },
     { .label = "QEMU gpu: RESOURCE_UNREF unknown id", .short_label = "QEMU UNREF" },
   };
-  Backend ours = { 0 }, qemu = { 0 };
+  BenchBackend ours = { 0 }, qemu = { 0 };
   const Row *main_row;
   g_autofree char *placement = NULL;
 
@@ -613,7 +496,7 @@ main(int argc, char **argv)
   else
     fail_row(&rows[0], error, "cannot start");
   g_clear_error(&error);
-  backend_free(&ours);
+  bench_backend_clear(&ours);
 
   if (g_strcmp0(opt.only, "ours") == 0) {
     fail_row(&rows[1], NULL, "skipped (--only ours)");
@@ -625,7 +508,7 @@ main(int argc, char **argv)
     fail_row(&rows[1], error, "cannot start");
     fail_row(&rows[2], error, "cannot start");
   }
-  backend_free(&qemu);
+  bench_backend_clear(&qemu);
 
   print_table(rows, G_N_ELEMENTS(rows), &opt);
   for (guint i = 0; i < G_N_ELEMENTS(rows); i++)

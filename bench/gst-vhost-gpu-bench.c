@@ -17,17 +17,14 @@
 #include <dirent.h>
 #include <errno.h>
 #include <gio/gio.h>
-#include <glib/gstdio.h>
 #include <linux/virtio_gpu.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "vhu-display.h"
-#include "vhu-frontend.h"
+#include "bench-util.h"
 
 #ifndef GST_VHOST_GPU_PATH
 #define GST_VHOST_GPU_PATH "gst-vhost-gpu"
@@ -48,11 +45,7 @@ typedef struct {
 
 typedef struct {
   const char *name;
-  GSubprocess *proc;
-  char *dir;
-  char *path;
-  VhuFrontend *fe;
-  VhuDisplayServer *ds;
+  BenchBackend be;
   guint64 frame_bytes;
   /* results */
   double cpu_ms, ticks_ms, wall_ms;
@@ -141,54 +134,12 @@ thread_cpu_ms(void)
 
 /* --- backends -------------------------------------------------------------- */
 
-static void
-backend_stop(Backend *b)
-{
-  g_clear_pointer(&b->fe, vhu_frontend_free);
-  g_clear_pointer(&b->ds, vhu_display_server_free);
-  if (b->proc != NULL) {
-    if (g_subprocess_get_identifier(b->proc) != NULL)
-      g_subprocess_send_signal(b->proc, SIGTERM);
-    g_subprocess_wait(b->proc, NULL, NULL);
-    g_clear_object(&b->proc);
-  }
-  if (b->path != NULL)
-    g_unlink(b->path);
-  if (b->dir != NULL)
-    g_rmdir(b->dir);
-  g_clear_pointer(&b->path, g_free);
-  g_clear_pointer(&b->dir, g_free);
-}
-
-/* Neither backend announces readiness on a pipe we can rely on for both:
- * poll connect() until the socket listens (bounded). */
-static VhuFrontend *
-connect_retry(Backend *b, GError **error)
-{
-  gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
-
-  for (;;) {
-    g_autoptr(GError) local = NULL;
-    VhuFrontend *fe = vhu_frontend_connect(b->path, &local);
-
-    if (fe != NULL)
-      return fe;
-    if ((!g_error_matches(local, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)
-         && !g_error_matches(local, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED))
-        || g_get_monotonic_time() > deadline || g_subprocess_get_identifier(b->proc) == NULL) {
-      g_propagate_error(error, g_steal_pointer(&local));
-      return NULL;
-    }
-    g_usleep(2000);
-  }
-}
-
 static guint32
 cmd(Backend *b, const void *req, gsize len, GError **error)
 {
   struct virtio_gpu_ctrl_hdr hdr = { 0 };
-  gssize n = vhu_driver_queue_transact(vhu_frontend_get_queue(b->fe, 0), req, len, &hdr, sizeof hdr,
-                                       error);
+  gssize n = vhu_driver_queue_transact(vhu_frontend_get_queue(b->be.fe, 0), req, len, &hdr,
+                                       sizeof hdr, error);
 
   return n >= (gssize)sizeof hdr ? hdr.type : 0;
 }
@@ -210,7 +161,6 @@ expect_ok(Backend *b, const void *req, gsize len, const char *what, GError **err
 static gboolean
 backend_start(Backend *b, const char *binary, const Options *opt, GError **error)
 {
-  g_autoptr(GSubprocessLauncher) l = NULL;
   const VhuDisplayConfig dc = { 1, (guint)opt->width, (guint)opt->height, 0x3, FALSE };
   const guint sizes[2] = { 64, 16 };
   guint32 w = (guint32)opt->width, h = (guint32)opt->height;
@@ -227,24 +177,23 @@ backend_start(Backend *b, const char *binary, const Options *opt, GError **error
   guint8 *pixels;
 
   b->frame_bytes = (guint64)w * h * 4;
-  b->dir = g_dir_make_tmp("gpu-bench-XXXXXX", error);
-  if (b->dir == NULL)
+  if (!bench_backend_dir(&b->be, "gpu-bench-XXXXXX", "gpu.sock", error))
     return FALSE;
-  b->path = g_build_filename(b->dir, "gpu.sock", NULL);
-  l = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE
-                                | G_SUBPROCESS_FLAGS_STDERR_SILENCE);
-  g_subprocess_launcher_unsetenv(l, "G_DEBUG");
-  b->proc = g_subprocess_launcher_spawn(l, error, binary, "--socket-path", b->path, NULL);
-  if (b->proc == NULL || (b->fe = connect_retry(b, error)) == NULL
-      || !vhu_frontend_init(b->fe, G_MAXUINT64, error)
-      || !vhu_frontend_add_region(b->fe, GUEST_GPA, (gsize)b->frame_bytes + (16u << 20), error))
+  /* Neither backend announces readiness on a pipe we can rely on for both:
+   * the socket accepting is the event. */
+  b->be.proc
+      = bench_spawn(G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, -1,
+                    error, (const char *const[]){ binary, "--socket-path", b->be.path, NULL });
+  if (b->be.proc == NULL || !bench_backend_connect(&b->be, error)
+      || !vhu_frontend_init(b->be.fe, G_MAXUINT64, error)
+      || !vhu_frontend_add_region(b->be.fe, GUEST_GPA, (gsize)b->frame_bytes + (16u << 20), error))
     return FALSE;
-  b->ds = vhu_display_server_new(&dc);
-  if (!vhu_display_server_attach(b->ds, b->fe, error)
-      || !vhu_frontend_start(b->fe, BIT(VIRTIO_GPU_F_EDID) | BIT(28) | BIT(29), sizes, 2, error))
+  b->be.ds = vhu_display_server_new(&dc);
+  if (!vhu_display_server_attach(b->be.ds, b->be.fe, error)
+      || !vhu_frontend_start(b->be.fe, BIT(VIRTIO_GPU_F_EDID) | BIT(28) | BIT(29), sizes, 2, error))
     return FALSE;
-  gpa = vhu_frontend_alloc(b->fe, (gsize)b->frame_bytes, 4096);
-  pixels = vhu_frontend_gpa_to_ptr(b->fe, gpa, (gsize)b->frame_bytes);
+  gpa = vhu_frontend_alloc(b->be.fe, (gsize)b->frame_bytes, 4096);
+  pixels = vhu_frontend_gpa_to_ptr(b->be.fe, gpa, (gsize)b->frame_bytes);
   if (pixels == NULL) {
     g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE, "no guest memory for the frame");
     return FALSE;
@@ -268,11 +217,11 @@ frame(Backend *b, const Options *opt, GError **error)
       = { { .type = VIRTIO_GPU_CMD_RESOURCE_FLUSH }, { 0, 0, w, h }, 1, 0 };
   VhuDisplayStats st;
 
-  vhu_display_server_get_stats(b->ds, &st);
+  vhu_display_server_get_stats(b->be.ds, &st);
   if (!expect_ok(b, &t, sizeof t, "TRANSFER_TO_HOST_2D", error)
       || !expect_ok(b, &f, sizeof f, "RESOURCE_FLUSH", error))
     return FALSE;
-  if (!vhu_display_server_wait_updates(b->ds, st.updates + 1, WAIT_MS)) {
+  if (!vhu_display_server_wait_updates(b->be.ds, st.updates + 1, WAIT_MS)) {
     g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "no UPDATE reached the display");
     return FALSE;
   }
@@ -293,12 +242,12 @@ measure(Backend *b, const char *binary, const Options *opt, GError **error)
 
   if (!backend_start(b, binary, opt, error))
     return FALSE;
-  pid = g_subprocess_get_identifier(b->proc);
+  pid = g_subprocess_get_identifier(b->be.proc);
   for (int i = 0; i < opt->warmup; i++) {
     if (!frame(b, opt, error))
       return FALSE;
   }
-  vhu_display_server_get_stats(b->ds, &st0);
+  vhu_display_server_get_stats(b->be.ds, &st0);
   th0 = thread_cpu_ns(pid);
   ns0 = task_cpu_ns(pid);
   ticks0 = stat_cpu_ms(pid);
@@ -311,7 +260,7 @@ measure(Backend *b, const char *binary, const Options *opt, GError **error)
   ns1 = task_cpu_ns(pid);
   th1 = thread_cpu_ns(pid);
   ticks1 = stat_cpu_ms(pid);
-  vhu_display_server_get_stats(b->ds, &st1);
+  vhu_display_server_get_stats(b->be.ds, &st1);
   if (st1.update_bytes - st0.update_bytes < b->frame_bytes * (guint64)opt->frames) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED,
                 "the display received %" G_GUINT64_FORMAT " pixel bytes, not %" G_GUINT64_FORMAT,
@@ -457,7 +406,7 @@ main(int argc, char **argv)
     g_clear_error(&error);
     status = EXIT_FAILURE;
   }
-  backend_stop(&ours);
+  bench_backend_clear(&ours.be);
   if (!opt.no_qemu) {
     if (!g_file_test(opt.qemu, G_FILE_TEST_IS_EXECUTABLE)) {
       g_printerr("%s: %s not found, skipped\n", qemu.name, opt.qemu);
@@ -466,7 +415,7 @@ main(int argc, char **argv)
       g_clear_error(&error);
       status = EXIT_FAILURE;
     }
-    backend_stop(&qemu);
+    bench_backend_clear(&qemu.be);
   }
   /* memcpy again after the backends, so a frequency change shows */
   warm = (warm + memcpy_ms(bytes, 1, 200)) / 2;
