@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "gpu-test-util.h"
+#include "test-util.h"
 #include "vhu-display.h"
 #include "vhu-frontend.h"
 
@@ -109,8 +110,7 @@ daemon_start_v(Daemon *d, const char *const *extra)
   g_mutex_init(&d->lock);
   g_cond_init(&d->cond);
   d->lines = g_ptr_array_new_with_free_func(g_free);
-  d->dir = g_dir_make_tmp("gst-vhost-gpu-XXXXXX", &error);
-  g_assert_no_error(error);
+  d->dir = tu_make_tmpdir("gst-vhost-gpu-XXXXXX");
   d->path = g_build_filename(d->dir, "gpu.sock", NULL);
   g_ptr_array_add(argv, (gpointer)daemon_binary());
   g_ptr_array_add(argv, "--socket-path");
@@ -437,7 +437,7 @@ run_expect(int want, const char *const *args)
 static void
 test_bad_options(void)
 {
-  g_autofree char *dir = g_dir_make_tmp("gst-vhost-gpu-XXXXXX", NULL);
+  g_autofree char *dir = tu_make_tmpdir("gst-vhost-gpu-XXXXXX");
   g_autofree char *file = g_build_filename(dir, "file", NULL);
   g_autofree char *nodir = g_build_filename(dir, "none", "gpu.sock", NULL);
 

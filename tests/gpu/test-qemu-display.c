@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "gpu-test-util.h"
+#include "test-util.h"
 #include "vgpu-device.h"
 #include "vgpu-edid.h"
 #include "vgpu-qemu-display.h"
@@ -96,17 +97,6 @@ unlock_cb(gpointer data)
   g_mutex_unlock(data);
 }
 
-static gpointer
-loop_main(gpointer data)
-{
-  Fixture *f = data;
-
-  g_main_context_push_thread_default(f->ctx);
-  g_main_loop_run(f->loop);
-  g_main_context_pop_thread_default(f->ctx);
-  return NULL;
-}
-
 static int
 new_peer(Fixture *f)
 {
@@ -142,7 +132,7 @@ setup(Fixture *f, gconstpointer data)
   g_assert_no_error(error);
   f->ctx = g_main_context_new();
   f->loop = g_main_loop_new(f->ctx, FALSE);
-  f->thread = g_thread_new("display-test", loop_main, f);
+  f->thread = tu_loop_thread_new("display-test", f->loop);
   f->dev = vgpu_device_new(&cfg, &ops, f);
   opts.context = f->ctx;
   opts.lock = lock_cb;
@@ -156,22 +146,10 @@ setup(Fixture *f, gconstpointer data)
   f->peer = new_peer(f);
 }
 
-static gboolean
-quit_idle(gpointer data)
-{
-  g_main_loop_quit(data);
-  return G_SOURCE_REMOVE;
-}
-
 static void
 teardown(Fixture *f, gconstpointer data)
 {
-  GSource *s = g_idle_source_new();
-
-  g_source_set_callback(s, quit_idle, f->loop, NULL);
-  g_source_attach(s, f->ctx);
-  g_source_unref(s);
-  g_thread_join(f->thread);
+  tu_loop_thread_join(f->thread, f->loop);
   vgpu_qemu_display_free(f->qd);
   vgpu_device_free(f->dev);
   g_main_loop_unref(f->loop);

@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <gio/gio.h>
-#include <gio/gunixinputstream.h>
 #include <glib-unix.h>
 #include <glib/gstdio.h>
 #include <linux/virtio_ring.h>
@@ -29,6 +28,7 @@
 
 #include "vhu-backend-private.h"
 #include "vhu-frontend.h"
+#include "test-util.h"
 #include "vhu-msg.h"
 
 #define TIMEOUT_MS 5000
@@ -72,38 +72,6 @@ new_eventfd(void)
 
   g_assert_cmpint(fd, >=, 0);
   return fd;
-}
-
-/* Waits until @fd is readable (or hung up).  FALSE on timeout. */
-static gboolean
-wait_readable(int fd, int timeout_ms)
-{
-  struct pollfd pfd = { .fd = fd, .events = POLLIN };
-  gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
-
-  for (;;) {
-    gint64 left = (deadline - g_get_monotonic_time()) / 1000;
-    int r;
-
-    if (left < 0)
-      left = 0;
-    r = poll(&pfd, 1, (int)left);
-    if (r > 0)
-      return TRUE;
-    if (r == 0)
-      return FALSE;
-    g_assert_cmpint(errno, ==, EINTR);
-  }
-}
-
-static char *
-make_tmpdir(void)
-{
-  g_autoptr(GError) error = NULL;
-  char *dir = g_dir_make_tmp("vhu-backend-XXXXXX", &error);
-
-  g_assert_no_error(error);
-  return dir;
 }
 
 /* Captured log lines of the "vhost" domain (any thread). */
@@ -450,7 +418,7 @@ raw_recv(Raw *r, guint32 req, void *payload, gsize size, int *fd)
   g_autoptr(GError) error = NULL;
   VhuMsg msg;
 
-  g_assert_true(wait_readable(r->sock, TIMEOUT_MS));
+  g_assert_true(tu_wait_readable(r->sock, TIMEOUT_MS));
   g_assert_cmpint(vhu_msg_read(r->sock, &msg, TIMEOUT_MS, &error), ==, VHU_MSG_OK);
   g_assert_cmpuint(msg.hdr.request, ==, req);
   g_assert_cmphex(msg.hdr.flags, ==, VHU_REPLY_FLAGS);
@@ -505,7 +473,7 @@ raw_closed(Raw *r, int timeout_ms)
   for (;;) {
     ssize_t n;
 
-    if (!wait_readable(r->sock, timeout_ms))
+    if (!tu_wait_readable(r->sock, timeout_ms))
       return FALSE;
     n = recv(r->sock, buf, sizeof buf, MSG_DONTWAIT);
     if (n == 0 || (n < 0 && errno == ECONNRESET))
@@ -716,7 +684,7 @@ raw_wait_used(Raw *r, guint i, guint n, int timeout_ms)
 
     if ((guint16)(used - q->last_used) >= n)
       return TRUE;
-    if (left <= 0 || !wait_readable(q->call, (int)left))
+    if (left <= 0 || !tu_wait_readable(q->call, (int)left))
       return FALSE;
     (void)!read(q->call, &v, sizeof v);
   }
@@ -856,17 +824,6 @@ server_on_disconnect(gpointer data)
   g_mutex_unlock(&s->lock);
 }
 
-static gpointer
-server_thread(gpointer data)
-{
-  Server *s = data;
-
-  g_main_context_push_thread_default(s->ctx);
-  g_main_loop_run(s->loop);
-  g_main_context_pop_thread_default(s->ctx);
-  return NULL;
-}
-
 static Server *
 server_new_full(guint num_queues, const VhuBackendOptions *options, gboolean listen)
 {
@@ -895,7 +852,7 @@ server_new_full(guint num_queues, const VhuBackendOptions *options, gboolean lis
   s->loop = g_main_loop_new(s->ctx, FALSE);
   s->backend = vhu_backend_new(&iface, s, s->ctx, options);
   vhu_backend_set_disconnect_func(s->backend, server_on_disconnect, s);
-  s->dir = make_tmpdir();
+  s->dir = tu_make_tmpdir("vhu-backend-XXXXXX");
   s->path = g_build_filename(s->dir, "sock", NULL);
   if (listen) {
     g_assert_true(vhu_backend_listen(s->backend, s->path, &error));
@@ -907,7 +864,7 @@ server_new_full(guint num_queues, const VhuBackendOptions *options, gboolean lis
 static void
 server_run(Server *s)
 {
-  s->thread = g_thread_new("control", server_thread, s);
+  s->thread = tu_loop_thread_new("control", s->loop);
 }
 
 static Server *
@@ -919,24 +876,11 @@ server_new(guint num_queues)
   return s;
 }
 
-static gboolean
-quit_idle(gpointer loop)
-{
-  g_main_loop_quit(loop);
-  return G_SOURCE_REMOVE;
-}
-
 static void
 server_free(Server *s)
 {
-  if (s->thread != NULL) {
-    GSource *src = g_idle_source_new();
-
-    g_source_set_callback(src, quit_idle, s->loop, NULL);
-    g_source_attach(src, s->ctx);
-    g_source_unref(src);
-    g_thread_join(s->thread);
-  }
+  if (s->thread != NULL)
+    tu_loop_thread_join(s->thread, s->loop);
   vhu_backend_free(s->backend);
   g_assert_false(g_file_test(s->path, G_FILE_TEST_EXISTS));
   if (s->device_fd >= 0)
@@ -1304,7 +1248,7 @@ test_backend_reset_device(void)
   g_assert_cmpint(s->device_fd, ==, -1);
   g_mutex_unlock(&s->lock);
   /* The peer of the device's socket sees it closed. */
-  g_assert_true(wait_readable(sv[0], TIMEOUT_MS));
+  g_assert_true(tu_wait_readable(sv[0], TIMEOUT_MS));
   close(sv[0]);
 
   /* The memory table survives a device reset (QEMU does not resend it). */
@@ -1766,7 +1710,7 @@ test_backend_backlog(void)
   raw_echo(a, 0, "first frontend");
   /* b is not served while a is connected (checked after a's full round
    * trip, which the backend handled after b's request arrived). */
-  g_assert_false(wait_readable(b->sock, 0));
+  g_assert_false(tu_wait_readable(b->sock, 0));
   raw_free(a);
   g_assert_cmpuint(raw_recv_ack(b, VHU_GET_QUEUE_NUM), ==, 2);
   raw_init(b, G_MAXUINT64);
@@ -1909,7 +1853,7 @@ test_backend_broken_ring(void)
   q = &r->q[0];
   raw_publish_loop(r, 0, 4);
   g_assert_cmpint(write(q->kick, &one, 8), ==, 8);
-  g_assert_true(wait_readable(err, TIMEOUT_MS));
+  g_assert_true(tu_wait_readable(err, TIMEOUT_MS));
   g_assert_cmpint(read(err, &v, 8), ==, 8);
   g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS) & VHU_STATUS_NEEDS_RESET, ==,
                   VHU_STATUS_NEEDS_RESET);
@@ -1990,7 +1934,7 @@ test_backend_broken_ring_outside_kick(void)
   g_source_set_callback(idle, outside_pop_idle, &o, NULL);
   g_source_attach(idle, vhu_backend_get_queue_context(s->backend));
   g_source_unref(idle);
-  g_assert_true(wait_readable(err0, TIMEOUT_MS));
+  g_assert_true(tu_wait_readable(err0, TIMEOUT_MS));
   g_assert_cmpint(read(err0, &v, 8), ==, 8);
   context_barrier(vhu_backend_get_queue_context(s->backend));
   g_assert_true(o.popped);
@@ -2001,7 +1945,7 @@ test_backend_broken_ring_outside_kick(void)
   raw_publish_loop(r, 1, 2);
   o.qidx = 1;
   outside_pop(&o);
-  g_assert_true(wait_readable(err1, TIMEOUT_MS));
+  g_assert_true(tu_wait_readable(err1, TIMEOUT_MS));
   g_assert_cmpint(read(err1, &v, 8), ==, 8);
   o.qidx = 0;
   outside_pop(&o);
@@ -2033,7 +1977,7 @@ test_backend_device_needs_reset(void)
   raw_start_10(r, 2);
   raw_vring_fd(r, VHU_SET_VRING_ERR, 1, err);
   raw_echo(r, 0, "RESET! please");
-  g_assert_true(wait_readable(err, TIMEOUT_MS));
+  g_assert_true(tu_wait_readable(err, TIMEOUT_MS));
   g_assert_cmpint(read(err, &v, 8), ==, 8);
   g_assert_cmphex(raw_get_u64(r, VHU_GET_STATUS), ==,
                   VHU_STATUS_ACKNOWLEDGE | VHU_STATUS_DRIVER | VHU_STATUS_FEATURES_OK
@@ -2071,49 +2015,16 @@ null_backend_path(void)
   return path;
 }
 
-/* Reads one stdout line of @proc (byte by byte, so nothing is read ahead)
- * within the timeout and checks it. */
-static void
-expect_line(GSubprocess *proc, const char *expected)
-{
-  GInputStream *out = g_subprocess_get_stdout_pipe(proc);
-  int fd = g_unix_input_stream_get_fd(G_UNIX_INPUT_STREAM(out));
-  char line[64] = { 0 };
-  gsize n = 0;
-
-  while (n < sizeof line - 1) {
-    g_assert_true(wait_readable(fd, TIMEOUT_MS));
-    g_assert_cmpint(read(fd, line + n, 1), ==, 1);
-    if (line[n] == '\n') {
-      line[n] = 0;
-      break;
-    }
-    n++;
-  }
-  g_assert_cmpstr(line, ==, expected);
-}
-
-static void
-wait_ready(GSubprocess *proc)
-{
-  expect_line(proc, "ready");
-}
-
 static GSubprocess *
 spawn_null(GSubprocessLauncher *launcher, const char *const *extra)
 {
-  g_autoptr(GError) error = NULL;
   g_autoptr(GPtrArray) argv = g_ptr_array_new();
-  GSubprocess *proc;
 
   g_ptr_array_add(argv, (gpointer)null_backend_path());
   for (guint i = 0; extra[i] != NULL; i++)
     g_ptr_array_add(argv, (gpointer)extra[i]);
   g_ptr_array_add(argv, NULL);
-  proc = g_subprocess_launcher_spawnv(launcher, (const char *const *)argv->pdata, &error);
-  g_assert_no_error(error);
-  wait_ready(proc);
-  return proc;
+  return tu_spawn_ready(launcher, (const char *const *)argv->pdata, TIMEOUT_MS);
 }
 
 /* Starts the null device; its stderr goes to @stderr_path when given. */
@@ -2125,7 +2036,7 @@ null_start_full(const char *dir, const char *const *extra, const char *stderr_pa
   NullProc *p = g_new0(NullProc, 1);
   g_autoptr(GPtrArray) args = g_ptr_array_new();
 
-  p->dir = dir != NULL ? g_strdup(dir) : make_tmpdir();
+  p->dir = dir != NULL ? g_strdup(dir) : tu_make_tmpdir("vhu-backend-XXXXXX");
   p->path = g_build_filename(p->dir, "null.sock", NULL);
   g_ptr_array_add(args, (gpointer) "--socket-path");
   g_ptr_array_add(args, p->path);
@@ -2163,55 +2074,26 @@ file_count_lines(const char *path, const char *needle)
   return n;
 }
 
+/* Frees @p, whose process is gone; its directory stays with @keep_dir. */
 static void
-on_wait_done(GObject *obj, GAsyncResult *res, gpointer data)
+null_free(NullProc *p, gboolean keep_dir)
 {
-  gboolean *done = data;
-
-  g_subprocess_wait_finish(G_SUBPROCESS(obj), res, NULL);
-  *done = TRUE;
-}
-
-static gboolean
-on_timeout_flag(gpointer data)
-{
-  *(gboolean *)data = TRUE;
-  return G_SOURCE_REMOVE;
-}
-
-/* Waits for @proc to exit (with a timeout); returns its exit status, -1 for a
- * signal. */
-static int
-wait_exit(GSubprocess *proc)
-{
-  gboolean done = FALSE, timed_out = FALSE;
-  GSource *timeout = g_timeout_source_new(TIMEOUT_MS);
-
-  g_source_set_callback(timeout, on_timeout_flag, &timed_out, NULL);
-  g_source_attach(timeout, NULL);
-  g_subprocess_wait_async(proc, NULL, on_wait_done, &done);
-  while (!done && !timed_out)
-    g_main_context_iteration(NULL, TRUE);
-  g_source_destroy(timeout);
-  g_source_unref(timeout);
-  g_assert_true(done);
-  if (!g_subprocess_get_if_exited(proc))
-    return -1;
-  return g_subprocess_get_exit_status(proc);
-}
-
-static void
-null_stop(NullProc *p, gboolean keep_dir)
-{
-  g_subprocess_send_signal(p->proc, SIGTERM);
-  g_assert_cmpint(wait_exit(p->proc), ==, 0);
-  g_assert_false(g_file_test(p->path, G_FILE_TEST_EXISTS));
   g_object_unref(p->proc);
   if (!keep_dir)
     g_rmdir(p->dir);
   g_free(p->dir);
   g_free(p->path);
   g_free(p);
+}
+
+/* SIGTERM: a clean exit that removes the socket file. */
+static void
+null_stop(NullProc *p, gboolean keep_dir)
+{
+  g_subprocess_send_signal(p->proc, SIGTERM);
+  g_assert_cmpint(tu_wait_exit(p->proc, TIMEOUT_MS), ==, 0);
+  g_assert_false(g_file_test(p->path, G_FILE_TEST_EXISTS));
+  null_free(p, keep_dir);
 }
 
 static void
@@ -2328,7 +2210,7 @@ test_null_broken_ring(void)
     close(err);
     return;
   }
-  dir = make_tmpdir();
+  dir = tu_make_tmpdir("vhu-backend-XXXXXX");
   log = g_build_filename(dir, "stderr.log", NULL);
   p = null_start_full(dir, NULL, log);
   fe = vhu_frontend_connect(p->path, &error);
@@ -2357,7 +2239,7 @@ test_null_broken_ring(void)
     g_assert_true(vhu_frontend_request(fe, VHU_SET_VRING_KICK, &v, 8, &kick, 1, &error));
     g_assert_no_error(error);
     g_assert_cmpint(write(kick, &one, 8), ==, 8);
-    g_assert_true(wait_readable(err, TIMEOUT_MS));
+    g_assert_true(tu_wait_readable(err, TIMEOUT_MS));
     /* Kicked again: the broken ring stays quiet. */
     g_assert_cmpint(write(kick, &one, 8), ==, 8);
     g_assert_true(vhu_frontend_request(fe, VHU_SET_VRING_KICK, &v, 8, &kick, 1, &error));
@@ -2407,13 +2289,9 @@ test_null_once_and_fd(void)
     r = raw_connect(p->path);
     raw_init(r, G_MAXUINT64);
     raw_free(r);
-    g_assert_cmpint(wait_exit(p->proc), ==, 0);
+    g_assert_cmpint(tu_wait_exit(p->proc, TIMEOUT_MS), ==, 0);
     g_assert_false(g_file_test(p->path, G_FILE_TEST_EXISTS));
-    g_object_unref(p->proc);
-    g_rmdir(p->dir);
-    g_free(p->dir);
-    g_free(p->path);
-    g_free(p);
+    null_free(p, FALSE);
   }
 
   /* --fd: serves the inherited socket, exits 0 when it closes. */
@@ -2431,7 +2309,7 @@ test_null_once_and_fd(void)
       ==, 3);
   g_assert_no_error(error);
   vhu_frontend_free(fe);
-  g_assert_cmpint(wait_exit(proc), ==, 0);
+  g_assert_cmpint(tu_wait_exit(proc, TIMEOUT_MS), ==, 0);
   g_object_unref(proc);
 }
 
@@ -2452,7 +2330,7 @@ test_null_inflight_restart(void)
 
   if (null_backend_path() == NULL)
     return;
-  dir = make_tmpdir();
+  dir = tu_make_tmpdir("vhu-backend-XXXXXX");
   p = null_start(dir, hold);
   r = raw_connect(p->path);
   raw_init(r, G_MAXUINT64);
@@ -2477,17 +2355,7 @@ test_null_inflight_restart(void)
       guint q;
 
       /* One line per batch: "held 1 N". */
-      GInputStream *out = g_subprocess_get_stdout_pipe(p->proc);
-      int fd = g_unix_input_stream_get_fd(G_UNIX_INPUT_STREAM(out));
-      gsize n = 0;
-
-      memset(buf, 0, sizeof buf);
-      while (n < sizeof buf - 1) {
-        g_assert_true(wait_readable(fd, TIMEOUT_MS));
-        g_assert_cmpint(read(fd, buf + n, 1), ==, 1);
-        if (buf[n++] == '\n')
-          break;
-      }
+      tu_read_line(p->proc, buf, sizeof buf, TIMEOUT_MS);
       g_assert_cmpint(sscanf(buf, "held %u %u", &q, &total), ==, 2);
       g_assert_cmpuint(q, ==, 1);
     }
@@ -2495,11 +2363,8 @@ test_null_inflight_restart(void)
   }
   raw_disconnect(r);
   g_subprocess_force_exit(p->proc);
-  g_assert_cmpint(wait_exit(p->proc), ==, -1);
-  g_object_unref(p->proc);
-  g_free(p->path);
-  g_free(p->dir);
-  g_free(p);
+  g_assert_cmpint(tu_wait_exit(p->proc, TIMEOUT_MS), ==, -1);
+  null_free(p, TRUE);
 
   /* Restart without --hold-queue; reconnect with the same guest memory and
    * inflight buffer.  The frontend (like QEMU) cannot know which requests

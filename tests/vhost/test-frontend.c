@@ -18,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "test-util.h"
 #include "vhu-display.h"
 #include "vhu-frontend.h"
 #include "vhu-msg.h"
@@ -359,11 +360,10 @@ test_sequence_full(void)
   mark = n_requests(p);
   g_assert_true(vhu_frontend_get_config(fe, 4, cfg, sizeof cfg, &error));
   for (guint i = 0; i < 2; i++) {
-    struct pollfd pfd = { .fd = p->backend_req, .events = POLLIN };
     VhuMsg m;
     guint64 ack;
 
-    g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+    g_assert_true(tu_wait_readable(p->backend_req, 5000));
     g_assert_cmpint(vhu_msg_read(p->backend_req, &m, 5000, NULL), ==, VHU_MSG_OK);
     g_assert_cmpuint(m.hdr.request, ==, i == 0 ? VHU_BACKEND_CONFIG_CHANGE_MSG : 77);
     g_assert_cmphex(m.hdr.flags, ==, VHU_REPLY_FLAGS);
@@ -796,7 +796,7 @@ static void
 test_connect_errors(void)
 {
   g_autoptr(GError) error = NULL;
-  g_autofree char *dir = g_dir_make_tmp("vhu-fe-XXXXXX", NULL);
+  g_autofree char *dir = tu_make_tmpdir("vhu-fe-XXXXXX");
   g_autofree char *path = g_build_filename(dir, "none.sock", NULL);
 
   g_assert_null(vhu_frontend_connect(path, &error));
@@ -827,7 +827,7 @@ wait_alive(gpointer data)
 static void
 test_connect_wait(void)
 {
-  g_autofree char *dir = g_dir_make_tmp("vhu-fe-XXXXXX", NULL);
+  g_autofree char *dir = tu_make_tmpdir("vhu-fe-XXXXXX");
   g_autofree char *path = g_build_filename(dir, "late.sock", NULL);
   g_autofree char *long_path = g_strnfill(200, 'x');
   struct sockaddr_un sun = { .sun_family = AF_UNIX };
@@ -929,13 +929,12 @@ static int
 receive_display_socket(Display *d)
 {
   g_autoptr(GError) error = NULL;
-  struct pollfd pfd = { .fd = d->main_peer, .events = POLLIN };
   VhuMsg m;
   int fd;
 
   g_assert_true(vhu_display_server_attach(d->ds, d->fe, &error));
   g_assert_no_error(error);
-  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_true(tu_wait_readable(d->main_peer, 5000));
   g_assert_cmpint(vhu_msg_read(d->main_peer, &m, 5000, &error), ==, VHU_MSG_OK);
   g_assert_cmpuint(m.hdr.request, ==, VHU_GPU_SET_SOCKET);
   g_assert_cmphex(m.hdr.flags, ==, 0x1);
@@ -987,10 +986,9 @@ dsend(Display *d, guint32 request, const void *payload, gsize size)
 static gsize
 dreply(Display *d, guint32 request, void *buf, gsize cap)
 {
-  struct pollfd pfd = { .fd = d->sock, .events = POLLIN };
   guint32 hdr[3];
 
-  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_true(tu_wait_readable(d->sock, 5000));
   g_assert_cmpint(recv(d->sock, hdr, sizeof hdr, MSG_WAITALL), ==, sizeof hdr);
   g_assert_cmpuint(hdr[0], ==, request);
   g_assert_cmphex(hdr[1], ==, VHU_DISPLAY_FLAG_REPLY);
@@ -1165,15 +1163,13 @@ static void
 test_display_connection(void)
 {
   guint32 hdr[3] = { VHU_DISPLAY_UPDATE, 0, 512u << 20 };
-  struct pollfd pfd;
   char c;
   int old;
   Display d;
 
   display_setup(&d, FALSE);
   g_assert_cmpint(send(d.sock, hdr, sizeof hdr, MSG_NOSIGNAL), ==, sizeof hdr);
-  pfd = (struct pollfd){ .fd = d.sock, .events = POLLIN };
-  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_true(tu_wait_readable(d.sock, 5000));
   g_assert_cmpint(recv(d.sock, &c, 1, 0), ==, 0); /* EOF */
   g_assert_cmpuint(derrors(&d), ==, 1);
 
@@ -1184,14 +1180,12 @@ test_display_connection(void)
   close(old);
   old = d.sock;
   d.sock = receive_display_socket(&d);
-  pfd = (struct pollfd){ .fd = old, .events = POLLIN };
-  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_true(tu_wait_readable(old, 5000));
   g_assert_cmpint(recv(old, &c, 1, 0), ==, 0);
   close(old);
   dbarrier(&d);
   vhu_display_server_detach(d.ds);
-  pfd = (struct pollfd){ .fd = d.sock, .events = POLLIN };
-  g_assert_cmpint(poll(&pfd, 1, 5000), ==, 1);
+  g_assert_true(tu_wait_readable(d.sock, 5000));
   g_assert_cmpint(recv(d.sock, &c, 1, 0), ==, 0);
   display_teardown(&d);
 }
@@ -1199,9 +1193,7 @@ test_display_connection(void)
 /* --- QEMU's vhost-user-gpu ----------------------------------------------- */
 
 typedef struct {
-  GSubprocess *proc;
-  char *dir;
-  char *path;
+  TuBackend b;
   VhuFrontend *fe;
   VhuDisplayServer *ds;
 } Qemu;
@@ -1215,51 +1207,18 @@ qemu_gpu_binary(void)
 }
 
 static gboolean
-proc_alive(gpointer proc)
-{
-  return g_subprocess_get_identifier(proc) != NULL;
-}
-
-static gboolean
 qemu_spawn(Qemu *qm)
 {
-  g_autoptr(GSubprocessLauncher) launcher = NULL;
   g_autoptr(GError) error = NULL;
 
   memset(qm, 0, sizeof *qm);
-  if (!g_file_test(qemu_gpu_binary(), G_FILE_TEST_IS_EXECUTABLE)) {
-    g_test_skip("QEMU's vhost-user-gpu is not installed");
+  if (!tu_spawn_qemu_gpu(&qm->b, qemu_gpu_binary(), "vhu-fe-XXXXXX"))
     return FALSE;
-  }
-  qm->dir = g_dir_make_tmp("vhu-fe-XXXXXX", &error);
-  g_assert_no_error(error);
-  qm->path = g_build_filename(qm->dir, "gpu.sock", NULL);
-  /* Its stdout would mix with our TAP output.  It logs guest errors as
-   * criticals, which our G_DEBUG=fatal-criticals would make fatal. */
-  launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE);
-  g_subprocess_launcher_unsetenv(launcher, "G_DEBUG");
-  qm->proc = g_subprocess_launcher_spawn(launcher, &error, qemu_gpu_binary(), "--socket-path",
-                                         qm->path, NULL);
-  g_assert_no_error(error);
   /* It says nothing when ready: the socket accepting is the event. */
-  qm->fe = vhu_frontend_connect_wait(qm->path, 10000, proc_alive, qm->proc, &error);
+  qm->fe = vhu_frontend_connect_wait(qm->b.path, 10000, tu_proc_alive, qm->b.proc, &error);
   if (qm->fe == NULL)
-    g_error("backend did not listen on %s: %s", qm->path, error->message);
+    g_error("backend did not listen on %s: %s", qm->b.path, error->message);
   return TRUE;
-}
-
-static void
-wait_done(GObject *src, GAsyncResult *res, gpointer data)
-{
-  g_subprocess_wait_finish(G_SUBPROCESS(src), res, NULL);
-  *(gboolean *)data = TRUE;
-}
-
-static gboolean
-set_flag(gpointer data)
-{
-  *(gboolean *)data = TRUE;
-  return G_SOURCE_REMOVE;
 }
 
 /* Disconnects and waits (bounded) for the backend to exit on EOF, as it
@@ -1267,29 +1226,10 @@ set_flag(gpointer data)
 static void
 qemu_reap(Qemu *qm)
 {
-  gboolean done = FALSE, timed_out = FALSE;
-  guint timeout_id;
-
   g_clear_pointer(&qm->fe, vhu_frontend_free);
-  g_subprocess_wait_async(qm->proc, NULL, wait_done, &done);
-  timeout_id = g_timeout_add(5000, set_flag, &timed_out);
-  while (!done && !timed_out)
-    g_main_context_iteration(NULL, TRUE);
-  if (!done) {
-    g_subprocess_force_exit(qm->proc);
-    while (!done)
-      g_main_context_iteration(NULL, TRUE);
-  } else {
-    g_source_remove(timeout_id);
-  }
-  g_assert_false(timed_out);
-  g_assert_false(g_subprocess_get_if_signaled(qm->proc));
+  g_assert_cmpint(tu_wait_exit(qm->b.proc, 5000), !=, -1);
   g_clear_pointer(&qm->ds, vhu_display_server_free);
-  g_unlink(qm->path);
-  g_rmdir(qm->dir);
-  g_object_unref(qm->proc);
-  g_free(qm->path);
-  g_free(qm->dir);
+  tu_backend_clear(&qm->b);
 }
 
 /* init, memory (one region with a non-zero mmap_offset, as QEMU's RAM above

@@ -2,17 +2,17 @@
  * vhost-user-gpu, our null device) and against peers that misbehave, and
  * checks what it prints and how it exits.  The program is found through
  * GST_VHOST_PROBE, the null device through VHU_NULL_BACKEND (set by meson). */
-#include <errno.h>
 #include <gio/gio.h>
-#include <gio/gunixinputstream.h>
 #include <glib/gstdio.h>
-#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "test-util.h"
+
 #define QEMU_GPU "/usr/lib/qemu/vhost-user-gpu"
+#define WAIT_MS  10000
 
 typedef struct {
   char *out;
@@ -83,22 +83,6 @@ assert_line(const char *out, const char *label, const char *want_part)
 
 /* --- backends ------------------------------------------------------------ */
 
-typedef struct {
-  GSubprocess *proc;
-  char *dir;
-  char *path;
-} Backend;
-
-static void
-backend_init(Backend *b, const char *name)
-{
-  g_autoptr(GError) error = NULL;
-
-  b->dir = g_dir_make_tmp("vhu-probe-XXXXXX", &error);
-  g_assert_no_error(error);
-  b->path = g_build_filename(b->dir, name, NULL);
-}
-
 /* TRUE when a socket bound to @path is listening (/proc/net/unix shows
  * __SO_ACCEPTCON, 0x10000, in its flags). */
 static gboolean
@@ -128,7 +112,7 @@ is_listening(const char *path)
  * connection, so a test connect() would steal the probe's: watch for the
  * listening socket instead (bounded). */
 static void
-wait_listening(Backend *b)
+wait_listening(TuBackend *b)
 {
   gint64 deadline = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
 
@@ -140,71 +124,39 @@ wait_listening(Backend *b)
 }
 
 static void
-backend_stop(Backend *b)
+backend_stop(TuBackend *b)
 {
-  g_autoptr(GError) error = NULL;
-
   if (g_subprocess_get_identifier(b->proc) != NULL)
     g_subprocess_send_signal(b->proc, SIGTERM);
-  g_subprocess_wait(b->proc, NULL, &error);
-  g_assert_no_error(error);
-  g_unlink(b->path);
-  g_rmdir(b->dir);
-  g_object_unref(b->proc);
-  g_free(b->path);
-  g_free(b->dir);
+  tu_wait_exit(b->proc, WAIT_MS);
+  tu_backend_clear(b);
 }
 
 static gboolean
-spawn_qemu_gpu(Backend *b)
+spawn_qemu_gpu(TuBackend *b)
 {
-  g_autoptr(GSubprocessLauncher) launcher = NULL;
-  g_autoptr(GError) error = NULL;
-
-  if (!g_file_test(QEMU_GPU, G_FILE_TEST_IS_EXECUTABLE)) {
-    g_test_skip("QEMU's vhost-user-gpu is not installed");
+  if (!tu_spawn_qemu_gpu(b, QEMU_GPU, "vhu-probe-XXXXXX"))
     return FALSE;
-  }
-  backend_init(b, "gpu.sock");
-  /* It logs guest errors as criticals: not fatal there. */
-  launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE);
-  g_subprocess_launcher_unsetenv(launcher, "G_DEBUG");
-  b->proc = g_subprocess_launcher_spawn(launcher, &error, QEMU_GPU, "--socket-path", b->path, NULL);
-  g_assert_no_error(error);
   wait_listening(b);
   return TRUE;
 }
 
 /* The null device prints "ready" once it listens. */
 static gboolean
-spawn_null(Backend *b)
+spawn_null(TuBackend *b)
 {
   const char *exe = g_getenv("VHU_NULL_BACKEND");
-  g_autoptr(GError) error = NULL;
-  GInputStream *out;
-  char buf[64] = { 0 };
-  gsize got = 0;
+  g_autoptr(GSubprocessLauncher) launcher = NULL;
 
   if (exe == NULL || !g_file_test(exe, G_FILE_TEST_IS_EXECUTABLE)) {
     g_test_skip("vhu-null-backend is not built");
     return FALSE;
   }
-  backend_init(b, "null.sock");
-  b->proc = g_subprocess_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE, &error, exe, "--socket-path", b->path,
-                             "--queues", "3", NULL);
-  g_assert_no_error(error);
-  out = g_subprocess_get_stdout_pipe(b->proc);
-  while (strstr(buf, "ready\n") == NULL && got < sizeof buf - 1) {
-    struct pollfd pfd
-        = { .fd = g_unix_input_stream_get_fd(G_UNIX_INPUT_STREAM(out)), .events = POLLIN };
-    gssize n;
-
-    g_assert_cmpint(poll(&pfd, 1, 10000), ==, 1);
-    n = g_input_stream_read(out, buf + got, sizeof buf - 1 - got, NULL, &error);
-    g_assert_no_error(error);
-    g_assert_cmpint(n, >, 0);
-    got += (gsize)n;
-  }
+  tu_backend_init(b, "vhu-probe-XXXXXX", "null.sock");
+  launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_PIPE);
+  b->proc = tu_spawn_ready(
+      launcher, (const char *const[]){ exe, "--socket-path", b->path, "--queues", "3", NULL },
+      WAIT_MS);
   return TRUE;
 }
 
@@ -213,7 +165,7 @@ spawn_null(Backend *b)
 static void
 test_qemu_gpu(void)
 {
-  Backend b;
+  TuBackend b;
   Run r;
 
   if (!spawn_qemu_gpu(&b))
@@ -245,7 +197,7 @@ test_qemu_gpu(void)
 static void
 test_qemu_gpu_no_display(void)
 {
-  Backend b;
+  TuBackend b;
   Run r;
 
   if (!spawn_qemu_gpu(&b))
@@ -261,7 +213,7 @@ test_qemu_gpu_no_display(void)
 static void
 test_null_device(void)
 {
-  Backend b;
+  TuBackend b;
   Run r;
 
   if (!spawn_null(&b))
@@ -279,7 +231,7 @@ test_null_device(void)
 static void
 test_unreachable(void)
 {
-  g_autofree char *dir = g_dir_make_tmp("vhu-probe-XXXXXX", NULL);
+  g_autofree char *dir = tu_make_tmpdir("vhu-probe-XXXXXX");
   g_autofree char *path = g_build_filename(dir, "absent.sock", NULL);
   Run r;
 
@@ -295,7 +247,7 @@ test_unreachable(void)
 static void
 test_silent_peer(void)
 {
-  g_autofree char *dir = g_dir_make_tmp("vhu-probe-XXXXXX", NULL);
+  g_autofree char *dir = tu_make_tmpdir("vhu-probe-XXXXXX");
   g_autofree char *path = g_build_filename(dir, "silent.sock", NULL);
   struct sockaddr_un sun = { .sun_family = AF_UNIX };
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
