@@ -121,6 +121,37 @@ socketpair_or_die(int sv[2])
   g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
 }
 
+/* Sends a header-only SET_OWNER with @n fresh eventfds attached (sendmsg
+ * directly: vhu_msg_write refuses more than VHU_MAX_FDS) and closes our
+ * copies. */
+static void
+send_owner_with_fds(int sock, guint n)
+{
+  int fds[16];
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof fds)];
+  } control;
+  VhuMsgHeader h = { .request = VHU_SET_OWNER, .flags = VHU_VERSION, .size = 0 };
+  struct iovec iov = { .iov_base = &h, .iov_len = sizeof h };
+  struct msghdr mh = { .msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = control.buf,
+                       .msg_controllen = CMSG_SPACE(n * sizeof(int)) };
+  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+  g_assert_cmpuint(n, <=, G_N_ELEMENTS(fds));
+  for (guint i = 0; i < n; i++)
+    fds[i] = new_eventfd();
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(n * sizeof(int));
+  memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+  g_assert_cmpint(sendmsg(sock, &mh, MSG_NOSIGNAL), ==, sizeof h);
+  for (guint i = 0; i < n; i++)
+    close(fds[i]);
+}
+
 static void
 test_msg_roundtrip(void)
 {
@@ -173,7 +204,7 @@ test_msg_hostile(void)
 {
   g_autoptr(GError) error = NULL;
   VhuMsgHeader hdr = { .request = 1, .flags = 1, .size = 8 };
-  int sv[2], fds[12];
+  int sv[2], fds[VHU_MAX_FDS + 1];
   int before = count_fds();
   VhuMsg msg;
   gint64 t0;
@@ -211,29 +242,7 @@ test_msg_hostile(void)
 
   /* Twelve fds: all closed on the receiving side. */
   socketpair_or_die(sv);
-  for (guint i = 0; i < G_N_ELEMENTS(fds); i++)
-    fds[i] = new_eventfd();
-  {
-    union {
-      struct cmsghdr align;
-      char buf[CMSG_SPACE(sizeof fds)];
-    } control;
-    VhuMsgHeader h = { .request = VHU_SET_OWNER, .flags = 1, .size = 0 };
-    struct iovec iov = { .iov_base = &h, .iov_len = sizeof h };
-    struct msghdr mh = { .msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = control.buf,
-                         .msg_controllen = sizeof control.buf };
-    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof fds);
-    memcpy(CMSG_DATA(c), fds, sizeof fds);
-    g_assert_cmpint(sendmsg(sv[0], &mh, 0), ==, sizeof h);
-  }
-  for (guint i = 0; i < G_N_ELEMENTS(fds); i++)
-    close(fds[i]);
+  send_owner_with_fds(sv[0], 12);
   g_assert_cmpint(vhu_msg_read(sv[1], &msg, 1000, &error), ==, VHU_MSG_ERROR);
   g_assert_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA);
   g_clear_error(&error);
@@ -241,6 +250,8 @@ test_msg_hostile(void)
   close(sv[1]);
 
   /* Writing more than VHU_MAX_FDS is refused. */
+  for (guint i = 0; i < G_N_ELEMENTS(fds); i++)
+    fds[i] = -1;
   g_assert_false(vhu_msg_write(0, 1, 1, NULL, 0, fds, VHU_MAX_FDS + 1, &error));
   g_clear_error(&error);
 
@@ -1079,24 +1090,14 @@ run_echo_session(Server *s, gboolean qemu72)
   raw_free(r);
 }
 
+/* @data: TRUE for QEMU 7.2's start sequence, FALSE for QEMU 10's. */
 static void
-test_backend_qemu72(void)
+test_backend_start(gconstpointer data)
 {
   Server *s = server_new(2);
   int fds = count_fds();
 
-  run_echo_session(s, TRUE);
-  server_check_recovered(s, 1, fds);
-  server_free(s);
-}
-
-static void
-test_backend_qemu10(void)
-{
-  Server *s = server_new(2);
-  int fds = count_fds();
-
-  run_echo_session(s, FALSE);
+  run_echo_session(s, GPOINTER_TO_INT(data));
   server_check_recovered(s, 1, fds);
   server_free(s);
 }
@@ -1482,28 +1483,7 @@ hostile_fds(Raw *r)
 static void
 hostile_too_many_fds(Raw *r)
 {
-  int fds[10];
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof fds)];
-  } control;
-  VhuMsgHeader h = { .request = VHU_SET_OWNER, .flags = VHU_VERSION, .size = 0 };
-  struct iovec iov = { .iov_base = &h, .iov_len = sizeof h };
-  struct msghdr mh = { .msg_iov = &iov,
-                       .msg_iovlen = 1,
-                       .msg_control = control.buf,
-                       .msg_controllen = sizeof control.buf };
-  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-
-  for (guint i = 0; i < G_N_ELEMENTS(fds); i++)
-    fds[i] = new_eventfd();
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof fds);
-  memcpy(CMSG_DATA(c), fds, sizeof fds);
-  g_assert_cmpint(sendmsg(r->sock, &mh, MSG_NOSIGNAL), ==, sizeof h);
-  for (guint i = 0; i < G_N_ELEMENTS(fds); i++)
-    close(fds[i]);
+  send_owner_with_fds(r->sock, 10);
   g_assert_true(raw_closed(r, TIMEOUT_MS));
 }
 
@@ -2420,8 +2400,8 @@ main(int argc, char **argv)
   g_test_add_func("/msg/request-names", test_request_names);
 
   g_test_add_func("/backend/handshake", test_backend_handshake);
-  g_test_add_func("/backend/qemu72-start", test_backend_qemu72);
-  g_test_add_func("/backend/qemu10-start", test_backend_qemu10);
+  g_test_add_data_func("/backend/qemu72-start", GINT_TO_POINTER(TRUE), test_backend_start);
+  g_test_add_data_func("/backend/qemu10-start", GINT_TO_POINTER(FALSE), test_backend_start);
   g_test_add_func("/backend/no-protocol-features", test_backend_no_protocol_features);
   g_test_add_func("/backend/kick-api", test_backend_kick_api);
   g_test_add_func("/backend/kick-wakeups", test_backend_kick_wakeups);

@@ -1149,6 +1149,20 @@ restart_with_inflight(Driver *d, Inflight *inf)
   start_vring(d);
 }
 
+/* An 8-entry ring started with a fresh inflight region @inf. */
+static Driver *
+driver_new_inflight(Inflight *inf)
+{
+  Driver *d = driver_new_base(8, 0, 0, FALSE);
+  g_autoptr(GError) error = NULL;
+
+  inflight_init(inf, 8);
+  g_assert_true(vhu_vring_set_inflight(d->vring, inf->q, inf->size, &error));
+  g_assert_no_error(error);
+  start_vring(d);
+  return d;
+}
+
 static void
 test_inflight_region_size(void)
 {
@@ -1167,15 +1181,11 @@ test_inflight_region_size(void)
 static void
 test_inflight_resubmit(void)
 {
-  Driver *d = driver_new_base(8, 0, 0, FALSE);
-  g_autoptr(GError) error = NULL;
   static const guint16 order[] = { 3, 1, 2, 0 };
   VhuElem *elems[4];
   Inflight inf;
+  Driver *d = driver_new_inflight(&inf);
 
-  inflight_init(&inf, 8);
-  g_assert_true(vhu_vring_set_inflight(d->vring, inf.q, inf.size, &error));
-  start_vring(d);
   g_assert_cmpuint(inf.q->version, ==, 1);
   g_assert_cmpuint(inf.q->desc_num, ==, 8);
 
@@ -1233,15 +1243,11 @@ test_inflight_resubmit(void)
 static void
 test_inflight_crash_after_used(void)
 {
-  Driver *d = driver_new_base(8, 0, 0, FALSE);
-  g_autoptr(GError) error = NULL;
   VhuElem *a, *b;
   guint16 b_head;
   Inflight inf;
+  Driver *d = driver_new_inflight(&inf);
 
-  inflight_init(&inf, 8);
-  g_assert_true(vhu_vring_set_inflight(d->vring, inf.q, inf.size, &error));
-  start_vring(d);
   add_simple(d, 4, 0, 0);
   add_simple(d, 4, 0, 0);
   a = pop_ok(d);
@@ -1268,14 +1274,11 @@ test_inflight_crash_after_used(void)
 static void
 test_inflight_unpop_and_stop(void)
 {
-  Driver *d = driver_new_base(8, 0, 0, FALSE);
   g_autoptr(GError) error = NULL;
   VhuElem *a, *b;
   Inflight inf;
+  Driver *d = driver_new_inflight(&inf);
 
-  inflight_init(&inf, 8);
-  g_assert_true(vhu_vring_set_inflight(d->vring, inf.q, inf.size, &error));
-  start_vring(d);
   add_simple(d, 4, 0, 0);
   add_simple(d, 4, 0, 0);
   a = pop_ok(d);
