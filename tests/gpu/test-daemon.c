@@ -216,6 +216,21 @@ display_attach(VhuFrontend *fe, guint scanouts, guint w, guint h, guint64 featur
   return ds;
 }
 
+/* Hands the daemon a display socket whose other end the test holds, for a
+ * display that never answers or stops reading; returns that end. */
+static int
+display_attach_raw(VhuFrontend *fe)
+{
+  g_autoptr(GError) error = NULL;
+  int sv[2];
+
+  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+  g_assert_true(vhu_frontend_request(fe, VHU_GPU_SET_SOCKET, NULL, 0, &sv[1], 1, &error));
+  g_assert_no_error(error);
+  close(sv[1]);
+  return sv[0];
+}
+
 /* Daemon with default options, a display server like QEMU 10 answering a
  * 1024x768 mode, started like QEMU does at DRIVER_OK. */
 static void
@@ -649,12 +664,11 @@ static void
 test_display_silent(void)
 {
   Fixture fx = { 0 }, *f = &fx;
-  g_autoptr(GError) error = NULL;
   VhuDriverQueue *q;
   struct virtio_gpu_ctrl_hdr di = GPU_HDR(VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
   struct virtio_gpu_resource_create_2d c = gpu_create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 8, 8);
   guint64 req_gpa, resp_gpa;
-  int sv[2];
+  int peer;
   gint64 t0;
   gpointer token;
   guint32 len;
@@ -663,10 +677,7 @@ test_display_silent(void)
   daemon_start(&f->d, "--width", "800", "--height", "600");
   f->fe = frontend_connect(&f->d);
   frontend_init(f->fe);
-  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
-  g_assert_true(vhu_frontend_request(f->fe, VHU_GPU_SET_SOCKET, NULL, 0, &sv[1], 1, &error));
-  g_assert_no_error(error);
-  close(sv[1]);
+  peer = display_attach_raw(f->fe);
   frontend_start(f->fe);
 
   q = vhu_frontend_get_queue(f->fe, 0);
@@ -702,9 +713,9 @@ test_display_silent(void)
     g_assert_cmpuint(info->pmodes[0].r.height, ==, 600);
   }
   /* it did ask: GET_PROTOCOL_FEATURES first, then GET_DISPLAY_INFO */
-  g_assert_cmpint(recv(sv[0], hdr, sizeof hdr, MSG_WAITALL), ==, 12);
+  g_assert_cmpint(recv(peer, hdr, sizeof hdr, MSG_WAITALL), ==, 12);
   g_assert_cmpuint(hdr[0], ==, VHU_DISPLAY_GET_PROTOCOL_FEATURES);
-  g_assert_cmpint(recv(sv[0], hdr, sizeof hdr, MSG_WAITALL), ==, 12);
+  g_assert_cmpint(recv(peer, hdr, sizeof hdr, MSG_WAITALL), ==, 12);
   g_assert_cmpuint(hdr[0], ==, VHU_DISPLAY_GET_DISPLAY_INFO);
   /* GET_EDID: the features never came, so the EDID is ours */
   {
@@ -715,7 +726,7 @@ test_display_silent(void)
                     VIRTIO_GPU_RESP_OK_EDID);
     gpu_check_edid(edid.edid, 800, 600);
   }
-  close(sv[0]);
+  close(peer);
   teardown(f, NULL);
 }
 
@@ -734,16 +745,13 @@ test_display_not_reading(void)
   struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 1920, 1080);
   struct virtio_gpu_config cfg;
   Res r;
-  int sv[2];
+  int peer;
   gint64 t0;
 
   daemon_start(&f->d, NULL);
   f->fe = frontend_connect(&f->d);
   frontend_init(f->fe);
-  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
-  g_assert_true(vhu_frontend_request(f->fe, VHU_GPU_SET_SOCKET, NULL, 0, &sv[1], 1, &error));
-  g_assert_no_error(error);
-  close(sv[1]);
+  peer = display_attach_raw(f->fe);
   frontend_start(f->fe);
   r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 1920, 1080);
   res_paint(&r, 1);
@@ -759,7 +767,7 @@ test_display_not_reading(void)
   }
   g_assert_cmpint(g_get_monotonic_time() - t0, <, 500 * 1000);
   g_assert_cmpuint(cfg.num_scanouts, ==, 1);
-  close(sv[0]);
+  close(peer);
   teardown(f, NULL);
 }
 

@@ -224,14 +224,17 @@ wait_done(Fixture *f, guint n, const guint8 **resp)
   return type;
 }
 
-#define CTRL_OK(f, cmd)                                                                            \
-  G_STMT_START                                                                                     \
-  {                                                                                                \
-    guint n_ = (f)->done->len;                                                                     \
-    g_assert_true(submit((f), &(cmd), sizeof(cmd)));                                               \
-    g_assert_cmphex(wait_done((f), n_ + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);                  \
-  }                                                                                                \
-  G_STMT_END
+/* Submits a control request and waits for its OK_NODATA answer. */
+static void
+ctrl_ok(Fixture *f, const void *req, gsize len)
+{
+  guint n = f->done->len;
+
+  g_assert_true(submit(f, req, len));
+  g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+}
+
+#define CTRL_OK(f, cmd) ctrl_ok((f), &(cmd), sizeof(cmd))
 
 /* Reads exactly @len bytes from the peer, failing after 5 s. */
 static void
@@ -396,11 +399,9 @@ show_resource(Fixture *f)
   struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, 1024, 1024);
   gsize len;
   g_autofree guint8 *a = gpu_attach(1, &e, 1, 1, &len);
-  guint n = f->done->len;
 
   CTRL_OK(f, c);
-  g_assert_true(submit(f, a, len));
-  g_assert_cmphex(wait_done(f, n + 2, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  ctrl_ok(f, a, len);
   CTRL_OK(f, s);
 }
 
@@ -473,16 +474,13 @@ test_replay(Fixture *f, gconstpointer data)
   struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(2, 0, 0, 8, 4, 0);
   gsize len;
   g_autofree guint8 *a = gpu_attach(2, &e, 1, 1, &len);
-  guint n;
   int old = f->peer;
 
   for (guint p = 0; p < 32; p++)
     gpu_put_pixel(f->guest + p * 4, c.format, (guint8)p, 0x11, 0x22, 0x33);
   negotiate(f->peer, 3);
   CTRL_OK(f, c);
-  n = f->done->len;
-  g_assert_true(submit(f, a, len));
-  g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  ctrl_ok(f, a, len);
   CTRL_OK(f, t);
   CTRL_OK(f, s);
   g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_SCANOUT);
@@ -543,7 +541,6 @@ test_guest_pixels(Fixture *f, gconstpointer data)
     struct virtio_gpu_resource_create_2d c = gpu_create_2d(id, formats[i], w, h);
     struct virtio_gpu_set_scanout s = gpu_set_scanout(0, id, 0, 0, w, h);
     struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(id, 0, 0, w, h, 0);
-    guint n;
 
     for (guint y = 0; y < h; y++) {
       for (guint x = 0; x < w; x++) {
@@ -558,9 +555,7 @@ test_guest_pixels(Fixture *f, gconstpointer data)
     g_free(a);
     a = gpu_attach(id, e, 2, 2, &len);
     CTRL_OK(f, c);
-    n = f->done->len;
-    g_assert_true(submit(f, a, len));
-    g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    ctrl_ok(f, a, len);
     CTRL_OK(f, t);
     CTRL_OK(f, s);
     if (i == 0)
@@ -612,7 +607,6 @@ show_guest_resource(Fixture *f, guint32 id, guint w, guint h, guint seed)
   struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(id, 0, 0, w, h, 0);
   gsize len;
   g_autofree guint8 *a = gpu_attach(id, &e, 1, 1, &len);
-  guint n;
 
   for (guint y = 0; y < h; y++) {
     for (guint x = 0; x < w; x++) {
@@ -623,9 +617,7 @@ show_guest_resource(Fixture *f, guint32 id, guint w, guint h, guint seed)
     }
   }
   CTRL_OK(f, c);
-  n = f->done->len;
-  g_assert_true(submit(f, a, len));
-  g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  ctrl_ok(f, a, len);
   CTRL_OK(f, s);
   CTRL_OK(f, t);
 }
@@ -664,9 +656,7 @@ test_lent_pages(Fixture *f, gconstpointer data)
   CTRL_OK(f, d);
 
   /* a display that stops reading */
-  n = f->done->len;
-  g_assert_true(submit(f, &again, sizeof again));
-  g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  CTRL_OK(f, again);
   CTRL_OK(f, t);
   wakes = g_atomic_int_get(&f->wakes);
   CTRL_OK(f, fl);
