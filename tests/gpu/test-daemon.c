@@ -10,10 +10,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "gpu-test-util.h"
+#include "gpu-test-frontend.h"
 #include "test-util.h"
 #include "vhu-display.h"
-#include "vhu-frontend.h"
 
 #define BIT(n)     (G_GUINT64_CONSTANT(1) << (n))
 #define GUEST_GPA  0x100000ull
@@ -251,24 +250,7 @@ teardown(Fixture *f, gconstpointer data)
   daemon_stop(&f->d);
 }
 
-static guint32
-cmd_full(VhuFrontend *fe, const void *req, gsize len, void *resp, gsize resp_size)
-{
-  g_autoptr(GError) error = NULL;
-  struct virtio_gpu_ctrl_hdr hdr = { 0 };
-  gssize n;
-
-  if (!resp) {
-    resp = &hdr;
-    resp_size = sizeof hdr;
-  }
-  n = vhu_driver_queue_transact(vhu_frontend_get_queue(fe, 0), req, len, resp, resp_size, &error);
-  g_assert_no_error(error);
-  g_assert_cmpint(n, >=, (gssize)sizeof hdr);
-  return ((struct virtio_gpu_ctrl_hdr *)resp)->type;
-}
-
-#define CMD(fe, c) cmd_full((fe), &(c), sizeof(c), NULL, 0)
+#define CMD(fe, c) gpu_cmd((fe), &(c), sizeof(c), NULL, 0)
 
 static void
 cursor_cmd(VhuFrontend *fe, const struct virtio_gpu_update_cursor *c)
@@ -302,7 +284,7 @@ res_create(VhuFrontend *fe, guint32 id, guint32 format, guint32 w, guint32 h)
   e = (struct virtio_gpu_mem_entry){ r.gpa, w * h * 4, 0 };
   req = gpu_attach(id, &e, 1, 1, &len);
   g_assert_cmphex(CMD(fe, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
-  g_assert_cmphex(cmd_full(fe, req, len, NULL, 0), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(gpu_cmd(fe, req, len, NULL, 0), ==, VIRTIO_GPU_RESP_OK_NODATA);
   return r;
 }
 
@@ -487,16 +469,16 @@ test_display_info(Fixture *f, gconstpointer data)
   struct virtio_gpu_resp_edid edid;
   VhuDisplayStats st;
 
-  g_assert_cmphex(cmd_full(f->fe, &di, sizeof di, &info, sizeof info), ==,
+  g_assert_cmphex(gpu_cmd(f->fe, &di, sizeof di, &info, sizeof info), ==,
                   VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
   g_assert_cmpuint(info.pmodes[0].r.width, ==, 1024);
   g_assert_cmpuint(info.pmodes[0].r.height, ==, 768);
-  g_assert_cmphex(cmd_full(f->fe, &ge, sizeof ge, &edid, sizeof edid), ==, VIRTIO_GPU_RESP_OK_EDID);
+  g_assert_cmphex(gpu_cmd(f->fe, &ge, sizeof ge, &edid, sizeof edid), ==, VIRTIO_GPU_RESP_OK_EDID);
   g_assert_cmpuint(edid.size, ==, 128);
   gpu_check_edid(edid.edid, 1024, 768);
   /* an invalid id is answered by us, never forwarded (QEMU would not reply) */
   ge = gpu_get_edid(1);
-  g_assert_cmphex(cmd_full(f->fe, &ge, sizeof ge, &edid, sizeof edid), ==,
+  g_assert_cmphex(gpu_cmd(f->fe, &ge, sizeof ge, &edid, sizeof edid), ==,
                   VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID);
   vhu_display_server_get_stats(f->ds, &st);
   g_assert_cmpuint(st.protocol_features_requests, ==, 1);
@@ -524,9 +506,9 @@ test_display_info_qemu72(void)
   frontend_init(f->fe);
   f->ds = display_attach(f->fe, 1, 1024, 768, 0);
   frontend_start(f->fe);
-  g_assert_cmphex(cmd_full(f->fe, &ge, sizeof ge, &edid, sizeof edid), ==, VIRTIO_GPU_RESP_OK_EDID);
+  g_assert_cmphex(gpu_cmd(f->fe, &ge, sizeof ge, &edid, sizeof edid), ==, VIRTIO_GPU_RESP_OK_EDID);
   gpu_check_edid(edid.edid, 800, 600);
-  g_assert_cmphex(cmd_full(f->fe, &di, sizeof di, &info, sizeof info), ==,
+  g_assert_cmphex(gpu_cmd(f->fe, &di, sizeof di, &info, sizeof info), ==,
                   VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
   g_assert_cmpuint(info.pmodes[0].r.width, ==, 1024);
   vhu_display_server_get_stats(f->ds, &st);
@@ -722,7 +704,7 @@ test_display_silent(void)
     struct virtio_gpu_cmd_get_edid ge = gpu_get_edid(0);
     struct virtio_gpu_resp_edid edid;
 
-    g_assert_cmphex(cmd_full(f->fe, &ge, sizeof ge, &edid, sizeof edid), ==,
+    g_assert_cmphex(gpu_cmd(f->fe, &ge, sizeof ge, &edid, sizeof edid), ==,
                     VIRTIO_GPU_RESP_OK_EDID);
     gpu_check_edid(edid.edid, 800, 600);
   }
@@ -830,7 +812,7 @@ test_reconnect(Fixture *f, gconstpointer data)
     f->ds = display_attach(f->fe, 1, 640 + i, 480, 0x3);
     frontend_start(f->fe);
     g_assert_cmphex(CMD(f->fe, fl), ==, VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID);
-    g_assert_cmphex(cmd_full(f->fe, &di, sizeof di, &info, sizeof info), ==,
+    g_assert_cmphex(gpu_cmd(f->fe, &di, sizeof di, &info, sizeof info), ==,
                     VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
     g_assert_cmpuint(info.pmodes[0].r.width, ==, 640 + i);
     r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 64, 64);
@@ -859,7 +841,7 @@ test_hostile(Fixture *f, gconstpointer data)
       req[b] = (guint8)g_rand_int(rand);
     memcpy(req, &type, 4);
     memset(req + 4, 0, 4); /* no fences */
-    cmd_full(f->fe, req, len, resp, sizeof resp);
+    gpu_cmd(f->fe, req, len, resp, sizeof resp);
   }
   {
     struct virtio_gpu_mem_entry e = { 0xdead0000000ull, 4096, 0 };
@@ -873,7 +855,7 @@ test_hostile(Fixture *f, gconstpointer data)
     g_assert_cmphex(CMD(f->fe, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
     a = gpu_attach(99, &e, 1, 1, &len);
     for (guint i = 0; i < 100; i++)
-      g_assert_cmphex(cmd_full(f->fe, a, len, NULL, 0), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+      g_assert_cmphex(gpu_cmd(f->fe, a, len, NULL, 0), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
   }
   r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 64, 64);
   res_paint(&r, 7);
@@ -981,7 +963,7 @@ test_memory_removed(void)
   res_paint(&r, 9);
   a = gpu_attach(1, &e, 1, 1, &len);
   g_assert_cmphex(CMD(f->fe, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
-  g_assert_cmphex(cmd_full(f->fe, a, len, NULL, 0), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(gpu_cmd(f->fe, a, len, NULL, 0), ==, VIRTIO_GPU_RESP_OK_NODATA);
   g_assert_cmphex(CMD(f->fe, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
   g_assert_cmphex(CMD(f->fe, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
 
@@ -996,7 +978,7 @@ test_memory_removed(void)
   c.resource_id = 2;
   g_assert_cmphex(CMD(f->fe, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
   ((struct virtio_gpu_resource_attach_backing *)(void *)a)->resource_id = 2;
-  g_assert_cmphex(cmd_full(f->fe, a, len, NULL, 0), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+  g_assert_cmphex(gpu_cmd(f->fe, a, len, NULL, 0), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
   {
     struct virtio_gpu_resource_detach_backing d = gpu_detach(1);
     struct virtio_gpu_resource_unref u = gpu_unref(1);
@@ -1031,7 +1013,7 @@ test_fd_mode(void)
   frontend_init(fe);
   ds = display_attach(fe, 1, 720, 400, 0x3);
   frontend_start(fe);
-  g_assert_cmphex(cmd_full(fe, &di, sizeof di, &info, sizeof info), ==,
+  g_assert_cmphex(gpu_cmd(fe, &di, sizeof di, &info, sizeof info), ==,
                   VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
   g_assert_cmpuint(info.pmodes[0].r.width, ==, 720);
   g_clear_pointer(&fe, vhu_frontend_free);

@@ -18,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "gpu-test-frontend.h"
 #include "test-util.h"
 #include "vhu-display.h"
 #include "vhu-frontend.h"
@@ -1252,24 +1253,6 @@ qemu_start(Qemu *qm)
   g_assert_no_error(error);
 }
 
-static guint32
-gpu_cmd(VhuFrontend *fe, const void *req, gsize req_size, void *resp, gsize resp_size)
-{
-  g_autoptr(GError) error = NULL;
-  struct virtio_gpu_ctrl_hdr hdr = { 0 };
-  gssize n;
-
-  if (resp == NULL) {
-    resp = &hdr;
-    resp_size = sizeof hdr;
-  }
-  n = vhu_driver_queue_transact(vhu_frontend_get_queue(fe, 0), req, req_size, resp, resp_size,
-                                &error);
-  g_assert_no_error(error);
-  g_assert_cmpint(n, >=, (gssize)sizeof hdr);
-  return ((struct virtio_gpu_ctrl_hdr *)resp)->type;
-}
-
 static void
 check_display_info(VhuFrontend *fe)
 {
@@ -1392,20 +1375,13 @@ transfer_flush(VhuFrontend *fe, guint32 id, guint stride, guint x, guint y, guin
 static void
 check_edid(VhuFrontend *fe)
 {
-  struct virtio_gpu_cmd_get_edid req = { .hdr.type = VIRTIO_GPU_CMD_GET_EDID, .scanout = 0 };
-  static const guint8 header[8] = { 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0 };
+  struct virtio_gpu_cmd_get_edid req = gpu_get_edid(0);
   g_autofree struct virtio_gpu_resp_edid *edid = g_new0(struct virtio_gpu_resp_edid, 1);
-  guint8 sum = 0;
 
   g_assert_cmphex(gpu_cmd(fe, &req, sizeof req, edid, sizeof *edid), ==, VIRTIO_GPU_RESP_OK_EDID);
   g_assert_cmpuint(edid->size, ==, 128);
-  g_assert_cmpmem(edid->edid, 8, header, 8);
-  for (guint i = 0; i < 128; i++)
-    sum += edid->edid[i];
-  g_assert_cmpuint(sum, ==, 0);
   /* The detailed timing carries the mode: 640 x 480. */
-  g_assert_cmpuint(edid->edid[56] | (edid->edid[58] >> 4) << 8, ==, 640);
-  g_assert_cmpuint(edid->edid[59] | (edid->edid[61] >> 4) << 8, ==, 480);
+  gpu_check_edid(edid->edid, 640, 480);
 }
 
 static void
