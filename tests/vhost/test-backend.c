@@ -872,10 +872,16 @@ server_new_full(guint num_queues, const VhuBackendOptions *options, gboolean lis
   return s;
 }
 
+static void context_barrier(GMainContext *ctx);
+
+/* Returns once both of the backend's threads run their loops, so fds they
+ * open while starting up are counted as the baseline of fd-leak checks. */
 static void
 server_run(Server *s)
 {
   s->thread = tu_loop_thread_new("control", s->loop);
+  context_barrier(s->ctx);
+  context_barrier(vhu_backend_get_queue_context(s->backend));
 }
 
 static Server *
@@ -1271,15 +1277,9 @@ static void
 run_hostile(HostileFunc func, gboolean init)
 {
   Server *s = server_new(2);
-  int fds;
-  Raw *r;
+  int fds = count_fds();
+  Raw *r = raw_connect(s->path);
 
-  /* Count once both of the backend's threads run their loops: whatever they
-   * open while starting up is not the session's. */
-  context_barrier(s->ctx);
-  context_barrier(vhu_backend_get_queue_context(s->backend));
-  fds = count_fds();
-  r = raw_connect(s->path);
   if (init)
     raw_init(r, G_MAXUINT64);
   func(r);
