@@ -1095,9 +1095,9 @@ typedef struct {
   gsize len;
 } Bytes;
 
-/* RESOURCE_ATTACH_BACKING with its entries, which @e keeps for the model. */
+/* RESOURCE_ATTACH_BACKING with its entries. */
 static Bytes
-gen_attach(Input *in, FElem *e, guint32 res_id)
+gen_attach(Input *in, guint32 res_id)
 {
   struct virtio_gpu_resource_attach_backing a = { { VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING } };
   struct virtio_gpu_mem_entry *ents;
@@ -1139,16 +1139,14 @@ gen_attach(Input *in, FElem *e, guint32 res_id)
   b.buf = g_malloc(b.len);
   memcpy(b.buf, &a, sizeof a);
   memcpy(b.buf + sizeof a, ents, (gsize)n * sizeof *ents);
-  /* Accepted, the device has read the first nr_entries of them. */
-  e->n_ents = MIN(a.nr_entries, n);
-  e->ents = ents;
+  g_free(ents);
   return b;
 }
 
 /* The request body (after its header) for control command @type, built into
  * @req (zeroed, large enough for any fixed-size command). */
 static gsize
-gen_ctrl_body(Input *in, guint32 type, guint8 *req, FElem *e)
+gen_ctrl_body(Input *in, guint32 type, guint8 *req)
 {
   guint32 w, h;
 
@@ -1157,11 +1155,11 @@ gen_ctrl_body(Input *in, guint32 type, guint8 *req, FElem *e)
       struct virtio_gpu_resource_create_2d *c = (void *)req;
       guint8 f;
 
-      c->resource_id = e->res_id = gen_res_id(in);
+      c->resource_id = gen_res_id(in);
       f = in_u8(in);
-      c->format = e->create_format = f < 0xf8 ? formats[f % G_N_ELEMENTS(formats)] : in_u32(in);
-      c->width = e->create_w = gen_side(in);
-      c->height = e->create_h = gen_side(in);
+      c->format = f < 0xf8 ? formats[f % G_N_ELEMENTS(formats)] : in_u32(in);
+      c->width = gen_side(in);
+      c->height = gen_side(in);
       return sizeof *c;
     }
     case VIRTIO_GPU_CMD_RESOURCE_UNREF:
@@ -1169,14 +1167,14 @@ gen_ctrl_body(Input *in, guint32 type, guint8 *req, FElem *e)
     case VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID: {
       struct virtio_gpu_resource_unref *c = (void *)req;
 
-      c->resource_id = e->res_id = gen_res_id(in);
+      c->resource_id = gen_res_id(in);
       return sizeof *c;
     }
     case VIRTIO_GPU_CMD_SET_SCANOUT: {
       struct virtio_gpu_set_scanout *c = (void *)req;
 
       c->scanout_id = gen_scanout_id(in);
-      c->resource_id = e->res_id = gen_res_id(in);
+      c->resource_id = gen_res_id(in);
       size_of(c->resource_id, &w, &h);
       c->r = gen_rect(in, w, h);
       return sizeof *c;
@@ -1184,7 +1182,7 @@ gen_ctrl_body(Input *in, guint32 type, guint8 *req, FElem *e)
     case VIRTIO_GPU_CMD_RESOURCE_FLUSH: {
       struct virtio_gpu_resource_flush *c = (void *)req;
 
-      c->resource_id = e->res_id = gen_res_id(in);
+      c->resource_id = gen_res_id(in);
       size_of(c->resource_id, &w, &h);
       c->r = gen_rect(in, w, h);
       return sizeof *c;
@@ -1192,12 +1190,10 @@ gen_ctrl_body(Input *in, guint32 type, guint8 *req, FElem *e)
     case VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D: {
       struct virtio_gpu_transfer_to_host_2d *c = (void *)req;
 
-      c->resource_id = e->res_id = gen_res_id(in);
+      c->resource_id = gen_res_id(in);
       size_of(c->resource_id, &w, &h);
       c->r = gen_rect(in, w, h);
-      c->offset = e->offset = gen_offset(in, &c->r, c->resource_id);
-      e->rect = c->r;
-      e->transfer_empty = c->r.width == 0 || c->r.height == 0;
+      c->offset = gen_offset(in, &c->r, c->resource_id);
       return sizeof *c;
     }
     case VIRTIO_GPU_CMD_GET_EDID: {
@@ -1314,6 +1310,66 @@ submit_ctrl(FElem *e)
     orphan_holds(res_id, FALSE);
 }
 
+/* Reads the request as the device will (after cutting and padding it may
+ * say something else than was built). */
+static void
+parse_ctrl(FElem *e, const guint8 *buf, gsize len)
+{
+  union {
+    struct virtio_gpu_ctrl_hdr hdr;
+    struct virtio_gpu_resource_create_2d create;
+    struct virtio_gpu_resource_unref unref; /* also detach, assign uuid */
+    struct virtio_gpu_set_scanout scanout;
+    struct virtio_gpu_resource_flush flush;
+    struct virtio_gpu_transfer_to_host_2d transfer;
+    struct virtio_gpu_resource_attach_backing attach;
+  } r;
+
+  memset(&r, 0, sizeof r);
+  memcpy(&r, buf, MIN(len, sizeof r));
+  if (len < sizeof r.hdr)
+    return; /* no command, no fence: answered UNSPEC */
+  e->type = r.hdr.type;
+  e->fenced = (r.hdr.flags & VIRTIO_GPU_FLAG_FENCE) != 0;
+  e->fence_id = r.hdr.fence_id;
+  switch (e->type) {
+    case VIRTIO_GPU_CMD_RESOURCE_CREATE_2D:
+      e->res_id = r.create.resource_id;
+      e->create_format = r.create.format;
+      e->create_w = r.create.width;
+      e->create_h = r.create.height;
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_UNREF:
+    case VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING:
+    case VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID:
+      e->res_id = r.unref.resource_id;
+      break;
+    case VIRTIO_GPU_CMD_SET_SCANOUT:
+      e->res_id = r.scanout.resource_id;
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_FLUSH:
+      e->res_id = r.flush.resource_id;
+      break;
+    case VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D:
+      e->res_id = r.transfer.resource_id;
+      e->rect = r.transfer.r;
+      e->offset = r.transfer.offset;
+      e->transfer_empty = r.transfer.r.width == 0 || r.transfer.r.height == 0;
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
+      e->res_id = r.attach.resource_id;
+      /* Accepted, the device has read nr_entries entries after it. */
+      if (len >= sizeof r.attach
+          && r.attach.nr_entries <= (len - sizeof r.attach) / sizeof *e->ents) {
+        e->n_ents = r.attach.nr_entries;
+        e->ents = g_memdup2(buf + sizeof r.attach, (gsize)e->n_ents * sizeof *e->ents);
+      }
+      break;
+    default:
+      break;
+  }
+}
+
 static const guint32 ctrl_commands[] = {
   VIRTIO_GPU_CMD_RESOURCE_CREATE_2D,
   VIRTIO_GPU_CMD_RESOURCE_CREATE_2D,
@@ -1354,13 +1410,10 @@ op_ctrl(Input *in, guint8 sel)
     /* a 32-bit value, or near the 2D, 3D, cursor and response ranges */
     type = how & 1 ? in_u32(in) : 0x100u + low % 0x30u + (high & 3u) * 0x100u;
   }
-  e->type = type;
   hdr.type = type;
   if (frame & 1) {
     hdr.flags |= VIRTIO_GPU_FLAG_FENCE;
     hdr.fence_id = ++st.next_fence;
-    e->fenced = TRUE;
-    e->fence_id = hdr.fence_id;
   }
   if (frame & 2) {
     hdr.flags |= VIRTIO_GPU_FLAG_INFO_RING_IDX;
@@ -1372,11 +1425,10 @@ op_ctrl(Input *in, guint8 sel)
     hdr.padding[0] = in_u8(in);
   }
   if (type == VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING) {
-    e->res_id = gen_res_id(in);
-    b = gen_attach(in, e, e->res_id);
+    b = gen_attach(in, gen_res_id(in));
   } else {
     memset(req, 0, sizeof req);
-    b.len = gen_ctrl_body(in, type, req, e);
+    b.len = gen_ctrl_body(in, type, req);
     b.buf = g_memdup2(req, b.len);
   }
   memcpy(b.buf, &hdr, MIN(sizeof hdr, b.len));
@@ -1385,9 +1437,7 @@ op_ctrl(Input *in, guint8 sel)
 
     b.len -= MIN(b.len, cut);
   }
-  if (b.len < sizeof hdr)
-    e->fenced = FALSE; /* a request without a whole header has no fence */
-  if (frame & 8) {     /* trailing bytes */
+  if (frame & 8) { /* trailing bytes */
     gsize extra = 1u + in_u8(in) % 16u;
 
     b.buf = g_realloc(b.buf, b.len + extra);
@@ -1395,6 +1445,7 @@ op_ctrl(Input *in, guint8 sel)
       b.buf[b.len + i] = in_u8(in);
     b.len += extra;
   }
+  parse_ctrl(e, b.buf, b.len);
   set_out(in, e, b, frame & 0x40);
   g_free(b.buf);
   set_in(in, e, frame >> 4 & 3);
