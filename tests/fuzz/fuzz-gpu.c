@@ -29,9 +29,10 @@
  *
  * Header (4 bytes):
  *   [0] bits 0-1 scanouts - 1; 2-3 sinks (0 guest-reading, 1 image-only,
- *       2 both kinds, 3 two guest-reading); 4-5 budget (4 MiB, 1 MiB,
- *       64 KiB, 16 MiB); 6 at most 8 resources; 7 free the device while the
- *       sinks still hold frames
+ *       2 image-only then guest-reading, 3 guest-reading then one with
+ *       update_guest only); 4-5 budget (4 MiB, 1 MiB, 64 KiB, 16 MiB);
+ *       6 at most 4 resources; 7 free the device while the sinks still hold
+ *       frames
  *   [1] hold pattern (each sink call takes the next bit: keep the frame)
  *   [2] bits 0-1 mode (1280x800, 16x16, 4095x4095, 640x480); 2 sinks hold
  *       display queries; 3-5 first memory table
@@ -223,7 +224,7 @@ typedef struct {
 } HeldQuery;
 
 typedef struct {
-  gboolean guest; /* provides update_guest */
+  const VgpuSinkIface *iface;
   struct {
     VgpuImage *image; /* not referenced: compared only */
     VgpuRect rect;
@@ -689,6 +690,11 @@ check_update(FSink *s, guint id, VgpuImage *image, const VgpuRect *rect, guint32
   const VgpuRect *sr;
 
   check_scanout_id(id);
+  if (!vgpu_rect_inside(rect, image->width, image->height))
+    fail("update %ux%u+%u+%u outside its %ux%u image", rect->width, rect->height, rect->x, rect->y,
+         image->width, image->height);
+  if (!s->iface->set_scanout)
+    return; /* not told what the scanout shows */
   sr = &s->scanout[id].rect;
   if (s->scanout[id].image != image)
     fail("update of scanout %u for an image it does not show", id);
@@ -802,8 +808,14 @@ s_query_edid(gpointer sink, guint id, VgpuQuery *q)
   return hold_query(q, TRUE);
 }
 
+/* Asks for materialised images; cannot answer display queries. */
 static const VgpuSinkIface image_sink_iface = {
-  s_set_scanout, s_update, s_cursor_update, s_cursor_move, s_query_display_info, s_query_edid, NULL,
+  s_set_scanout, s_update, s_cursor_update, s_cursor_move, NULL, NULL, NULL,
+};
+
+/* Only reads guest memory (every callback is optional to the device). */
+static const VgpuSinkIface sparse_sink_iface = {
+  .update_guest = s_update_guest,
 };
 
 static const VgpuSinkIface guest_sink_iface = {
@@ -1673,7 +1685,7 @@ start(Input *in)
     .width = modes[h2 & 3][0],
     .height = modes[h2 & 3][1],
     .max_hostmem = budgets[h0 >> 4 & 3],
-    .max_resources = h0 & 0x40 ? 8u : 0u,
+    .max_resources = h0 & 0x40 ? 4u : 0u,
   };
   st.hold_mask = h1 * 0x01010101u;
   st.hold_queries = (h2 >> 2) & 1;
@@ -1682,24 +1694,26 @@ start(Input *in)
   st.dev = vgpu_device_new(&st.config, &fuzz_ops, NULL);
   switch (h0 >> 2 & 3) {
     case 0:
-      st.sinks[0].guest = TRUE;
+      st.sinks[0].iface = &guest_sink_iface;
       st.n_sinks = 1;
       break;
     case 1:
+      st.sinks[0].iface = &image_sink_iface;
       st.n_sinks = 1;
       break;
     case 2:
-      st.sinks[0].guest = TRUE;
+      st.sinks[0].iface = &image_sink_iface;
+      st.sinks[1].iface = &guest_sink_iface;
       st.n_sinks = 2;
       break;
     default:
-      st.sinks[0].guest = st.sinks[1].guest = TRUE;
+      st.sinks[0].iface = &guest_sink_iface;
+      st.sinks[1].iface = &sparse_sink_iface;
       st.n_sinks = 2;
       break;
   }
   for (guint i = 0; i < st.n_sinks; i++)
-    vgpu_device_add_sink(st.dev, st.sinks[i].guest ? &guest_sink_iface : &image_sink_iface,
-                         &st.sinks[i]);
+    vgpu_device_add_sink(st.dev, st.sinks[i].iface, &st.sinks[i]);
 }
 
 /* Ends the run: queries answered, frames released (before or after the
