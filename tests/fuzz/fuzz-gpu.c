@@ -594,6 +594,38 @@ check_response(FElem *e, const struct virtio_gpu_ctrl_hdr *resp)
   }
 }
 
+/* What a display-info or EDID answer carries beyond its header: nothing
+ * for scanouts the device does not have, nothing after the EDID's size (a
+ * guest must never see stale host bytes). */
+static void
+check_payload(FElem *e, const guint8 *resp, gsize got)
+{
+  if (e->type == VIRTIO_GPU_CMD_GET_DISPLAY_INFO
+      && got >= sizeof(struct virtio_gpu_resp_display_info)) {
+    struct virtio_gpu_resp_display_info info;
+
+    memcpy(&info, resp, sizeof info);
+    for (guint i = st.config.num_scanouts; i < VIRTIO_GPU_MAX_SCANOUTS; i++) {
+      if (info.pmodes[i].r.width || info.pmodes[i].r.height || info.pmodes[i].enabled
+          || info.pmodes[i].flags)
+        fail("display info describes scanout %u of %u", i, st.config.num_scanouts);
+    }
+  }
+  if (e->type == VIRTIO_GPU_CMD_GET_EDID && got >= sizeof(struct virtio_gpu_resp_edid)
+      && ((const struct virtio_gpu_ctrl_hdr *)(const void *)resp)->type
+             == VIRTIO_GPU_RESP_OK_EDID) {
+    struct virtio_gpu_resp_edid edid;
+
+    memcpy(&edid, resp, sizeof edid);
+    if (edid.size == 0 || edid.size > sizeof edid.edid || edid.padding != 0)
+      fail("EDID of %u bytes", edid.size);
+    for (gsize i = edid.size; i < sizeof edid.edid; i++) {
+      if (edid.edid[i] != 0)
+        fail("EDID byte %zu set beyond its %u bytes", i, edid.size);
+    }
+  }
+}
+
 static void
 op_complete(gpointer data, guint qidx, VhuElem *elem, guint32 len)
 {
@@ -631,6 +663,7 @@ op_complete(gpointer data, guint qidx, VhuElem *elem, guint32 len)
       fprintf(stderr, "#%" G_GUINT64_FORMAT " command 0x%x resource %u: 0x%x\n", e->seq, e->type,
               e->res_id, hdr.type);
     check_response(e, &hdr);
+    check_payload(e, resp, got);
   } else {
     st.model_ok = FALSE; /* what it did is unknown */
     if (verbose)
