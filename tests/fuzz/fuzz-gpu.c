@@ -22,8 +22,13 @@
  * or lent, and a refused request becomes acceptable (with ops->wake) once
  * the sinks let go.  Also: every element completes or is discarded exactly
  * once, fenced requests complete after everything submitted before them,
- * responses echo the fence, the budget is never exceeded and is all
- * credited back at a reset.  Any GLib warning or critical other than the
+ * responses have the command's type and echo the fence, display-info and
+ * EDID answers hold nothing beyond what they describe, the budget is never
+ * exceeded and is all credited back at a reset.  And the pixels: while the
+ * harness saw every answer and the guest wrote nothing, whatever a sink is
+ * shown (image rows, guest rows, cursor) must equal a model that copies
+ * each accepted TRANSFER_TO_HOST_2D at once, which is what the deferred
+ * transfers promise.  Any GLib warning or critical other than the
  * device's "guest: " lines aborts.  FUZZ_GPU_VERBOSE=1 shows those lines and
  * each request's answer, to read what an input does.
  *
@@ -516,6 +521,9 @@ model_read(const Shadow *sh, guint64 off, guint8 *dst, gsize len)
 static void
 model_transfer(Shadow *sh, const struct virtio_gpu_rect *r, guint64 offset)
 {
+  if ((guint64)r->x + r->width > sh->w || (guint64)r->y + r->height > sh->h)
+    fail("TRANSFER_TO_HOST_2D %ux%u+%u+%u accepted for a %ux%u resource", r->width, r->height, r->x,
+         r->y, sh->w, sh->h);
   for (guint32 h = 0; h < r->height; h++)
     model_read(sh, offset + (guint64)h * sh->w * 4u,
                sh->pixels + ((gsize)(r->y + h) * sh->w + r->x) * 4u, (gsize)r->width * 4u);
@@ -538,7 +546,9 @@ model_check_row(guint32 res_id, const VgpuRect *rect, guint32 h, const guint8 *r
 }
 
 /* Checks a visible response against what the sinks held when the request
- * was taken, and updates the shadow of the resources. */
+ * was taken, and updates the shadow of the resources: sizes always (to aim
+ * requests), pixels and backings only while the model holds (an answer seen
+ * late or not at all leaves it behind the device for good). */
 static void
 check_response(FElem *e, const struct virtio_gpu_ctrl_hdr *resp)
 {
@@ -554,10 +564,15 @@ check_response(FElem *e, const struct virtio_gpu_ctrl_hdr *resp)
     return;
   switch (e->type) {
     case VIRTIO_GPU_CMD_RESOURCE_CREATE_2D:
+      if (!vgpu_format_is_valid(e->create_format) || e->create_w == 0 || e->create_h == 0
+          || e->create_w > 16384 || e->create_h > 16384 || e->res_id == 0)
+        fail("RESOURCE_CREATE_2D %u of %ux%u, format %u accepted", e->res_id, e->create_w,
+             e->create_h, e->create_format);
       if (sh) {
         model_clear(sh);
         *sh = (Shadow){ TRUE, e->create_w, e->create_h, e->create_format };
-        sh->pixels = g_malloc0((gsize)e->create_w * e->create_h * 4u);
+        if (st.model_ok)
+          sh->pixels = g_malloc0((gsize)e->create_w * e->create_h * 4u);
       }
       break;
     case VIRTIO_GPU_CMD_RESOURCE_UNREF:
@@ -573,19 +588,23 @@ check_response(FElem *e, const struct virtio_gpu_ctrl_hdr *resp)
     case VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D:
       if (!e->transfer_empty && e->read)
         fail("TRANSFER_TO_HOST_2D into resource %u while a sink read it", e->res_id);
-      if (sh && sh->live && sh->ents && !e->transfer_empty)
+      if (st.model_ok && sh && sh->pixels && sh->ents && !e->transfer_empty)
         model_transfer(sh, &e->rect, e->offset);
       break;
     case VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
+      if (e->n_ents == 0 || e->n_ents > VGPU_MAX_BACKING_ENTRIES)
+        fail("RESOURCE_ATTACH_BACKING with %u entries accepted", e->n_ents);
       if (sh && sh->live) {
         model_detach(sh);
+        for (guint i = 0; i < e->n_ents; i++)
+          sh->backing += e->ents[i].length;
+      }
+      if (st.model_ok && sh && sh->pixels) {
         sh->ents = g_steal_pointer(&e->ents);
         sh->n_ents = e->n_ents;
         sh->starts = g_new(guint64, MAX(sh->n_ents, 1u));
-        for (guint i = 0; i < sh->n_ents; i++) {
-          sh->starts[i] = sh->backing;
-          sh->backing += sh->ents[i].length;
-        }
+        for (guint i = 0; i < sh->n_ents; i++)
+          sh->starts[i] = i ? sh->starts[i - 1] + sh->ents[i - 1].length : 0;
         sh->mem = e->elem.mem ? vhu_mem_table_ref(e->elem.mem) : NULL;
       }
       break;
