@@ -90,8 +90,15 @@ iface_queue_started(gpointer dev, guint qidx, gboolean started)
   VhuVring *vring = vhu_backend_get_vring(v->backend, qidx);
 
   if (!started) {
-    /* Answers still waiting on the display cannot reach a stopped ring. */
-    vgpu_device_flush(v->dev);
+    /* The ring stops once this returns (VM pause: GET_VRING_BASE, whose
+     * answer counts every request popped).  A display query still held
+     * would be answered into a stopped ring and lost, so answer it now from
+     * the configuration; fenced requests behind it complete too, in order.
+     * A request refused for a busy image was put back at once
+     * (iface_queue_kick), is not counted, and is popped again after the
+     * restart. */
+    if (qidx == VGPU_CTRL_QUEUE)
+      vgpu_device_flush(v->dev);
     return;
   }
   g_debug("gpu: queue %u started at %u", qidx, vhu_vring_get_base(vring));

@@ -322,9 +322,11 @@ stop_queue_locked(VhuBackend *b, guint qidx)
 
   drop_kick_watch(b, q);
   if (vhu_vring_is_started(q->vring)) {
-    vhu_vring_stop(q->vring);
+    /* The device first, while pushes still land: what it completes now is
+     * in the used ring before GET_VRING_BASE answers. */
     if (b->iface.queue_started != NULL)
       b->iface.queue_started(b->dev, qidx, FALSE);
+    vhu_vring_stop(q->vring);
   }
 }
 

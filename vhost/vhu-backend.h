@@ -39,6 +39,9 @@ typedef struct {
   gboolean (*set_config)(gpointer dev, guint32 offset, const guint8 *data, gsize size,
                          guint32 flags, GError **error);
   void (*set_features)(gpointer dev, guint64 features);
+  /* After the ring started; with @started FALSE, just before it stops
+   * (GET_VRING_BASE, reset): requests completed then still reach the used
+   * ring, and the base the frontend gets counts them. */
   void (*queue_started)(gpointer dev, guint qidx, gboolean started);
   /* The guest kicked @qidx (or requests are pending after a start). Runs on
    * the queue thread.  Pop until empty; complete now or later. */

@@ -712,6 +712,120 @@ test_display_silent(void)
   teardown(f, NULL);
 }
 
+/* VM pause while a display query is held: the frontend stops the rings
+ * (SET_VRING_ENABLE(0) + GET_VRING_BASE) before the display answered.  By
+ * the time GET_VRING_BASE answers, the query is answered from the configured
+ * mode and the fenced request queued behind it completed too, in order; the
+ * base counts both.  Before, both were counted but answered into the
+ * stopped ring and lost (the guest times such a request out after 5 s). */
+static void
+test_stop_answers_held(void)
+{
+  Fixture fx = { 0 }, *f = &fx;
+  g_autoptr(GError) error = NULL;
+  VhuDriverQueue *q;
+  struct virtio_gpu_ctrl_hdr di = GPU_HDR(VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+  struct virtio_gpu_resource_create_2d fenced
+      = gpu_create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 8, 8);
+  struct virtio_gpu_resource_create_2d plain
+      = gpu_create_2d(2, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 8, 8);
+  struct timeval tv = { WAIT_MS / 1000, 0 };
+  VhuVringState st = { .index = 0, .num = 0 };
+  gsize st_size = sizeof st;
+  guint64 req_gpa, resp_gpa;
+  int peer;
+  gint64 t0;
+  gpointer token;
+  guint32 len;
+  guint8 hdr[12];
+
+  daemon_start(&f->d, "--width", "800", "--height", "600");
+  f->fe = frontend_connect(&f->d);
+  frontend_init(f->fe);
+  peer = display_attach_raw(f->fe);
+  g_assert_cmpint(setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), ==, 0);
+  frontend_start(f->fe);
+
+  q = vhu_frontend_get_queue(f->fe, 0);
+  req_gpa = vhu_frontend_alloc(f->fe, 4096, 64);
+  resp_gpa = vhu_frontend_alloc(f->fe, 4096, 64);
+  fenced.hdr.flags = VIRTIO_GPU_FLAG_FENCE;
+  fenced.hdr.fence_id = 7;
+  memcpy(vhu_frontend_gpa_to_ptr(f->fe, req_gpa, sizeof di), &di, sizeof di);
+  memcpy(vhu_frontend_gpa_to_ptr(f->fe, req_gpa + 512, sizeof fenced), &fenced, sizeof fenced);
+  memcpy(vhu_frontend_gpa_to_ptr(f->fe, req_gpa + 1024, sizeof plain), &plain, sizeof plain);
+  memset(vhu_frontend_gpa_to_ptr(f->fe, resp_gpa, 4096), 0, 4096);
+  t0 = g_get_monotonic_time();
+  {
+    VhuGuestBuf out = { req_gpa, sizeof di }, in = { resp_gpa, 1024 };
+
+    g_assert_cmpint(vhu_driver_queue_add(q, &out, 1, &in, 1, FALSE, GINT_TO_POINTER(1)), >=, 0);
+    out = (VhuGuestBuf){ req_gpa + 512, sizeof fenced };
+    in = (VhuGuestBuf){ resp_gpa + 2048, 64 };
+    g_assert_cmpint(vhu_driver_queue_add(q, &out, 1, &in, 1, FALSE, GINT_TO_POINTER(2)), >=, 0);
+    out = (VhuGuestBuf){ req_gpa + 1024, sizeof plain };
+    in = (VhuGuestBuf){ resp_gpa + 3072, 64 };
+    g_assert_cmpint(vhu_driver_queue_add(q, &out, 1, &in, 1, FALSE, GINT_TO_POINTER(3)), >=, 0);
+  }
+  vhu_driver_queue_kick(q);
+  /* the unfenced request completes at once: all three were popped */
+  wait_used(q, &token, &len);
+  g_assert_cmpint(GPOINTER_TO_INT(token), ==, 3);
+  /* and the query is held at the display */
+  g_assert_cmpint(recv(peer, hdr, sizeof hdr, MSG_WAITALL), ==, 12);
+  g_assert_cmpuint(hdr[0], ==, VHU_DISPLAY_GET_PROTOCOL_FEATURES);
+  g_assert_cmpint(recv(peer, hdr, sizeof hdr, MSG_WAITALL), ==, 12);
+  g_assert_cmpuint(hdr[0], ==, VHU_DISPLAY_GET_DISPLAY_INFO);
+  g_assert_false(vhu_driver_queue_get_used(q, &token, &len));
+  if (g_get_monotonic_time() - t0 >= 800 * 1000) {
+    /* the daemon's 1 s reply timeout may have answered it already */
+    g_test_skip("too slow to stop before the display reply timeout");
+    close(peer);
+    teardown(f, NULL);
+    return;
+  }
+
+  g_assert_true(vhu_frontend_stop(f->fe, &error));
+  g_assert_no_error(error);
+  /* no waiting: the answers were in the used ring when GET_VRING_BASE came */
+  g_assert_true(vhu_driver_queue_get_used(q, &token, &len));
+  g_assert_cmpint(GPOINTER_TO_INT(token), ==, 1);
+  {
+    const struct virtio_gpu_resp_display_info *info
+        = vhu_frontend_gpa_to_ptr(f->fe, resp_gpa, sizeof *info);
+
+    g_assert_cmpuint(len, ==, sizeof *info);
+    g_assert_cmphex(info->hdr.type, ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+    g_assert_cmpuint(info->pmodes[0].r.width, ==, 800);
+    g_assert_cmpuint(info->pmodes[0].r.height, ==, 600);
+    g_assert_cmpuint(info->pmodes[0].enabled, ==, 1);
+  }
+  g_assert_true(vhu_driver_queue_get_used(q, &token, &len));
+  g_assert_cmpint(GPOINTER_TO_INT(token), ==, 2);
+  {
+    const struct virtio_gpu_ctrl_hdr *resp
+        = vhu_frontend_gpa_to_ptr(f->fe, resp_gpa + 2048, sizeof *resp);
+
+    g_assert_cmpuint(len, ==, sizeof *resp);
+    g_assert_cmphex(resp->type, ==, VIRTIO_GPU_RESP_OK_NODATA);
+    g_assert_cmphex(resp->flags & VIRTIO_GPU_FLAG_FENCE, !=, 0);
+    g_assert_cmpuint(resp->fence_id, ==, 7);
+  }
+  g_assert_false(vhu_driver_queue_get_used(q, &token, &len));
+  /* the base the frontend got (asked again: the ring stays where it
+   * stopped) counts all three */
+  g_assert_true(vhu_frontend_send(f->fe, VHU_GET_VRING_BASE, 0, &st, sizeof st, NULL, 0, &error));
+  g_assert_no_error(error);
+  g_assert_true(
+      vhu_frontend_recv_reply(f->fe, VHU_GET_VRING_BASE, &st, &st_size, NULL, NULL, &error));
+  g_assert_no_error(error);
+  g_assert_cmpuint(st_size, ==, sizeof st);
+  g_assert_cmpuint(st.index, ==, 0);
+  g_assert_cmpuint(st.num, ==, 3);
+  close(peer);
+  teardown(f, NULL);
+}
+
 /* A display that stops reading while an 8 MB UPDATE is on its way: the
  * vhost-user control path (which QEMU may be blocked on, holding its main
  * loop) and the cursor queue still answer at once, and SIGTERM still ends
@@ -1037,6 +1151,7 @@ main(int argc, char **argv)
   ADD("display-info", test_display_info);
   g_test_add_func("/gpu/daemon/display-info-qemu72", test_display_info_qemu72);
   g_test_add_func("/gpu/daemon/display-silent", test_display_silent);
+  g_test_add_func("/gpu/daemon/stop-answers-held", test_stop_answers_held);
   g_test_add_func("/gpu/daemon/display-not-reading", test_display_not_reading);
   ADD("draw", test_draw);
   ADD("formats", test_formats);
