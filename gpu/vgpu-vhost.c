@@ -282,6 +282,18 @@ vgpu_vhost_free(VgpuVhost *v)
   g_free(v);
 }
 
+void
+vgpu_vhost_lock(VgpuVhost *v)
+{
+  vhu_backend_lock(v->backend);
+}
+
+void
+vgpu_vhost_unlock(VgpuVhost *v)
+{
+  vhu_backend_unlock(v->backend);
+}
+
 VhuBackend *
 vgpu_vhost_get_backend(VgpuVhost *v)
 {

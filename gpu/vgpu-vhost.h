@@ -42,6 +42,12 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VgpuVhost, vgpu_vhost_free)
  * vhu_backend_set_disconnect_func, which the glue needs itself. */
 void vgpu_vhost_set_disconnect_func(VgpuVhost *vgpu, void (*func)(gpointer data), gpointer data);
 
+/* The device lock: serialises the VgpuDevice, its sinks and the
+ * VgpuQemuDisplay.  Hold it around any use of the device or the display
+ * obtained here (sinks are called with it held and must not block). */
+void vgpu_vhost_lock(VgpuVhost *vgpu);
+void vgpu_vhost_unlock(VgpuVhost *vgpu);
+
 VhuBackend *vgpu_vhost_get_backend(VgpuVhost *vgpu);
 VgpuDevice *vgpu_vhost_get_device(VgpuVhost *vgpu);
 VgpuQemuDisplay *vgpu_vhost_get_display(VgpuVhost *vgpu);
