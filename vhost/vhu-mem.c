@@ -89,6 +89,13 @@ vhu_mem_table_n_regions(const VhuMemTable *table)
   return table->n_regions;
 }
 
+gboolean
+vhu_mem_table_is_damaged(const VhuMemTable *table)
+{
+  (void)table;
+  return FALSE;
+}
+
 static gboolean
 ranges_overlap(guint64 a, guint64 a_size, guint64 b, guint64 b_size)
 {

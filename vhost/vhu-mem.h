@@ -29,6 +29,9 @@ VhuMemTable *vhu_mem_table_add(const VhuMemTable *table, const VhuMemRegionDesc 
 VhuMemTable *vhu_mem_table_remove(const VhuMemTable *table, const VhuMemRegionDesc *region,
                                   GError **error);
 guint vhu_mem_table_n_regions(const VhuMemTable *table);
+/* TRUE when a region of @table was retired because its file shrank under the
+ * mapping (the frontend truncated guest memory).  Any thread, lock-free. */
+gboolean vhu_mem_table_is_damaged(const VhuMemTable *table);
 
 /* Guest-physical -> host pointer.  *len is the wanted length on input and the
  * contiguous mapped length from @gpa on output (never beyond the region end).
