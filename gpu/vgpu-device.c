@@ -30,6 +30,7 @@ typedef enum {
   GE_TRANSFER_RANGE,
   GE_CURSOR,
   GE_DISPLAY_REPLY,
+  GE_NOT_NEGOTIATED,
   GE_N_KINDS
 } GuestError;
 
@@ -852,6 +853,20 @@ cmd_assign_uuid(VgpuDevice *dev, const struct virtio_gpu_resource_assign_uuid *c
   return VIRTIO_GPU_RESP_OK_RESOURCE_UUID;
 }
 
+static gboolean
+has_feature(VgpuDevice *dev, guint bit)
+{
+  return (dev->features & (G_GUINT64_CONSTANT(1) << bit)) != 0;
+}
+
+/* A command of an optional feature the driver did not negotiate. */
+static guint32
+not_negotiated(VgpuDevice *dev, const char *what, const char *feature)
+{
+  guest_error(dev, GE_NOT_NEGOTIATED, "%s without VIRTIO_GPU_F_%s negotiated", what, feature);
+  return VIRTIO_GPU_RESP_ERR_UNSPEC;
+}
+
 static gsize
 command_size(guint32 type)
 {
@@ -917,6 +932,10 @@ submit_ctrl(VgpuDevice *dev, VhuElem *elem)
   switch (req.hdr.type) {
     case VIRTIO_GPU_CMD_GET_DISPLAY_INFO:
     case VIRTIO_GPU_CMD_GET_EDID:
+      if (req.hdr.type == VIRTIO_GPU_CMD_GET_EDID && !has_feature(dev, VIRTIO_GPU_F_EDID)) {
+        type = not_negotiated(dev, "GET_EDID", "EDID");
+        goto answer;
+      }
       if (req.hdr.type == VIRTIO_GPU_CMD_GET_EDID
           && req.get_edid.scanout >= dev->config.num_scanouts) {
         /* Never forwarded: QEMU does not answer EDID requests for ids it
@@ -966,6 +985,10 @@ submit_ctrl(VgpuDevice *dev, VhuElem *elem)
       type = cmd_detach_backing(dev, &req.detach);
       break;
     case VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID:
+      if (!has_feature(dev, VIRTIO_GPU_F_RESOURCE_UUID)) {
+        type = not_negotiated(dev, "RESOURCE_ASSIGN_UUID", "RESOURCE_UUID");
+        break;
+      }
       type = cmd_assign_uuid(dev, &req.assign_uuid, &resp);
       if (type == VIRTIO_GPU_RESP_OK_RESOURCE_UUID)
         resp_len = sizeof resp.uuid;

@@ -31,7 +31,9 @@
  *                        (too many, unmapped, truncated), cursor not 64x64
  *   OUT_OF_MEMORY        host memory budget or resource count exhausted
  *   UNSPEC               short request, unknown or 3D command, transfer
- *                        without backing, backing attached twice
+ *                        without backing, backing attached twice, GET_EDID
+ *                        without VIRTIO_GPU_F_EDID or RESOURCE_ASSIGN_UUID
+ *                        without VIRTIO_GPU_F_RESOURCE_UUID negotiated
  * Each kind of guest error is logged once, then at most once a minute with a
  * count of the suppressed ones. */
 #pragma once
@@ -100,6 +102,8 @@ void vgpu_device_free(VgpuDevice *dev);
 void vgpu_device_add_sink(VgpuDevice *dev, const VgpuSinkIface *iface, gpointer sink);
 void vgpu_device_remove_sink(VgpuDevice *dev, gpointer sink);
 
+/* The virtio features the driver acknowledged (none after new and reset):
+ * GET_EDID and RESOURCE_ASSIGN_UUID are answered only with theirs. */
 void vgpu_device_set_features(VgpuDevice *dev, guint64 features);
 /* struct virtio_gpu_config; @size bytes from offset 0 (at most 16). */
 void vgpu_device_get_config(VgpuDevice *dev, guint8 *config, gsize size);

@@ -41,7 +41,8 @@
  *   [1] hold pattern (each sink call takes the next bit: keep the frame)
  *   [2] bits 0-1 mode (1280x800, 16x16, 4095x4095, 640x480); 2 sinks hold
  *       display queries; 3-5 first memory table
- *   [3] reserved
+ *   [3] bit 0: no features negotiated (else VGPU_DEVICE_FEATURES); 1-7
+ *       reserved
  * Then operations until the input ends (at most MAX_OPS), see run_op().
  *
  * Guest memory: region A (1 MiB) and region B (64 KiB) right after it, in
@@ -207,6 +208,7 @@ typedef struct {
   guint n_ents;
   /* What the sinks held of the resource when the device took it. */
   gboolean backing_used, read;
+  guint64 features; /* negotiated when it was submitted */
 } FElem;
 
 typedef enum {
@@ -254,6 +256,7 @@ typedef struct {
 static struct {
   VgpuDevice *dev;
   VgpuDeviceConfig config;
+  guint64 features; /* as last set on the device (none after a reset) */
   FSink sinks[2];
   guint n_sinks;
   VhuMemTable *mem;
@@ -560,6 +563,11 @@ check_response(FElem *e, const struct virtio_gpu_ctrl_hdr *resp)
     fail("response type 0x%x to command 0x%x", t, e->type);
   if (e->fenced && (!(resp->flags & VIRTIO_GPU_FLAG_FENCE) || resp->fence_id != e->fence_id))
     fail("fenced command 0x%x answered without its fence", e->type);
+  if (t != VIRTIO_GPU_RESP_ERR_UNSPEC
+      && ((e->type == VIRTIO_GPU_CMD_GET_EDID && !(e->features & 1ull << VIRTIO_GPU_F_EDID))
+          || (e->type == VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID
+              && !(e->features & 1ull << VIRTIO_GPU_F_RESOURCE_UUID))))
+    fail("command 0x%x answered 0x%x without its feature negotiated", e->type, t);
   if (t != VIRTIO_GPU_RESP_OK_NODATA)
     return;
   switch (e->type) {
@@ -1330,6 +1338,7 @@ felem_new(guint qidx)
 
   e->qidx = qidx;
   e->seq = st.next_seq++;
+  e->features = st.features;
   e->elem.mem = st.mem ? vhu_mem_table_ref(st.mem) : NULL;
   return e;
 }
@@ -1603,6 +1612,7 @@ static void
 op_reset(void)
 {
   vgpu_device_reset(st.dev);
+  st.features = 0;
   orphan_holds(0, TRUE);
   model_clear_all();
   check_empty();
@@ -1662,7 +1672,8 @@ op_misc(Input *in)
       break;
     }
     default:
-      vgpu_device_set_features(st.dev, in_u64(in));
+      st.features = in_u64(in);
+      vgpu_device_set_features(st.dev, st.features);
       break;
   }
 }
@@ -1725,9 +1736,8 @@ restore_memory(void)
 static void
 start(Input *in)
 {
-  guint8 h0 = in_u8(in), h1 = in_u8(in), h2 = in_u8(in);
+  guint8 h0 = in_u8(in), h1 = in_u8(in), h2 = in_u8(in), h3 = in_u8(in);
 
-  (void)in_u8(in);
   memset(&st, 0, sizeof st);
   g_queue_init(&st.outstanding);
   st.dirty_a.lo = A_SIZE;
@@ -1744,6 +1754,8 @@ start(Input *in)
   st.model_ok = TRUE;
   st.mem = tables[(h2 >> 3 & 7) % N_TABLES];
   st.dev = vgpu_device_new(&st.config, &fuzz_ops, NULL);
+  st.features = h3 & 1 ? 0 : VGPU_DEVICE_FEATURES;
+  vgpu_device_set_features(st.dev, st.features);
   switch (h0 >> 2 & 3) {
     case 0:
       st.sinks[0].iface = &guest_sink_iface;

@@ -245,6 +245,7 @@ setup_with(Fixture *f, guint scanouts, guint64 hostmem, guint max_resources)
   f->held_images = g_ptr_array_new();
   f->held_backings = g_ptr_array_new();
   f->dev = vgpu_device_new(&cfg, &ops, f);
+  vgpu_device_set_features(f->dev, VGPU_DEVICE_FEATURES);
   vgpu_device_add_sink(f->dev, &sink_iface, f);
   log_count = 0;
 }
@@ -462,6 +463,31 @@ test_edid(Fixture *f, gconstpointer data)
   g_assert_cmphex(CTRL(f, req), ==, VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID);
   req = gpu_get_edid(G_MAXUINT32);
   g_assert_cmphex(CTRL(f, req), ==, VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID);
+}
+
+/* Without VIRTIO_GPU_F_EDID negotiated GET_EDID is unsupported, whatever
+ * the scanout id, and no sink is asked; with it, it is answered again. */
+static void
+test_edid_not_negotiated(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_cmd_get_edid req = gpu_get_edid(0);
+
+  f->hold_queries = TRUE;
+  vgpu_device_set_features(f->dev, VGPU_DEVICE_FEATURES & ~(1ull << VIRTIO_GPU_F_EDID));
+  g_assert_cmphex(CTRL(f, req), ==, VIRTIO_GPU_RESP_ERR_UNSPEC);
+  g_assert_cmpuint(last_done(f)->len, ==, sizeof(struct virtio_gpu_ctrl_hdr));
+  req = gpu_get_edid(7);
+  g_assert_cmphex(CTRL(f, req), ==, VIRTIO_GPU_RESP_ERR_UNSPEC);
+  g_assert_cmpuint(f->queries->len, ==, 0);
+  g_assert_cmpuint(log_count, ==, 1); /* one line for the kind */
+  /* A reset forgets what was negotiated. */
+  vgpu_device_set_features(f->dev, VGPU_DEVICE_FEATURES);
+  vgpu_device_reset(f->dev);
+  req = gpu_get_edid(0);
+  g_assert_cmphex(CTRL(f, req), ==, VIRTIO_GPU_RESP_ERR_UNSPEC);
+  f->hold_queries = FALSE;
+  vgpu_device_set_features(f->dev, 1ull << VIRTIO_GPU_F_EDID);
+  g_assert_cmphex(CTRL(f, req), ==, VIRTIO_GPU_RESP_OK_EDID);
 }
 
 static void
@@ -974,6 +1000,23 @@ test_uuid(Fixture *f, gconstpointer data)
   g_assert_cmpmem(r1.uuid, 16, r2.uuid, 16);
   g_assert_cmphex(r1.uuid[6] >> 4, ==, 4); /* version 4 */
   g_assert_cmphex(r1.uuid[8] >> 6, ==, 2); /* RFC 4122 variant */
+}
+
+/* Without VIRTIO_GPU_F_RESOURCE_UUID negotiated RESOURCE_ASSIGN_UUID is
+ * unsupported, for a resource that exists too. */
+static void
+test_uuid_not_negotiated(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_resource_assign_uuid a = { GPU_HDR(VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID), 1, 0 };
+
+  make_resource(f, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 4, 4, GPA0);
+  vgpu_device_set_features(f->dev, 1ull << VIRTIO_GPU_F_EDID);
+  g_assert_cmphex(CTRL(f, a), ==, VIRTIO_GPU_RESP_ERR_UNSPEC);
+  g_assert_cmpuint(last_done(f)->len, ==, sizeof(struct virtio_gpu_ctrl_hdr));
+  vgpu_device_set_features(f->dev, 0);
+  g_assert_cmphex(CTRL(f, a), ==, VIRTIO_GPU_RESP_ERR_UNSPEC);
+  vgpu_device_set_features(f->dev, 1ull << VIRTIO_GPU_F_RESOURCE_UUID);
+  g_assert_cmphex(CTRL(f, a), ==, VIRTIO_GPU_RESP_OK_RESOURCE_UUID);
 }
 
 static void
@@ -1534,6 +1577,7 @@ main(int argc, char **argv)
   g_test_add_func("/gpu/device/display-info-16-scanouts", test_display_info_multi);
   ADD("config", test_config);
   ADD("edid", test_edid);
+  ADD("edid-not-negotiated", test_edid_not_negotiated);
   g_test_add_func("/gpu/edid/modes", test_edid_modes);
   ADD("create-errors", test_create_errors);
   ADD("create-all-formats", test_all_formats_create);
@@ -1550,6 +1594,7 @@ main(int argc, char **argv)
   ADD("short-requests", test_short_requests);
   ADD("unknown-commands", test_unknown_commands);
   ADD("uuid", test_uuid);
+  ADD("uuid-not-negotiated", test_uuid_not_negotiated);
   ADD("fences", test_fences);
   ADD("query-fallbacks", test_query_fallbacks);
   ADD("flush-and-reset", test_flush_and_reset);
