@@ -8,18 +8,19 @@
 #define MAX_BATCH 256u
 
 struct _VgpuVhost {
+  GMutex lock; /* the device lock: everything below but the backend */
   VhuBackend *backend;
   VgpuDevice *dev;
   VgpuQemuDisplay *display;
-  gboolean batching[VGPU_NUM_QUEUES]; /* lock held: inside queue_kick */
-  gboolean used_device;               /* lock held: requests served since the last reset */
-  gboolean replay_pending;            /* lock held: a display socket came before the start */
+  gboolean batching[VGPU_NUM_QUEUES]; /* inside queue_kick */
+  gboolean used_device;               /* requests served since the last reset */
+  gboolean replay_pending;            /* a display socket came before the start */
   void (*disconnect_func)(gpointer data);
   gpointer disconnect_data;
 };
 
 /* ------------------------------------------------------------------------ */
-/* Device ops (backend lock held) */
+/* Device ops (device lock held) */
 
 static void
 ops_complete(gpointer data, guint qidx, VhuElem *elem, guint32 len)
@@ -62,7 +63,9 @@ iface_get_config(gpointer dev, guint8 *config, gsize size)
 {
   VgpuVhost *v = dev;
 
+  g_mutex_lock(&v->lock);
   vgpu_device_get_config(v->dev, config, size);
+  g_mutex_unlock(&v->lock);
 }
 
 static gboolean
@@ -71,7 +74,9 @@ iface_set_config(gpointer dev, guint32 offset, const guint8 *data, gsize size, g
 {
   VgpuVhost *v = dev;
 
+  g_mutex_lock(&v->lock);
   vgpu_device_set_config(v->dev, offset, data, size);
+  g_mutex_unlock(&v->lock);
   return TRUE;
 }
 
@@ -80,13 +85,14 @@ iface_set_features(gpointer dev, guint64 features)
 {
   VgpuVhost *v = dev;
 
+  g_mutex_lock(&v->lock);
   vgpu_device_set_features(v->dev, features);
+  g_mutex_unlock(&v->lock);
 }
 
 static void
-iface_queue_started(gpointer dev, guint qidx, gboolean started)
+queue_started_locked(VgpuVhost *v, guint qidx, gboolean started)
 {
-  VgpuVhost *v = dev;
   VhuVring *vring = vhu_backend_get_vring(v->backend, qidx);
 
   if (!started) {
@@ -117,6 +123,16 @@ iface_queue_started(gpointer dev, guint qidx, gboolean started)
 }
 
 static void
+iface_queue_started(gpointer dev, guint qidx, gboolean started)
+{
+  VgpuVhost *v = dev;
+
+  g_mutex_lock(&v->lock);
+  queue_started_locked(v, qidx, started);
+  g_mutex_unlock(&v->lock);
+}
+
+static void
 iface_queue_kick(gpointer dev, VhuBackend *backend, guint qidx)
 {
   VgpuVhost *v = dev;
@@ -125,6 +141,7 @@ iface_queue_kick(gpointer dev, VhuBackend *backend, guint qidx)
 
   if (qidx >= VGPU_NUM_QUEUES)
     return;
+  g_mutex_lock(&v->lock);
   v->batching[qidx] = TRUE;
   while (n < MAX_BATCH) {
     g_autoptr(GError) error = NULL;
@@ -142,6 +159,7 @@ iface_queue_kick(gpointer dev, VhuBackend *backend, guint qidx)
     n++;
   }
   v->batching[qidx] = FALSE;
+  g_mutex_unlock(&v->lock);
   vhu_vring_notify(vring);
   if (n == MAX_BATCH)
     vhu_backend_kick(backend, qidx); /* more may wait: come back after other sources */
@@ -166,7 +184,7 @@ iface_device_request(gpointer dev, guint32 request, const guint8 *payload, gsize
   }
   fd = fds[0];
   fds[0] = -1;
-  vhu_backend_lock(v->backend);
+  g_mutex_lock(&v->lock);
   ok = vgpu_qemu_display_set_socket(v->display, fd, error);
   /* QEMU sends the socket before starting the rings: whether the scanouts
    * survived (resume) or not (reboot) is known at the start. */
@@ -174,7 +192,7 @@ iface_device_request(gpointer dev, guint32 request, const guint8 *payload, gsize
     vgpu_qemu_display_replay(v->display);
   else
     v->replay_pending = ok;
-  vhu_backend_unlock(v->backend);
+  g_mutex_unlock(&v->lock);
   return ok;
 }
 
@@ -186,11 +204,11 @@ iface_reset(gpointer dev)
   /* The display socket stays: QEMU resets the device (RESET_DEVICE) around
    * a guest reset and may already have sent the socket for the next start. */
   g_info("gpu: device reset by the frontend");
-  vhu_backend_lock(v->backend);
+  g_mutex_lock(&v->lock);
   vgpu_device_reset(v->dev);
   v->used_device = FALSE;
   v->replay_pending = FALSE;
-  vhu_backend_unlock(v->backend);
+  g_mutex_unlock(&v->lock);
 }
 
 /* The frontend left (after reset): its display socket is of no use. */
@@ -199,9 +217,9 @@ on_disconnect(gpointer data)
 {
   VgpuVhost *v = data;
 
-  vhu_backend_lock(v->backend);
+  g_mutex_lock(&v->lock);
   vgpu_qemu_display_close(v->display);
-  vhu_backend_unlock(v->backend);
+  g_mutex_unlock(&v->lock);
   if (v->disconnect_func)
     v->disconnect_func(v->disconnect_data);
 }
@@ -225,15 +243,15 @@ static const VhuDeviceIface gpu_iface = {
 /* ------------------------------------------------------------------------ */
 
 static void
-lock_backend(gpointer data)
+lock_device(gpointer data)
 {
-  vhu_backend_lock(data);
+  vgpu_vhost_lock(data);
 }
 
 static void
-unlock_backend(gpointer data)
+unlock_device(gpointer data)
 {
-  vhu_backend_unlock(data);
+  vgpu_vhost_unlock(data);
 }
 
 VgpuVhost *
@@ -245,17 +263,18 @@ vgpu_vhost_new(const VgpuVhostConfig *config, GMainContext *context, GError **er
   if (!vgpu_device_config_validate(&config->device, error))
     return NULL;
   v = g_new0(VgpuVhost, 1);
+  g_mutex_init(&v->lock);
   v->dev = vgpu_device_new(&config->device, &device_ops, v);
   v->backend = vhu_backend_new(&gpu_iface, v, context, &config->backend);
   dopts.context = vhu_backend_get_queue_context(v->backend);
-  dopts.lock = lock_backend;
-  dopts.unlock = unlock_backend;
-  dopts.lock_data = v->backend;
+  dopts.lock = lock_device;
+  dopts.unlock = unlock_device;
+  dopts.lock_data = v;
   dopts.reply_timeout_ms = config->display_reply_timeout_ms;
   dopts.write_timeout_ms = config->display_write_timeout_ms;
-  vhu_backend_lock(v->backend);
+  g_mutex_lock(&v->lock);
   v->display = vgpu_qemu_display_new(v->dev, &dopts);
-  vhu_backend_unlock(v->backend);
+  g_mutex_unlock(&v->lock);
   vhu_backend_set_disconnect_func(v->backend, on_disconnect, v);
   return v;
 }
@@ -273,25 +292,26 @@ vgpu_vhost_free(VgpuVhost *v)
   if (!v)
     return;
   /* Writers first, so no image release can kick a backend being freed. */
-  vhu_backend_lock(v->backend);
+  g_mutex_lock(&v->lock);
   vgpu_qemu_display_close(v->display);
-  vhu_backend_unlock(v->backend);
+  g_mutex_unlock(&v->lock);
   vhu_backend_free(v->backend);
   vgpu_qemu_display_free(v->display);
   vgpu_device_free(v->dev);
+  g_mutex_clear(&v->lock);
   g_free(v);
 }
 
 void
 vgpu_vhost_lock(VgpuVhost *v)
 {
-  vhu_backend_lock(v->backend);
+  g_mutex_lock(&v->lock);
 }
 
 void
 vgpu_vhost_unlock(VgpuVhost *v)
 {
-  vhu_backend_unlock(v->backend);
+  g_mutex_unlock(&v->lock);
 }
 
 VhuBackend *

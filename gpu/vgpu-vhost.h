@@ -1,11 +1,13 @@
 /* vgpu-vhost.h: the GPU device model served over vhost-user, with QEMU's
  * display socket as its first sink.
  *
- * Threads (see vhu-backend.h): control requests, ring kicks and display
- * replies all end up under the backend lock, which also serialises the
- * VgpuDevice and the VgpuQemuDisplay; only the display writer threads work
- * without it.  Hold vhu_backend_lock() around any use of the device or the
- * display obtained here.
+ * Threads (see vhu-backend.h): control requests (control context), ring
+ * kicks and display replies (queue thread) all take the device lock
+ * (vgpu_vhost_lock), which serialises the VgpuDevice and the
+ * VgpuQemuDisplay; the rings have locks of their own, taken after it
+ * (device lock, then ring lock, never the reverse).  The display writer
+ * threads work without it.  Hold vgpu_vhost_lock() around any use of the
+ * device or the display obtained here.
  *
  * Device lifetime: RESET_DEVICE / RESET_OWNER (QEMU 10 sends one around every
  * guest reset) reset the device; the frontend leaving also drops the display

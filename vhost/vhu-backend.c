@@ -7,16 +7,21 @@
  *   that stalls half-way is abandoned after MSG_TIMEOUT_MS and the connection
  *   dropped, so the control context never hangs on a peer.
  * - Queue thread: owned by the backend, runs its own GMainContext.  It holds
- *   one fd watch per started ring (the kick eventfd) and the idle sources that
- *   vhu_backend_kick schedules; both call iface->queue_kick with the backend
- *   lock held.  Devices may attach their own sources to that context.
- *   A guest kick costs one poll, one read of the kick eventfd and (when the
- *   guest wants one) one write of the call eventfd: nothing else wakes the
- *   queue context on that path (see add_kick_watch).
- * - One GMutex (the backend lock) guards the rings, the memory table, the
- *   negotiated features and the inflight mapping.  The control thread takes
- *   it for every change to those, so a ring never changes under a running
- *   queue_kick.  iface->reset and iface->device_request run without it.
+ *   one fd watch per started ring (the kick eventfd; a polling timer for a
+ *   ring started without one) and the idle sources that vhu_backend_kick
+ *   schedules; both call iface->queue_kick with no lock held.  Devices may
+ *   attach their own sources to that context.  A guest kick costs one poll,
+ *   one read of the kick eventfd and (when the guest wants one) one write of
+ *   the call eventfd: nothing else wakes the queue context on that path (see
+ *   add_kick_watch).
+ * - Locks: each VhuVring has its own, taken inside its functions.  Rings are
+ *   started, stopped and reconfigured on the control thread only, so a check
+ *   made there (is the ring started?) stays true until that thread changes
+ *   it.  watch_lock guards the queues' kick sources, req_lock the backend
+ *   channel.  No lock is held across a call into the device or a write that
+ *   could wait: a device, a consumer or a frontend fd can stall nothing but
+ *   its own work.  The memory table pointer is the control thread's; the
+ *   rings and popped requests hold their own references.
  *
  * Ownership
  * - Kick fds belong to the queue's watch.  A watch is destroyed on the
@@ -54,8 +59,9 @@
 #include "vhu-mem.h"
 #include "vhu-vring-private.h"
 
-#define MSG_TIMEOUT_MS 1000
-#define LISTEN_BACKLOG 8
+#define MSG_TIMEOUT_MS   1000
+#define LISTEN_BACKLOG   8
+#define POLL_INTERVAL_MS 1
 
 /* What a queue's sources get as data: lives as long as the backend. */
 typedef struct {
@@ -66,10 +72,11 @@ typedef struct {
 typedef struct {
   QueueRef ref;
   VhuVring *vring;
+  /* watch_lock: */
   int kick_fd;          /* owned by the watch; closed on the queue thread */
-  GSource *kick_source; /* on the queue context */
+  GSource *kick_source; /* on the queue context: the kick fd's watch or, for a
+                           ring started without a kick fd, a polling timer */
   gint kick_pending;    /* atomic: a scheduled queue_kick is queued */
-  gboolean broken_reported;
 } VhuQueue;
 
 struct _VhuBackend {
@@ -77,7 +84,8 @@ struct _VhuBackend {
   gpointer dev;
   GMainContext *context;
   VhuBackendOptions options;
-  GMutex lock;
+  GMutex watch_lock; /* the queues' kick sources; never held across a call out */
+  GMutex req_lock;   /* backend_req_fd and writes to it */
 
   /* Control thread only. */
   int listen_fd;
@@ -94,10 +102,11 @@ struct _VhuBackend {
   guint64 offered_features;
   guint64 offered_protocol;
   guint64 protocol_features;
-  int backend_req_fd;
+  int backend_req_fd;      /* req_lock; written on the control thread only */
+  gboolean backend_req_ok; /* req_lock: BACKEND_REQ negotiated, channel usable */
 
-  /* Lock held. */
-  guint64 features;
+  guint64 features; /* atomic: negotiated virtio features */
+  /* Control thread only (rings hold their own references). */
   VhuMemTable *mem;
   guint8 *inflight_base;
   gsize inflight_size;
@@ -126,38 +135,56 @@ static void start_listen_watch(VhuBackend *b);
 /* ------------------------------------------------------------------ */
 /* Queue thread side */
 
-/* One log line per broken ring (until it is restarted), with the reason the
- * ring recorded when a pop broke it; NEEDS_RESET and the error eventfd go
- * with it.  Runs after every queue_kick and in vhu_backend_unlock, so pops
- * from any thread are covered. */
+/* Tells the frontend that the device status changed (NEEDS_RESET), over the
+ * backend channel when BACKEND_REQ was negotiated (virtio 1.3 \u00a72.1.2 asks
+ * for a configuration change notification).  Any thread.  One non-blocking
+ * send without NEED_REPLY: a frontend that does not read its channel loses
+ * the notification, it never stalls the caller. */
 static void
-report_broken_locked(VhuBackend *b)
+notify_config_change(VhuBackend *b)
 {
-  for (guint i = 0; i < b->num_queues; i++) {
-    VhuQueue *q = &b->queues[i];
-    const char *why;
+  VhuMsgHeader hdr = { .request = VHU_BACKEND_CONFIG_CHANGE_MSG, .flags = VHU_VERSION };
+  ssize_t w;
 
-    if (q->broken_reported || !vhu_vring_is_broken(q->vring))
-      continue;
-    q->broken_reported = TRUE;
-    why = vhu_vring_get_broken_reason(q->vring);
-    g_warning("%s: queue %u broken: %s; device needs reset", b->iface.name, i,
-              why != NULL ? why : "reason unknown");
-    g_atomic_int_or(&b->status, VHU_STATUS_NEEDS_RESET);
-    vhu_vring_signal_error(q->vring);
+  g_mutex_lock(&b->req_lock);
+  if (b->backend_req_ok && b->backend_req_fd >= 0) {
+    do
+      w = send(b->backend_req_fd, &hdr, sizeof hdr, MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (w < 0 && errno == EINTR);
+    if (w != (ssize_t)sizeof hdr) {
+      /* A short write would desynchronise the channel: stop using it. */
+      g_warning("%s: backend channel %s; configuration change not sent", b->iface.name,
+                w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? "full" : "unusable");
+      b->backend_req_ok = w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    }
   }
+  g_mutex_unlock(&b->req_lock);
+}
+
+/* A pop or push broke a ring (guest corruption, or its memory vanished):
+ * one log line, NEEDS_RESET, the ring's error eventfd, the frontend told.
+ * Runs on the thread that used the ring, without any lock. */
+static void
+on_ring_broken(gpointer data, VhuVring *vring, const char *reason)
+{
+  VhuBackend *b = data;
+
+  g_warning("%s: queue %u broken: %s; device needs reset", b->iface.name, vhu_vring_index(vring),
+            reason);
+  g_atomic_int_or(&b->status, VHU_STATUS_NEEDS_RESET);
+  vhu_vring_signal_error(vring);
+  notify_config_change(b);
 }
 
 static void
-run_queue_locked(VhuBackend *b, guint qidx)
+run_queue(VhuBackend *b, guint qidx)
 {
-  VhuQueue *q = &b->queues[qidx];
+  VhuVring *vring = b->queues[qidx].vring;
 
-  if (!vhu_vring_is_started(q->vring) || vhu_vring_is_broken(q->vring))
+  if (!vhu_vring_is_started(vring) || vhu_vring_is_broken(vring))
     return;
   if (b->iface.queue_kick != NULL)
     b->iface.queue_kick(b->dev, b, qidx);
-  report_broken_locked(b);
 }
 
 static gboolean
@@ -167,9 +194,7 @@ on_kick_idle(gpointer data)
   VhuBackend *b = r->backend;
 
   g_atomic_int_set(&b->queues[r->qidx].kick_pending, 0);
-  g_mutex_lock(&b->lock);
-  run_queue_locked(b, r->qidx);
-  g_mutex_unlock(&b->lock);
+  run_queue(b, r->qidx);
   return G_SOURCE_REMOVE;
 }
 
@@ -211,7 +236,7 @@ close_on_queue_thread(VhuBackend *b, int fd)
   g_source_unref(s);
 }
 
-/* Lock held.  Called from the queue thread only. */
+/* watch_lock held.  Called from the queue thread only. */
 static void
 drop_kick_watch_here(VhuQueue *q)
 {
@@ -221,10 +246,11 @@ drop_kick_watch_here(VhuQueue *q)
   q->kick_fd = -1;
 }
 
-/* Lock held, any thread but the queue thread's dispatch of that watch. */
+/* Any thread but the queue thread's dispatch of that watch. */
 static void
 drop_kick_watch(VhuBackend *b, VhuQueue *q)
 {
+  g_mutex_lock(&b->watch_lock);
   if (q->kick_source != NULL) {
     g_source_destroy(q->kick_source);
     g_clear_pointer(&q->kick_source, g_source_unref);
@@ -232,21 +258,22 @@ drop_kick_watch(VhuBackend *b, VhuQueue *q)
   if (q->kick_fd >= 0)
     close_on_queue_thread(b, q->kick_fd);
   q->kick_fd = -1;
+  g_mutex_unlock(&b->watch_lock);
 }
 
 /* Empties the eventfd.  FALSE when the fd is unusable (EOF, error, hangup). */
 static gboolean
 drain_kick(int fd, GIOCondition cond)
 {
-  guint8 buf[64];
+  guint64 count;
   ssize_t r;
 
   if (!(cond & G_IO_IN))
     return FALSE;
   do
-    r = read(fd, buf, sizeof buf);
+    r = read(fd, &count, sizeof count);
   while (r < 0 && errno == EINTR);
-  if (r > 0)
+  if (r == (ssize_t)sizeof count)
     return TRUE;
   return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
@@ -259,23 +286,25 @@ on_kick(int fd, GIOCondition cond, gpointer data)
   VhuQueue *q = &b->queues[r->qidx];
   gboolean usable = drain_kick(fd, cond);
 
-  g_mutex_lock(&b->lock);
+  g_mutex_lock(&b->watch_lock);
+  /* Destroyed meanwhile by the control thread (a new kick fd, a stop). */
   if (g_source_is_destroyed(g_main_current_source())) {
-    g_mutex_unlock(&b->lock);
+    g_mutex_unlock(&b->watch_lock);
     return G_SOURCE_REMOVE;
   }
   if (!usable) {
     g_warning("%s: queue %u: kick fd hung up or unreadable; no longer watched", b->iface.name,
               r->qidx);
     drop_kick_watch_here(q);
-    g_mutex_unlock(&b->lock);
+    g_mutex_unlock(&b->watch_lock);
     return G_SOURCE_REMOVE;
   }
-  run_queue_locked(b, r->qidx);
-  g_mutex_unlock(&b->lock);
+  g_mutex_unlock(&b->watch_lock);
+  run_queue(b, r->qidx);
   return G_SOURCE_CONTINUE;
 }
 
+/* watch_lock held. */
 static void
 add_kick_watch(VhuBackend *b, guint qidx, int fd)
 {
@@ -292,6 +321,29 @@ add_kick_watch(VhuBackend *b, guint qidx, int fd)
   g_source_attach(s, b->qctx);
   q->kick_source = s;
   q->kick_fd = fd;
+}
+
+static gboolean
+on_poll_timer(gpointer data)
+{
+  QueueRef *r = data;
+
+  run_queue(r->backend, r->qidx);
+  return G_SOURCE_CONTINUE;
+}
+
+/* watch_lock held.  SET_VRING_KICK without an fd asks the backend to poll
+ * the ring (vhost-user spec, "invalid FD flag"); a timer does, at
+ * POLL_INTERVAL_MS, so such a ring costs little when idle. */
+static void
+add_poll_timer(VhuBackend *b, guint qidx)
+{
+  VhuQueue *q = &b->queues[qidx];
+  GSource *s = g_timeout_source_new(POLL_INTERVAL_MS);
+
+  g_source_set_callback(s, on_poll_timer, &q->ref, NULL);
+  g_source_attach(s, b->qctx);
+  q->kick_source = s;
 }
 
 static gboolean
@@ -313,25 +365,26 @@ queue_thread_main(gpointer data)
 }
 
 /* ------------------------------------------------------------------ */
-/* Ring and session state (lock held unless noted) */
+/* Ring and session state (control thread) */
 
+/* Stops @qidx: no more pops, the device completes what it holds (still
+ * landing in the used ring, so GET_VRING_BASE counts it), then the stop. */
 static void
-stop_queue_locked(VhuBackend *b, guint qidx)
+stop_queue(VhuBackend *b, guint qidx)
 {
   VhuQueue *q = &b->queues[qidx];
 
   drop_kick_watch(b, q);
-  if (vhu_vring_is_started(q->vring)) {
-    /* The device first, while pushes still land: what it completes now is
-     * in the used ring before GET_VRING_BASE answers. */
-    if (b->iface.queue_started != NULL)
-      b->iface.queue_started(b->dev, qidx, FALSE);
-    vhu_vring_stop(q->vring);
-  }
+  if (!vhu_vring_is_started(q->vring))
+    return;
+  vhu_vring_hold_pops(q->vring, TRUE);
+  if (b->iface.queue_started != NULL)
+    b->iface.queue_started(b->dev, qidx, FALSE);
+  vhu_vring_stop(q->vring);
 }
 
 static void
-unmap_inflight_locked(VhuBackend *b)
+unmap_inflight(VhuBackend *b)
 {
   if (b->inflight_base != NULL)
     munmap(b->inflight_base, b->inflight_size);
@@ -339,52 +392,54 @@ unmap_inflight_locked(VhuBackend *b)
   b->inflight_size = 0;
 }
 
-/* Stops every ring, resets the device (without the lock), then forgets the
- * rings' setup, the negotiated virtio features and the status.  Called
- * without the lock. */
+/* Rings forget their inflight regions before the buffer goes away. */
+static void
+drop_inflight(VhuBackend *b)
+{
+  for (guint i = 0; i < b->num_queues; i++)
+    vhu_vring_set_inflight(b->queues[i].vring, NULL, 0, NULL);
+  unmap_inflight(b);
+}
+
+/* Stops every ring, resets the device, then forgets the rings' setup, the
+ * negotiated virtio features and the status. */
 static void
 reset_device(VhuBackend *b)
 {
-  g_mutex_lock(&b->lock);
   for (guint i = 0; i < b->num_queues; i++)
-    stop_queue_locked(b, i);
-  g_mutex_unlock(&b->lock);
+    stop_queue(b, i);
 
   if (b->iface.reset != NULL)
     b->iface.reset(b->dev);
 
-  g_mutex_lock(&b->lock);
-  for (guint i = 0; i < b->num_queues; i++) {
+  for (guint i = 0; i < b->num_queues; i++)
     vhu_vring_reset(b->queues[i].vring);
-    b->queues[i].broken_reported = FALSE;
-  }
-  unmap_inflight_locked(b);
-  b->features = 0;
+  unmap_inflight(b);
+  __atomic_store_n(&b->features, 0, __ATOMIC_RELAXED);
   g_atomic_int_set(&b->status, 0);
-  g_mutex_unlock(&b->lock);
 }
 
-/* Re-translates every ring after a memory table change.  Only a started
- * ring that is no longer mapped is an error: stopped rings may hold stale
- * addresses until the next SET_VRING_ADDR. */
+/* Installs @mem (taking it) in the rings, unless a started ring would no
+ * longer be mapped: then the current table stays and @mem is dropped.
+ * Stopped rings may hold stale addresses until the next SET_VRING_ADDR. */
 static gboolean
-set_mem_locked(VhuBackend *b, VhuMemTable *mem, GError **error)
+set_mem(VhuBackend *b, VhuMemTable *mem, GError **error)
 {
-  gboolean ok = TRUE;
-
-  g_clear_pointer(&b->mem, vhu_mem_table_unref);
-  b->mem = mem;
   for (guint i = 0; i < b->num_queues; i++) {
-    VhuVring *vring = b->queues[i].vring;
     g_autoptr(GError) local = NULL;
 
-    if (!vhu_vring_set_mem(vring, mem, &local) && vhu_vring_is_started(vring) && ok) {
+    if (!vhu_vring_check_mem(b->queues[i].vring, mem, &local)) {
       g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                  "queue %u is started but no longer mapped: %s", i, local->message);
-      ok = FALSE;
+                  "queue %u is started and would no longer be mapped: %s", i, local->message);
+      vhu_mem_table_unref(mem);
+      return FALSE;
     }
   }
-  return ok;
+  g_clear_pointer(&b->mem, vhu_mem_table_unref);
+  b->mem = mem;
+  for (guint i = 0; i < b->num_queues; i++)
+    vhu_vring_set_mem(b->queues[i].vring, mem, NULL);
+  return TRUE;
 }
 
 /* ------------------------------------------------------------------ */
@@ -482,8 +537,9 @@ handle_set_features(VhuBackend *b, const VhuMsg *msg, GError **error)
 {
   /* Transport bits QEMU passes through from the guest without asking us
    * (vhost-user-gpu has no feature filter): tolerated, not negotiated. */
-  const guint64 tolerated
-      = G_GUINT64_CONSTANT(1) << VHU_F_ANY_LAYOUT | G_GUINT64_CONSTANT(1) << 40 /* RING_RESET */;
+  const guint64 tolerated = G_GUINT64_CONSTANT(1) << VHU_F_ANY_LAYOUT
+                            | G_GUINT64_CONSTANT(1) << VHU_F_NOTIFY_ON_EMPTY
+                            | G_GUINT64_CONSTANT(1) << 40 /* RING_RESET */;
   guint64 value, unknown;
 
   if (!check_plain(msg, 8, error))
@@ -492,8 +548,7 @@ handle_set_features(VhuBackend *b, const VhuMsg *msg, GError **error)
   unknown = value & ~b->offered_features & ~tolerated;
   value &= b->offered_features;
 
-  g_mutex_lock(&b->lock);
-  b->features = value;
+  __atomic_store_n(&b->features, value, __ATOMIC_RELAXED);
   for (guint i = 0; i < b->num_queues; i++) {
     VhuVring *vring = b->queues[i].vring;
 
@@ -509,7 +564,6 @@ handle_set_features(VhuBackend *b, const VhuMsg *msg, GError **error)
   }
   if (b->iface.set_features != NULL)
     b->iface.set_features(b->dev, value);
-  g_mutex_unlock(&b->lock);
 
   if (unknown != 0) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED,
@@ -529,6 +583,9 @@ handle_set_protocol_features(VhuBackend *b, const VhuMsg *msg, GError **error)
   value = payload_u64(msg);
   unknown = value & ~b->offered_protocol;
   b->protocol_features = value & b->offered_protocol;
+  g_mutex_lock(&b->req_lock);
+  b->backend_req_ok = (b->protocol_features & (G_GUINT64_CONSTANT(1) << VHU_PF_BACKEND_REQ)) != 0;
+  g_mutex_unlock(&b->req_lock);
   if (unknown != 0) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED,
                 "protocol features 0x%" G_GINT64_MODIFIER "x were not offered (ignored)", unknown);
@@ -540,12 +597,7 @@ handle_set_protocol_features(VhuBackend *b, const VhuMsg *msg, GError **error)
 static HResult
 install_mem(VhuBackend *b, VhuMemTable *mem, GError **error)
 {
-  gboolean ok;
-
-  g_mutex_lock(&b->lock);
-  ok = set_mem_locked(b, mem, error);
-  g_mutex_unlock(&b->lock);
-  return ok ? H_OK : H_MALFORMED;
+  return set_mem(b, mem, error) ? H_OK : H_MALFORMED;
 }
 
 static HResult
@@ -610,8 +662,6 @@ handle_mem_reg(VhuBackend *b, const VhuMsg *msg, gboolean add, GError **error)
   }
   memcpy(&reg, msg->payload, sizeof reg);
 
-  /* The table is only replaced on the control thread, so reading it here
-   * without the lock is safe. */
   current = b->mem;
   if (current == NULL)
     current = empty = vhu_mem_table_new();
@@ -629,16 +679,14 @@ static HResult
 set_stopped_vring(VhuBackend *b, const VhuVringState *st,
                   gboolean (*set)(VhuVring *vring, guint num, GError **error), GError **error)
 {
-  VhuVring *vring;
+  VhuVring *vring = b->queues[st->index].vring;
   gboolean ok = FALSE;
 
-  g_mutex_lock(&b->lock);
-  vring = b->queues[st->index].vring;
+  /* Rings start and stop on this thread only: the check stays true. */
   if (vhu_vring_is_started(vring))
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_BUSY, "queue %u is started", st->index);
   else
     ok = set(vring, st->num, error);
-  g_mutex_unlock(&b->lock);
   return ok ? H_OK : H_MALFORMED;
 }
 
@@ -679,7 +727,6 @@ handle_vring_addr(VhuBackend *b, const VhuMsg *msg, GError **error)
   memcpy(&addr, msg->payload, sizeof addr);
   if (!check_queue(b, addr.index, error))
     return H_MALFORMED;
-  g_mutex_lock(&b->lock);
   vring = b->queues[addr.index].vring;
   ok = vhu_vring_set_addr(vring, &addr, error);
   /* Without a table yet the addresses are checked at start. */
@@ -687,7 +734,6 @@ handle_vring_addr(VhuBackend *b, const VhuMsg *msg, GError **error)
     g_prefix_error(error, "ring address not mapped: ");
     ok = FALSE;
   }
-  g_mutex_unlock(&b->lock);
   return ok ? H_OK : H_MALFORMED;
 }
 
@@ -698,10 +744,8 @@ handle_get_vring_base(VhuBackend *b, const VhuMsg *msg, GError **error)
 
   if (!read_vring_state(b, msg, &st, error))
     return H_MALFORMED;
-  g_mutex_lock(&b->lock);
-  stop_queue_locked(b, st.index);
+  stop_queue(b, st.index);
   st.num = vhu_vring_get_base(b->queues[st.index].vring);
-  g_mutex_unlock(&b->lock);
   return send_reply(b, msg->hdr.request, &st, sizeof st, NULL, 0) ? H_REPLIED : H_CLOSE;
 }
 
@@ -730,6 +774,70 @@ read_vring_fd(VhuBackend *b, VhuMsg *msg, guint *qidx, int *fd, GError **error)
   return TRUE;
 }
 
+/* Kick, call and error fds must be eventfds: a pipe or a socket as call fd
+ * fills up (and raises SIGPIPE once its reader goes), a kick fd that is a
+ * regular file or /dev/zero is readable for ever and would spin the queue
+ * thread.  Refused when handed over; the fd is made non-blocking, so even an
+ * eventfd whose counter saturates never blocks a write. */
+static gboolean
+check_eventfd(int fd, GError **error)
+{
+  char path[64], target[64];
+  struct stat st;
+  ssize_t n;
+
+  g_snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+  n = readlink(path, target, sizeof target - 1);
+  if (n >= 0) {
+    target[n] = '\0';
+    if (strcmp(target, "anon_inode:[eventfd]") == 0)
+      return g_unix_set_fd_nonblocking(fd, TRUE, error);
+  } else if (fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == 0) {
+    /* No /proc: an anonymous inode is the best that can be told. */
+    return g_unix_set_fd_nonblocking(fd, TRUE, error);
+  }
+  g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "fd is not an eventfd (%s)",
+              n >= 0 ? target : "unknown kind");
+  return FALSE;
+}
+
+static gboolean
+read_vring_eventfd(VhuBackend *b, VhuMsg *msg, guint *qidx, int *fd, GError **error)
+{
+  if (!read_vring_fd(b, msg, qidx, fd, error))
+    return FALSE;
+  if (*fd >= 0 && !check_eventfd(*fd, error)) {
+    close(*fd);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* Starts a stopped ring: the device learns of it before the first pop. */
+static gboolean
+start_queue(VhuBackend *b, guint qidx, GError **error)
+{
+  VhuVring *vring = b->queues[qidx].vring;
+
+  if (b->mem == NULL) {
+    g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "no memory table yet");
+    return FALSE;
+  }
+  if (!vhu_vring_set_mem(vring, b->mem, error)) {
+    g_prefix_error(error, "ring address not mapped: ");
+    return FALSE;
+  }
+  vhu_vring_hold_pops(vring, TRUE);
+  if (!vhu_vring_start(vring, error)) {
+    vhu_vring_hold_pops(vring, FALSE);
+    return FALSE;
+  }
+  if (b->iface.queue_started != NULL)
+    b->iface.queue_started(b->dev, qidx, TRUE);
+  vhu_vring_hold_pops(vring, FALSE);
+  return TRUE;
+}
+
 static HResult
 handle_vring_kick(VhuBackend *b, VhuMsg *msg, GError **error)
 {
@@ -737,42 +845,24 @@ handle_vring_kick(VhuBackend *b, VhuMsg *msg, GError **error)
   guint qidx;
   int fd;
 
-  if (!read_vring_fd(b, msg, &qidx, &fd, error))
+  if (!read_vring_eventfd(b, msg, &qidx, &fd, error))
     return H_MALFORMED;
-  if (fd >= 0)
-    g_unix_set_fd_nonblocking(fd, TRUE, NULL);
-
-  g_mutex_lock(&b->lock);
   q = &b->queues[qidx];
   drop_kick_watch(b, q);
-  if (!vhu_vring_is_started(q->vring)) {
-    if (b->mem == NULL) {
-      g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "no memory table yet");
-      goto fail;
-    }
-    if (!vhu_vring_set_mem(q->vring, b->mem, error)) {
-      g_prefix_error(error, "ring address not mapped: ");
-      goto fail;
-    }
-    if (!vhu_vring_start(q->vring, error))
-      goto fail;
-    /* A restart gives a broken ring a fresh chance (and a fresh report). */
-    q->broken_reported = FALSE;
-    if (b->iface.queue_started != NULL)
-      b->iface.queue_started(b->dev, qidx, TRUE);
+  if (!vhu_vring_is_started(q->vring) && !start_queue(b, qidx, error)) {
+    if (fd >= 0)
+      close(fd);
+    return H_MALFORMED;
   }
+  g_mutex_lock(&b->watch_lock);
   if (fd >= 0)
     add_kick_watch(b, qidx, fd);
+  else
+    add_poll_timer(b, qidx);
+  g_mutex_unlock(&b->watch_lock);
   /* Requests may be pending already (or resubmitted from inflight). */
   schedule_kick(b, qidx);
-  g_mutex_unlock(&b->lock);
   return H_OK;
-
-fail:
-  g_mutex_unlock(&b->lock);
-  if (fd >= 0)
-    close(fd);
-  return H_MALFORMED;
 }
 
 static HResult
@@ -781,14 +871,12 @@ handle_vring_call_err(VhuBackend *b, VhuMsg *msg, gboolean call, GError **error)
   guint qidx;
   int fd;
 
-  if (!read_vring_fd(b, msg, &qidx, &fd, error))
+  if (!read_vring_eventfd(b, msg, &qidx, &fd, error))
     return H_MALFORMED;
-  g_mutex_lock(&b->lock);
   if (call)
     vhu_vring_set_call_fd(b->queues[qidx].vring, fd);
   else
     vhu_vring_set_err_fd(b->queues[qidx].vring, fd);
-  g_mutex_unlock(&b->lock);
   return H_OK;
 }
 
@@ -805,23 +893,31 @@ handle_vring_enable(VhuBackend *b, const VhuMsg *msg, GError **error)
                 st.num);
     return H_MALFORMED;
   }
-  g_mutex_lock(&b->lock);
   vring = b->queues[st.index].vring;
   vhu_vring_set_enabled(vring, st.num != 0);
   if (st.num != 0 && vhu_vring_is_started(vring))
     schedule_kick(b, st.index);
-  g_mutex_unlock(&b->lock);
   return H_OK;
 }
 
 static HResult
 handle_backend_req_fd(VhuBackend *b, VhuMsg *msg, GError **error)
 {
+  int type = 0;
+  socklen_t len = sizeof type;
+
   if (!check_size(msg, 0, error) || !check_fds(msg, 1, error))
     return H_MALFORMED;
+  if (getsockopt(msg->fds[0], SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM) {
+    g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                        "backend channel fd is not a stream socket");
+    return H_MALFORMED;
+  }
+  g_mutex_lock(&b->req_lock);
   if (b->backend_req_fd >= 0)
     close(b->backend_req_fd);
   b->backend_req_fd = vhu_msg_steal_fd(msg, 0);
+  g_mutex_unlock(&b->req_lock);
   return H_OK;
 }
 
@@ -870,10 +966,8 @@ handle_get_config(VhuBackend *b, const VhuMsg *msg, GError **error)
     g_clear_error(error);
     return send_reply(b, msg->hdr.request, NULL, 0, NULL, 0) ? H_REPLIED : H_CLOSE;
   }
-  g_mutex_lock(&b->lock);
   if (b->iface.get_config != NULL)
     b->iface.get_config(b->dev, space, b->iface.config_size);
-  g_mutex_unlock(&b->lock);
   memcpy(cfg.region, space + cfg.offset, cfg.size);
   return send_reply(b, msg->hdr.request, &cfg, VHU_CONFIG_HDR_SIZE + cfg.size, NULL, 0) ? H_REPLIED
                                                                                         : H_CLOSE;
@@ -887,10 +981,8 @@ handle_set_config(VhuBackend *b, const VhuMsg *msg, GError **error)
 
   if (!read_config(b, msg, &cfg, error))
     return H_MALFORMED;
-  g_mutex_lock(&b->lock);
   if (b->iface.set_config != NULL)
     ok = b->iface.set_config(b->dev, cfg.offset, cfg.region, cfg.size, cfg.flags, error);
-  g_mutex_unlock(&b->lock);
   if (!ok && error != NULL && *error == NULL)
     g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_FAILED, "refused by the device");
   return ok ? H_OK : H_REFUSED;
@@ -999,19 +1091,14 @@ handle_set_inflight_fd(VhuBackend *b, const VhuMsg *msg, GError **error)
     return H_MALFORMED;
   }
 
-  g_mutex_lock(&b->lock);
   for (guint i = 0; i < b->num_queues; i++) {
     if (vhu_vring_is_started(b->queues[i].vring)) {
       g_set_error(error, G_IO_ERROR, G_IO_ERROR_BUSY, "queue %u is started", i);
-      g_mutex_unlock(&b->lock);
       munmap(base, inf.mmap_size);
       return H_MALFORMED;
     }
   }
-  /* Rings forget the old regions before the old buffer goes away. */
-  for (guint i = 0; i < b->num_queues; i++)
-    vhu_vring_set_inflight(b->queues[i].vring, NULL, 0, NULL);
-  unmap_inflight_locked(b);
+  drop_inflight(b);
   b->inflight_base = base;
   b->inflight_size = inf.mmap_size;
   for (guint i = 0; i < inf.num_queues && res == H_OK; i++) {
@@ -1020,12 +1107,8 @@ handle_set_inflight_fd(VhuBackend *b, const VhuMsg *msg, GError **error)
       res = H_MALFORMED;
     }
   }
-  if (res != H_OK) {
-    for (guint i = 0; i < b->num_queues; i++)
-      vhu_vring_set_inflight(b->queues[i].vring, NULL, 0, NULL);
-    unmap_inflight_locked(b);
-  }
-  g_mutex_unlock(&b->lock);
+  if (res != H_OK)
+    drop_inflight(b);
   return res;
 }
 
@@ -1042,13 +1125,19 @@ handle_set_status(VhuBackend *b, const VhuMsg *msg, GError **error)
                 "status 0x%" G_GINT64_MODIFIER "x is not a byte", v);
     return H_MALFORMED;
   }
-  g_mutex_lock(&b->lock);
   /* NEEDS_RESET is ours and sticks until the driver resets (writes 0). */
-  if (v == 0)
+  if (v == 0) {
     g_atomic_int_set(&b->status, 0);
-  else
-    g_atomic_int_set(&b->status, (gint)v | (g_atomic_int_get(&b->status) & VHU_STATUS_NEEDS_RESET));
-  g_mutex_unlock(&b->lock);
+    return H_OK;
+  }
+  /* A ring may break on another thread meanwhile: keep its bit. */
+  for (;;) {
+    gint old = g_atomic_int_get(&b->status);
+
+    if (g_atomic_int_compare_and_exchange(&b->status, old,
+                                          (gint)v | (old & VHU_STATUS_NEEDS_RESET)))
+      break;
+  }
   return H_OK;
 }
 
@@ -1267,15 +1356,16 @@ drop_connection(VhuBackend *b, gboolean notify)
 
   reset_device(b);
 
-  g_mutex_lock(&b->lock);
   g_clear_pointer(&b->mem, vhu_mem_table_unref);
   for (guint i = 0; i < b->num_queues; i++)
     vhu_vring_set_mem(b->queues[i].vring, NULL, NULL);
-  g_mutex_unlock(&b->lock);
   b->protocol_features = 0;
+  g_mutex_lock(&b->req_lock);
   if (b->backend_req_fd >= 0)
     close(b->backend_req_fd);
   b->backend_req_fd = -1;
+  b->backend_req_ok = FALSE;
+  g_mutex_unlock(&b->req_lock);
 
   if (!notify)
     return;
@@ -1346,7 +1436,8 @@ backend_new(const VhuDeviceIface *iface, gpointer dev, GMainContext *context,
   if (b->options.socket_mode == 0)
     b->options.socket_mode = 0600;
   b->single_client = b->options.single_client;
-  g_mutex_init(&b->lock);
+  g_mutex_init(&b->watch_lock);
+  g_mutex_init(&b->req_lock);
   b->listen_fd = -1;
   b->conn_fd = -1;
   b->backend_req_fd = -1;
@@ -1355,7 +1446,6 @@ backend_new(const VhuDeviceIface *iface, gpointer dev, GMainContext *context,
   b->offered_features = iface->features | G_GUINT64_CONSTANT(1) << VHU_F_VERSION_1
                         | G_GUINT64_CONSTANT(1) << VHU_F_RING_INDIRECT_DESC
                         | G_GUINT64_CONSTANT(1) << VHU_F_RING_EVENT_IDX
-                        | G_GUINT64_CONSTANT(1) << VHU_F_NOTIFY_ON_EMPTY
                         | G_GUINT64_CONSTANT(1) << VHU_F_PROTOCOL_FEATURES;
   b->offered_protocol = 1u << VHU_PF_MQ | 1u << VHU_PF_REPLY_ACK | 1u << VHU_PF_BACKEND_REQ
                         | 1u << VHU_PF_CONFIGURE_MEM_SLOTS | 1u << VHU_PF_RESET_DEVICE
@@ -1369,6 +1459,7 @@ backend_new(const VhuDeviceIface *iface, gpointer dev, GMainContext *context,
   for (guint i = 0; i < b->num_queues; i++) {
     b->queues[i].ref = (QueueRef){ b, i };
     b->queues[i].vring = vhu_vring_new(i);
+    vhu_vring_set_broken_func(b->queues[i].vring, on_ring_broken, b);
     b->queues[i].kick_fd = -1;
   }
 
@@ -1424,7 +1515,8 @@ vhu_backend_free(VhuBackend *b)
   for (guint i = 0; i < b->num_queues; i++)
     vhu_vring_free(b->queues[i].vring);
   g_free(b->queues);
-  g_mutex_clear(&b->lock);
+  g_mutex_clear(&b->watch_lock);
+  g_mutex_clear(&b->req_lock);
   g_main_context_unref(b->context);
   g_free(b);
 }
@@ -1536,20 +1628,6 @@ vhu_backend_set_disconnect_func(VhuBackend *b, void (*func)(gpointer data), gpoi
   b->disconnect_data = data;
 }
 
-void
-vhu_backend_lock(VhuBackend *b)
-{
-  g_mutex_lock(&b->lock);
-}
-
-void
-vhu_backend_unlock(VhuBackend *b)
-{
-  /* Rings popped from other threads are reported here. */
-  report_broken_locked(b);
-  g_mutex_unlock(&b->lock);
-}
-
 VhuVring *
 vhu_backend_get_vring(VhuBackend *b, guint qidx)
 {
@@ -1560,7 +1638,7 @@ vhu_backend_get_vring(VhuBackend *b, guint qidx)
 guint64
 vhu_backend_get_features(VhuBackend *b)
 {
-  return b->features;
+  return __atomic_load_n(&b->features, __ATOMIC_RELAXED);
 }
 
 void
@@ -1571,6 +1649,7 @@ vhu_backend_set_needs_reset(VhuBackend *b, const char *why)
   g_warning("%s: device needs reset: %s", b->iface.name, why != NULL ? why : "device error");
   for (guint i = 0; i < b->num_queues; i++)
     vhu_vring_signal_error(b->queues[i].vring);
+  notify_config_change(b);
 }
 
 guint8

@@ -9,9 +9,13 @@
  *
  * Threads: messages are handled on the GMainContext given at creation (the
  * "control" context).  Kicks are handled on a queue thread owned by the
- * backend.  One mutex (vhu_backend_lock) guards the rings and the memory
- * table: queue_kick is called with it held, and any other thread that pops or
- * pushes must hold it.  See docs/architecture.md. */
+ * backend.  There is no backend-wide lock: each ring has its own (taken
+ * inside every vhu_vring_* call, never held while calling out), so a device
+ * may pop and complete from any thread, and the device serialises its own
+ * state with a lock of its own.  No callback is called with a lock of ours
+ * held.  Every fd the frontend hands over is checked for its kind (kick,
+ * call and error fds must be eventfds; the backend channel a stream socket)
+ * and written without blocking.  See docs/architecture.md. */
 #pragma once
 
 #include <glib.h>
@@ -29,30 +33,32 @@ typedef struct {
   guint num_queues;
   guint max_queue_size; /* 0: VHU_MAX_QUEUE_SIZE */
   /* Device feature bits; the backend adds VERSION_1, INDIRECT_DESC,
-   * EVENT_IDX, NOTIFY_ON_EMPTY and PROTOCOL_FEATURES. */
+   * EVENT_IDX and PROTOCOL_FEATURES (not the legacy-only NOTIFY_ON_EMPTY). */
   guint64 features;
   gsize config_size; /* 0: no config space */
 
   /* All callbacks are optional.  Unless noted they run on the control
-   * context with the backend lock held. */
+   * context, with no lock held. */
   void (*get_config)(gpointer dev, guint8 *config, gsize size);
   gboolean (*set_config)(gpointer dev, guint32 offset, const guint8 *data, gsize size,
                          guint32 flags, GError **error);
   void (*set_features)(gpointer dev, guint64 features);
-  /* After the ring started; with @started FALSE, just before it stops
-   * (GET_VRING_BASE, reset): requests completed then still reach the used
-   * ring, and the base the frontend gets counts them. */
+  /* After the ring started and before its first pop; with @started FALSE,
+   * once pops return nothing and just before it stops (GET_VRING_BASE,
+   * reset): requests completed then still reach the used ring, and the base
+   * the frontend gets counts them.  A request completed after this returned
+   * is dropped. */
   void (*queue_started)(gpointer dev, guint qidx, gboolean started);
   /* The guest kicked @qidx (or requests are pending after a start). Runs on
    * the queue thread.  Pop until empty; complete now or later. */
   void (*queue_kick)(gpointer dev, VhuBackend *backend, guint qidx);
   /* Device-specific requests (e.g. 33, GPU_SET_SOCKET).  Return FALSE with
    * @error set to reject it.  To keep an fd, take it and set fds[i] = -1; the
-   * backend closes the rest.  Called without the backend lock. */
+   * backend closes the rest.  The fds are unchecked: check their kind. */
   gboolean (*device_request)(gpointer dev, guint32 request, const guint8 *payload, gsize size,
                              int *fds, guint n_fds, GError **error);
   /* Drop all device state: frontend gone, RESET_DEVICE, RESET_OWNER.
-   * Called without the backend lock, after the rings were stopped. */
+   * Called after the rings were stopped. */
   void (*reset)(gpointer dev);
 } VhuDeviceIface;
 
@@ -76,17 +82,17 @@ gboolean vhu_backend_is_serving(VhuBackend *backend);
 void vhu_backend_set_disconnect_func(VhuBackend *backend, void (*func)(gpointer data),
                                      gpointer data);
 
-void vhu_backend_lock(VhuBackend *backend);
-void vhu_backend_unlock(VhuBackend *backend);
-/* Lock held: */
+/* Any thread: */
 VhuVring *vhu_backend_get_vring(VhuBackend *backend, guint qidx);
 guint64 vhu_backend_get_features(VhuBackend *backend); /* negotiated */
-/* The device found the guest's requests unusable: set NEEDS_RESET. */
+/* The device found the guest's requests unusable: set NEEDS_RESET, signal
+ * every error eventfd and tell the frontend (BACKEND_CONFIG_CHANGE_MSG when
+ * BACKEND_REQ was negotiated), as a broken ring does.  One log line. */
 void vhu_backend_set_needs_reset(VhuBackend *backend, const char *why);
 
 guint8 vhu_backend_get_status(VhuBackend *backend);
-/* The queue thread's context: a device may attach its own sources there;
- * they run without the backend lock. */
+/* The queue thread's context: a device may attach its own sources there
+ * (they must not block: the kicks of every ring run there too). */
 GMainContext *vhu_backend_get_queue_context(VhuBackend *backend);
 /* Schedules a queue_kick for @qidx on the queue thread (any thread). */
 void vhu_backend_kick(VhuBackend *backend, guint qidx);

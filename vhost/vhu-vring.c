@@ -56,6 +56,7 @@ typedef struct {
 } VhuElemPriv;
 
 struct _VhuVring {
+  GMutex lock; /* everything below; never held while calling out */
   guint index;
   guint num; /* 0 until set */
   guint64 features;
@@ -75,8 +76,13 @@ struct _VhuVring {
   guint inuse; /* popped and neither pushed nor unpopped */
 
   gboolean started;
+  gboolean pops_held; /* starting or stopping: pops return nothing, pushes land */
   gboolean enabled;
   gboolean broken;
+  gboolean broke_now;     /* this call broke the ring: report once unlocked */
+  gboolean missed_notify; /* the guest wanted an interrupt while no call fd was set */
+  VhuVringBrokenFunc broken_func;
+  gpointer broken_data;
   char *broken_reason; /* why, while broken */
   gboolean notify_enabled;
   gboolean event_unfenced; /* avail_event stored, no full fence since */
@@ -132,6 +138,7 @@ vhu_vring_new(guint index)
 {
   VhuVring *vring = g_new0(VhuVring, 1);
 
+  g_mutex_init(&vring->lock);
   vring->index = index;
   vring->call_fd = -1;
   vring->err_fd = -1;
@@ -163,6 +170,7 @@ vhu_vring_free(VhuVring *vring)
   g_free(vring->iov);
   g_free(vring->broken_reason);
   g_free(vring->indirect);
+  g_mutex_clear(&vring->lock);
   g_free(vring);
 }
 
@@ -172,34 +180,54 @@ vhu_vring_index(const VhuVring *vring)
   return vring->index;
 }
 
-guint
-vhu_vring_size(const VhuVring *vring)
+#define LOCKED_GETTER(type, name, expr)                                                            \
+  type name(const VhuVring *vring)                                                                 \
+  {                                                                                                \
+    VhuVring *v = (VhuVring *)vring;                                                               \
+    type value;                                                                                    \
+                                                                                                   \
+    g_mutex_lock(&v->lock);                                                                        \
+    value = (expr);                                                                                \
+    g_mutex_unlock(&v->lock);                                                                      \
+    return value;                                                                                  \
+  }
+
+LOCKED_GETTER(guint, vhu_vring_size, v->num)
+LOCKED_GETTER(gboolean, vhu_vring_is_started, v->started)
+LOCKED_GETTER(gboolean, vhu_vring_is_enabled, v->enabled)
+LOCKED_GETTER(gboolean, vhu_vring_is_broken, v->broken)
+/* Requests unpopped in stack order were rewound already; one unpopped out
+ * of order stays counted: handing out requests after it again would
+ * complete them twice. */
+LOCKED_GETTER(guint16, vhu_vring_get_base, v->last_avail_idx)
+
+void
+vhu_vring_set_broken_func(VhuVring *vring, VhuVringBrokenFunc func, gpointer data)
 {
-  return vring->num;
+  g_mutex_lock(&vring->lock);
+  vring->broken_func = func;
+  vring->broken_data = data;
+  g_mutex_unlock(&vring->lock);
 }
 
-gboolean
-vhu_vring_is_started(const VhuVring *vring)
+/* Every public function that can break the ring ends with this instead of
+ * g_mutex_unlock: the report runs unlocked, so the callback may use the
+ * ring (signal its error fd) and take other locks. */
+static void
+unlock_and_report(VhuVring *vring)
 {
-  return vring->started;
-}
+  VhuVringBrokenFunc func = vring->broken_func;
+  gpointer data = vring->broken_data;
+  char *reason = NULL;
 
-gboolean
-vhu_vring_is_enabled(const VhuVring *vring)
-{
-  return vring->enabled;
-}
-
-gboolean
-vhu_vring_is_broken(const VhuVring *vring)
-{
-  return vring->broken;
-}
-
-const char *
-vhu_vring_get_broken_reason(const VhuVring *vring)
-{
-  return vring->broken ? vring->broken_reason : NULL;
+  if (vring->broke_now) {
+    vring->broke_now = FALSE;
+    reason = g_strdup(vring->broken_reason);
+  }
+  g_mutex_unlock(&vring->lock);
+  if (reason != NULL && func != NULL)
+    func(data, vring, reason);
+  g_free(reason);
 }
 
 static gboolean
@@ -220,7 +248,7 @@ unmap_rings(VhuVring *vring)
  * included) and checks that the host pointers keep the ring alignment, which
  * an odd mmap_offset could break. */
 static gboolean
-map_rings(VhuVring *vring, GError **error)
+translate_rings(const VhuVring *vring, const VhuMemTable *mem, void *host[3], GError **error)
 {
   const guint64 num = vring->num;
   const struct {
@@ -231,16 +259,14 @@ map_rings(VhuVring *vring, GError **error)
     { "available ring", vring->addr.avail_user_addr, 4 + 2 * num + 2, VRING_AVAIL_ALIGN_SIZE },
     { "used ring", vring->addr.used_user_addr, 4 + 8 * num + 2, VRING_USED_ALIGN_SIZE },
   };
-  void *host[3];
 
-  unmap_rings(vring);
-  if (vring->num == 0 || !vring->has_addr || vring->mem == NULL) {
+  if (vring->num == 0 || !vring->has_addr || mem == NULL) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
                 "queue %u: size, addresses and memory table are not all set", vring->index);
     return FALSE;
   }
   for (guint i = 0; i < 3; i++) {
-    host[i] = vhu_mem_uva_to_host(vring->mem, parts[i].uva, parts[i].size);
+    host[i] = vhu_mem_uva_to_host(mem, parts[i].uva, parts[i].size);
     if (host[i] == NULL || (guintptr)host[i] % parts[i].align != 0) {
       g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
                   "queue %u: %s at 0x%" G_GINT64_MODIFIER "x (+%" G_GUINT64_FORMAT
@@ -250,6 +276,17 @@ map_rings(VhuVring *vring, GError **error)
       return FALSE;
     }
   }
+  return TRUE;
+}
+
+static gboolean
+map_rings(VhuVring *vring, GError **error)
+{
+  void *host[3];
+
+  unmap_rings(vring);
+  if (!translate_rings(vring, vring->mem, host, error))
+    return FALSE;
   vring->desc = host[0];
   vring->avail = host[1];
   vring->used = host[2];
@@ -257,7 +294,20 @@ map_rings(VhuVring *vring, GError **error)
 }
 
 gboolean
-vhu_vring_set_num(VhuVring *vring, guint num, GError **error)
+vhu_vring_check_mem(VhuVring *vring, const VhuMemTable *mem, GError **error)
+{
+  void *host[3];
+  gboolean ok = TRUE;
+
+  g_mutex_lock(&vring->lock);
+  if (vring->started)
+    ok = translate_rings(vring, mem, host, error);
+  g_mutex_unlock(&vring->lock);
+  return ok;
+}
+
+static gboolean
+set_num_locked(VhuVring *vring, guint num, GError **error)
 {
   if (num == 0 || num > VHU_MAX_QUEUE_SIZE || (num & (num - 1)) != 0) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
@@ -279,8 +329,8 @@ vhu_vring_set_num(VhuVring *vring, guint num, GError **error)
   return TRUE;
 }
 
-gboolean
-vhu_vring_set_addr(VhuVring *vring, const VhuVringAddr *addr, GError **error)
+static gboolean
+set_addr_locked(VhuVring *vring, const VhuVringAddr *addr, GError **error)
 {
   VhuVringAddr a;
 
@@ -304,8 +354,8 @@ vhu_vring_set_addr(VhuVring *vring, const VhuVringAddr *addr, GError **error)
   return map_rings(vring, error);
 }
 
-gboolean
-vhu_vring_set_base(VhuVring *vring, guint num, GError **error)
+static gboolean
+set_base_locked(VhuVring *vring, guint num, GError **error)
 {
   if (num > G_MAXUINT16 || vring->started) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
@@ -319,23 +369,14 @@ vhu_vring_set_base(VhuVring *vring, guint num, GError **error)
   return TRUE;
 }
 
-guint16
-vhu_vring_get_base(const VhuVring *vring)
-{
-  /* Requests unpopped in stack order were rewound already; one unpopped
-   * out of order stays counted: handing out requests after it again would
-   * complete them twice. */
-  return vring->last_avail_idx;
-}
-
-void
-vhu_vring_set_features(VhuVring *vring, guint64 features)
+static void
+set_features_locked(VhuVring *vring, guint64 features)
 {
   vring->features = features;
 }
 
-gboolean
-vhu_vring_set_mem(VhuVring *vring, VhuMemTable *mem, GError **error)
+static gboolean
+set_mem_locked(VhuVring *vring, VhuMemTable *mem, GError **error)
 {
   if (mem != NULL)
     vhu_mem_table_ref(mem);
@@ -346,24 +387,6 @@ vhu_vring_set_mem(VhuVring *vring, VhuMemTable *mem, GError **error)
     return TRUE;
   }
   return map_rings(vring, error);
-}
-
-void
-vhu_vring_set_call_fd(VhuVring *vring, int fd)
-{
-  replace_fd(&vring->call_fd, fd);
-}
-
-void
-vhu_vring_set_err_fd(VhuVring *vring, int fd)
-{
-  replace_fd(&vring->err_fd, fd);
-}
-
-void
-vhu_vring_set_enabled(VhuVring *vring, gboolean enabled)
-{
-  vring->enabled = enabled;
 }
 
 static void
@@ -377,11 +400,41 @@ signal_fd(int fd)
   do
     r = write(fd, &one, sizeof one);
   while (r < 0 && errno == EINTR);
-  /* EAGAIN: the counter is saturated, the reader will wake up anyway. */
+  /* The fd is non-blocking (the backend made it so): EAGAIN means the
+   * counter is saturated and the reader wakes up anyway. */
 }
 
-void
-vhu_vring_signal_error(VhuVring *vring)
+static void
+set_call_fd_locked(VhuVring *vring, int fd)
+{
+  replace_fd(&vring->call_fd, fd);
+  if (fd < 0 || !vring->missed_notify)
+    return;
+  /* Completions made while no call fd was set (as libvhost-user does after
+   * a reconnect): one interrupt too many is harmless, one too few leaves the
+   * guest waiting. */
+  vring->missed_notify = FALSE;
+  if (!vring->started)
+    return;
+  vring->signalled_used = vring->last_used_idx;
+  vring->signalled_used_valid = TRUE;
+  signal_fd(fd);
+}
+
+static void
+set_err_fd_locked(VhuVring *vring, int fd)
+{
+  replace_fd(&vring->err_fd, fd);
+}
+
+static void
+set_enabled_locked(VhuVring *vring, gboolean enabled)
+{
+  vring->enabled = enabled;
+}
+
+static void
+signal_error_locked(VhuVring *vring)
 {
   signal_fd(vring->err_fd);
 }
@@ -399,8 +452,8 @@ vhu_vring_inflight_region_size(guint queue_size)
   return (raw + 63) & ~(gsize)63;
 }
 
-gboolean
-vhu_vring_set_inflight(VhuVring *vring, void *region, gsize size, GError **error)
+static gboolean
+set_inflight_locked(VhuVring *vring, void *region, gsize size, GError **error)
 {
   volatile VhuInflightQueue *q = region;
 
@@ -534,8 +587,8 @@ forget_requests(VhuVring *vring)
   g_array_set_size(vring->resubmit, 0);
 }
 
-gboolean
-vhu_vring_start(VhuVring *vring, GError **error)
+static gboolean
+start_locked(VhuVring *vring, GError **error)
 {
   if (vring->started)
     return TRUE;
@@ -555,21 +608,31 @@ vhu_vring_start(VhuVring *vring, GError **error)
   if (has_feature(vring, VIRTIO_RING_F_EVENT_IDX))
     GUEST_STORE((guint16 *)&vring->used->ring[vring->num], vring->last_avail_idx);
   vring->event_unfenced = has_feature(vring, VIRTIO_RING_F_EVENT_IDX);
+  vring->missed_notify = FALSE;
   vring->started = TRUE;
   return TRUE;
 }
 
-void
-vhu_vring_stop(VhuVring *vring)
+static void
+stop_locked(VhuVring *vring)
 {
   vring->started = FALSE;
+  vring->pops_held = FALSE;
   forget_requests(vring);
 }
 
 void
-vhu_vring_reset(VhuVring *vring)
+vhu_vring_hold_pops(VhuVring *vring, gboolean hold)
 {
-  vhu_vring_stop(vring);
+  g_mutex_lock(&vring->lock);
+  vring->pops_held = hold;
+  g_mutex_unlock(&vring->lock);
+}
+
+static void
+reset_locked(VhuVring *vring)
+{
+  stop_locked(vring);
   /* The memory table is the backend's, not ring state: it stays so that a
    * frontend that does not resend it (QEMU keeps its own copy) can restart. */
   vring->num = 0;
@@ -586,6 +649,7 @@ vhu_vring_reset(VhuVring *vring)
   vring->broken = FALSE;
   g_clear_pointer(&vring->broken_reason, g_free);
   vring->notify_enabled = TRUE;
+  vring->missed_notify = FALSE;
   replace_fd(&vring->call_fd, -1);
   replace_fd(&vring->err_fd, -1);
   vring->inflight = NULL;
@@ -610,6 +674,7 @@ break_ring(VhuVring *vring, GError **error, const char *format, ...)
   vring->broken_reason = g_strdup_vprintf(format, args);
   va_end(args);
   vring->broken = TRUE;
+  vring->broke_now = TRUE;
   g_set_error(error, VHU_VRING_ERROR, VHU_VRING_ERROR_BROKEN, "queue %u: %s", vring->index,
               vring->broken_reason);
 }
@@ -836,10 +901,22 @@ gather_chain(VhuVring *vring, guint16 head, GError **error)
   return priv;
 }
 
+/* A region the frontend truncated under us reads as zeros from the fault
+ * on (vhu-mem.h): whatever the ring read or wrote since is void. */
+static gboolean
+memory_intact(VhuVring *vring, GError **error)
+{
+  if (vring->mem == NULL || !vhu_mem_table_is_damaged(vring->mem))
+    return TRUE;
+  break_ring(vring, error, "guest memory shrank under the ring (truncated by the frontend)");
+  return FALSE;
+}
+
 static gboolean
 can_process(const VhuVring *vring)
 {
-  return vring->started && vring->enabled && !vring->broken && is_mapped(vring);
+  return vring->started && !vring->pops_held && vring->enabled && !vring->broken
+         && is_mapped(vring);
 }
 
 static VhuElem *
@@ -852,6 +929,10 @@ pop_resubmit(VhuVring *vring, GError **error)
   priv = gather_chain(vring, r.head, error);
   if (priv == NULL)
     return NULL;
+  if (!memory_intact(vring, error)) {
+    vhu_elem_free(&priv->elem);
+    return NULL;
+  }
   priv->from_avail = r.from_avail;
   priv->avail_pos = r.avail_pos;
   vring->inuse++;
@@ -859,8 +940,8 @@ pop_resubmit(VhuVring *vring, GError **error)
   return &priv->elem;
 }
 
-VhuElem *
-vhu_vring_pop(VhuVring *vring, GError **error)
+static VhuElem *
+pop_locked(VhuVring *vring, GError **error)
 {
   guint16 avail_idx, pending, head;
   VhuElemPriv *priv;
@@ -898,6 +979,10 @@ vhu_vring_pop(VhuVring *vring, GError **error)
   priv = gather_chain(vring, head, error);
   if (priv == NULL)
     return NULL;
+  if (!memory_intact(vring, error)) {
+    vhu_elem_free(&priv->elem);
+    return NULL;
+  }
   priv->from_avail = TRUE;
   priv->avail_pos = vring->last_avail_idx;
   vring->last_avail_idx++;
@@ -940,8 +1025,8 @@ rewind_resubmits(VhuVring *vring)
   }
 }
 
-void
-vhu_vring_unpop(VhuVring *vring, VhuElem *elem)
+static void
+unpop_locked(VhuVring *vring, VhuElem *elem)
 {
   VhuElemPriv *priv = (VhuElemPriv *)elem;
 
@@ -968,8 +1053,8 @@ vhu_vring_unpop(VhuVring *vring, VhuElem *elem)
 
 /* ---- push / notify ----------------------------------------------------- */
 
-void
-vhu_vring_push(VhuVring *vring, VhuElem *elem, guint32 len)
+static void
+push_locked(VhuVring *vring, VhuElem *elem, guint32 len)
 {
   volatile VhuInflightQueue *q = vring->inflight;
   struct vring_used_elem *slot;
@@ -999,6 +1084,7 @@ vhu_vring_push(VhuVring *vring, VhuElem *elem, guint32 len)
   }
   vring->inuse--;
   vhu_elem_free(elem);
+  memory_intact(vring, NULL);
 }
 
 static gboolean
@@ -1026,28 +1112,28 @@ guest_wants_interrupt(VhuVring *vring)
   return !valid || vring_need_event(used_event, vring->last_used_idx, old);
 }
 
-gboolean
-vhu_vring_notify(VhuVring *vring)
+static gboolean
+notify_locked(VhuVring *vring)
 {
   if (!vring->started || vring->broken || !is_mapped(vring))
     return FALSE;
+  if (vring->call_fd < 0) {
+    /* Nobody to tell yet: signalled_used stays, and the call fd installed
+     * later is signalled at once (set_call_fd_locked). */
+    if (!vring->signalled_used_valid || vring->signalled_used != vring->last_used_idx)
+      vring->missed_notify = TRUE;
+    return FALSE;
+  }
   /* Publish the used entries before reading what the guest asks for. */
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
-  if (!guest_wants_interrupt(vring) || vring->call_fd < 0)
+  if (!guest_wants_interrupt(vring))
     return FALSE;
   signal_fd(vring->call_fd);
   return TRUE;
 }
 
-void
-vhu_vring_complete(VhuVring *vring, VhuElem *elem, guint32 len)
-{
-  vhu_vring_push(vring, elem, len);
-  vhu_vring_notify(vring);
-}
-
-gboolean
-vhu_vring_set_notification(VhuVring *vring, gboolean enable)
+static gboolean
+set_notification_locked(VhuVring *vring, gboolean enable)
 {
   vring->notify_enabled = enable;
   if (!vring->started || vring->broken || !is_mapped(vring))
@@ -1069,4 +1155,198 @@ vhu_vring_set_notification(VhuVring *vring, gboolean enable)
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   vring->event_unfenced = FALSE;
   return !ring_is_empty(vring);
+}
+
+/* ---- public entry points: each takes the ring lock ------------------- */
+
+gboolean
+vhu_vring_set_num(VhuVring *vring, guint num, GError **error)
+{
+  gboolean ret;
+
+  g_mutex_lock(&vring->lock);
+  ret = set_num_locked(vring, num, error);
+  g_mutex_unlock(&vring->lock);
+  return ret;
+}
+
+gboolean
+vhu_vring_set_addr(VhuVring *vring, const VhuVringAddr *addr, GError **error)
+{
+  gboolean ret;
+
+  g_mutex_lock(&vring->lock);
+  ret = set_addr_locked(vring, addr, error);
+  g_mutex_unlock(&vring->lock);
+  return ret;
+}
+
+gboolean
+vhu_vring_set_base(VhuVring *vring, guint num, GError **error)
+{
+  gboolean ret;
+
+  g_mutex_lock(&vring->lock);
+  ret = set_base_locked(vring, num, error);
+  g_mutex_unlock(&vring->lock);
+  return ret;
+}
+
+void
+vhu_vring_set_features(VhuVring *vring, guint64 features)
+{
+  g_mutex_lock(&vring->lock);
+  set_features_locked(vring, features);
+  g_mutex_unlock(&vring->lock);
+}
+
+gboolean
+vhu_vring_set_mem(VhuVring *vring, VhuMemTable *mem, GError **error)
+{
+  gboolean ret;
+
+  g_mutex_lock(&vring->lock);
+  ret = set_mem_locked(vring, mem, error);
+  g_mutex_unlock(&vring->lock);
+  return ret;
+}
+
+void
+vhu_vring_set_call_fd(VhuVring *vring, int fd)
+{
+  g_mutex_lock(&vring->lock);
+  set_call_fd_locked(vring, fd);
+  g_mutex_unlock(&vring->lock);
+}
+
+void
+vhu_vring_set_err_fd(VhuVring *vring, int fd)
+{
+  g_mutex_lock(&vring->lock);
+  set_err_fd_locked(vring, fd);
+  g_mutex_unlock(&vring->lock);
+}
+
+void
+vhu_vring_set_enabled(VhuVring *vring, gboolean enabled)
+{
+  g_mutex_lock(&vring->lock);
+  set_enabled_locked(vring, enabled);
+  g_mutex_unlock(&vring->lock);
+}
+
+void
+vhu_vring_signal_error(VhuVring *vring)
+{
+  g_mutex_lock(&vring->lock);
+  signal_error_locked(vring);
+  g_mutex_unlock(&vring->lock);
+}
+
+gboolean
+vhu_vring_set_inflight(VhuVring *vring, void *region, gsize size, GError **error)
+{
+  gboolean ret;
+
+  g_mutex_lock(&vring->lock);
+  ret = set_inflight_locked(vring, region, size, error);
+  g_mutex_unlock(&vring->lock);
+  return ret;
+}
+
+gboolean
+vhu_vring_start(VhuVring *vring, GError **error)
+{
+  gboolean ret;
+
+  g_mutex_lock(&vring->lock);
+  ret = start_locked(vring, error);
+  unlock_and_report(vring);
+  return ret;
+}
+
+void
+vhu_vring_stop(VhuVring *vring)
+{
+  g_mutex_lock(&vring->lock);
+  stop_locked(vring);
+  g_mutex_unlock(&vring->lock);
+}
+
+void
+vhu_vring_reset(VhuVring *vring)
+{
+  g_mutex_lock(&vring->lock);
+  reset_locked(vring);
+  g_mutex_unlock(&vring->lock);
+}
+
+VhuElem *
+vhu_vring_pop(VhuVring *vring, GError **error)
+{
+  VhuElem *ret;
+
+  g_mutex_lock(&vring->lock);
+  ret = pop_locked(vring, error);
+  unlock_and_report(vring);
+  return ret;
+}
+
+void
+vhu_vring_unpop(VhuVring *vring, VhuElem *elem)
+{
+  g_mutex_lock(&vring->lock);
+  unpop_locked(vring, elem);
+  unlock_and_report(vring);
+}
+
+void
+vhu_vring_push(VhuVring *vring, VhuElem *elem, guint32 len)
+{
+  g_mutex_lock(&vring->lock);
+  push_locked(vring, elem, len);
+  unlock_and_report(vring);
+}
+
+gboolean
+vhu_vring_notify(VhuVring *vring)
+{
+  gboolean ret;
+
+  g_mutex_lock(&vring->lock);
+  ret = notify_locked(vring);
+  unlock_and_report(vring);
+  return ret;
+}
+
+gboolean
+vhu_vring_set_notification(VhuVring *vring, gboolean enable)
+{
+  gboolean ret;
+
+  g_mutex_lock(&vring->lock);
+  ret = set_notification_locked(vring, enable);
+  unlock_and_report(vring);
+  return ret;
+}
+
+void
+vhu_vring_complete(VhuVring *vring, VhuElem *elem, guint32 len)
+{
+  g_mutex_lock(&vring->lock);
+  push_locked(vring, elem, len);
+  notify_locked(vring);
+  unlock_and_report(vring);
+}
+
+char *
+vhu_vring_dup_broken_reason(const VhuVring *vring)
+{
+  VhuVring *v = (VhuVring *)vring;
+  char *reason;
+
+  g_mutex_lock(&v->lock);
+  reason = v->broken ? g_strdup(v->broken_reason) : NULL;
+  g_mutex_unlock(&v->lock);
+  return reason;
 }

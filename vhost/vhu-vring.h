@@ -1,11 +1,13 @@
 /* vhu-vring.h: device side of a split virtqueue.
  *
- * All functions must be called with the owning backend's lock held (see
- * vhu_backend_lock()); the queue handler of a device is called with it held.
- * A ring that the guest corrupts (descriptor loop, address outside memory,
- * avail index jump, bad indirect table, chain longer than the ring) becomes
- * broken: pop returns an error once, the backend logs it once and sets
- * NEEDS_RESET, and the ring does nothing until it is reset. */
+ * Thread-safe: each ring has its own mutex, taken inside every call and
+ * never held while calling out, so one thread may pop while others complete.
+ * Writes to the call and error eventfds are non-blocking: a saturated one
+ * loses the notification, never the request.  A ring that the guest corrupts
+ * (descriptor loop, address outside memory, avail index jump, bad indirect
+ * table, chain longer than the ring) becomes broken: pop returns an error
+ * once, the backend logs it once, sets NEEDS_RESET and tells the frontend,
+ * and the ring does nothing until it is restarted. */
 #pragma once
 
 #include <glib.h>
@@ -65,7 +67,9 @@ void vhu_vring_unpop(VhuVring *vring, VhuElem *elem);
  * before the ring was stopped or reset is freed without touching the ring. */
 void vhu_vring_push(VhuVring *vring, VhuElem *elem, guint32 len);
 /* Signals the call eventfd if the guest wants an interrupt (EVENT_IDX,
- * NO_INTERRUPT, NOTIFY_ON_EMPTY honoured).  Returns TRUE if it signalled. */
+ * NO_INTERRUPT, NOTIFY_ON_EMPTY honoured).  Returns TRUE if it signalled.
+ * Without a call fd nothing is signalled, and the next call fd installed is
+ * signalled at once. */
 gboolean vhu_vring_notify(VhuVring *vring);
 /* Convenience: push then notify. */
 void vhu_vring_complete(VhuVring *vring, VhuElem *elem, guint32 len);

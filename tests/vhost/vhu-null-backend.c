@@ -25,7 +25,8 @@ typedef struct {
   VhuBackend *backend;
   GMainLoop *loop;
   int hold_queue;  /* -1: none */
-  GPtrArray *held; /* VhuElem*, lock held */
+  GMutex lock;     /* held */
+  GPtrArray *held; /* VhuElem* */
 } NullDevice;
 
 static void
@@ -67,7 +68,7 @@ null_queue_kick(gpointer data, VhuBackend *backend, guint qidx)
   NullDevice *dev = data;
   VhuVring *vring = vhu_backend_get_vring(backend, qidx);
   gboolean pushed = FALSE;
-  guint held = 0;
+  guint held = 0, total = 0;
   VhuElem *elem;
 
   for (;;) {
@@ -77,7 +78,10 @@ null_queue_kick(gpointer data, VhuBackend *backend, guint qidx)
     if (elem == NULL)
       break; /* empty, or broken: the backend reports it */
     if ((int)qidx == dev->hold_queue) {
+      g_mutex_lock(&dev->lock);
       g_ptr_array_add(dev->held, elem);
+      total = dev->held->len;
+      g_mutex_unlock(&dev->lock);
       held++;
       continue;
     }
@@ -88,7 +92,7 @@ null_queue_kick(gpointer data, VhuBackend *backend, guint qidx)
     vhu_vring_notify(vring);
   if (held > 0) {
     /* Tests wait for this line before killing us. */
-    printf("held %u %u\n", qidx, dev->held->len);
+    printf("held %u %u\n", qidx, total);
     fflush(stdout);
   }
 }
@@ -98,9 +102,9 @@ null_reset(gpointer data)
 {
   NullDevice *dev = data;
 
-  vhu_backend_lock(dev->backend);
+  g_mutex_lock(&dev->lock);
   g_ptr_array_set_size(dev->held, 0);
-  vhu_backend_unlock(dev->backend);
+  g_mutex_unlock(&dev->lock);
 }
 
 static void
@@ -162,6 +166,7 @@ main(int argc, char **argv)
   iface.num_queues = (guint)queues;
   options.single_client = once;
   dev.hold_queue = hold_queue;
+  g_mutex_init(&dev.lock);
   dev.held = g_ptr_array_new_with_free_func((GDestroyNotify)vhu_elem_free);
   dev.loop = g_main_loop_new(NULL, FALSE);
   dev.backend = vhu_backend_new(&iface, &dev, NULL, &options);
