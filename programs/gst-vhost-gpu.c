@@ -217,6 +217,8 @@ main(int argc, char **argv)
   VgpuVhostConfig config = { 0 };
   DisconnectData dd;
 
+  /* A peer that goes away is an error return, never the end of us. */
+  signal(SIGPIPE, SIG_IGN);
   g_set_prgname("gst-vhost-gpu");
   ctx = g_option_context_new("- virtio-gpu vhost-user backend");
   g_option_context_add_main_entries(ctx, entries, NULL);

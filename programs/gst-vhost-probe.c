@@ -1,5 +1,6 @@
 /* gst-vhost-probe: connect to a vhost-user backend as QEMU would and print
  * what it offers; for a GPU, also run the display-protocol handshake. */
+#include <signal.h>
 #include <gio/gio.h>
 #include <linux/virtio_gpu.h>
 #include <stdio.h>
@@ -442,6 +443,8 @@ main(int argc, char **argv)
   g_autoptr(GOptionContext) ctx = g_option_context_new("SOCKET");
   g_autoptr(GError) error = NULL;
 
+  /* A peer that goes away is an error return, never the end of us. */
+  signal(SIGPIPE, SIG_IGN);
   g_option_context_set_summary(ctx, "Connect to a vhost-user backend as QEMU would and print what "
                                     "it offers.");
   g_option_context_set_description(

@@ -10,6 +10,7 @@
  * inflight and restart tests); each batch held prints "held Q TOTAL" on
  * stdout.  Prints "ready" once it serves; exits 0 on
  * SIGTERM/SIGINT, or when the frontend left with --once or --fd. */
+#include <signal.h>
 #include <glib-unix.h>
 #include <glib.h>
 #include <stdio.h>
@@ -152,6 +153,8 @@ main(int argc, char **argv)
   VhuBackendOptions options = { 0 };
   NullDevice dev = { 0 };
 
+  /* A peer that goes away is an error return, never the end of us. */
+  signal(SIGPIPE, SIG_IGN);
   g_option_context_add_main_entries(octx, entries, NULL);
   if (!g_option_context_parse(octx, &argc, &argv, &error)) {
     g_printerr("vhu-null-backend: %s\n", error->message);
