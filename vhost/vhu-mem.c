@@ -3,19 +3,32 @@
  * Regions are kept sorted by guest-physical address so a lookup is a binary
  * search.  A mapping is shared between the tables that contain its region
  * (a table built by add/remove references the mappings of its parent), and
- * is unmapped when the last table holding it goes away. */
+ * is unmapped when the last table holding it goes away.
+ *
+ * A file sealed against shrinking (F_SEAL_SHRINK, as QEMU's memfd backend
+ * seals guest RAM) keeps its pages; any other mapping is guarded
+ * (vhu-guard.h): if the frontend truncates its file, the first access to a
+ * lost page turns the whole mapping into zero pages and retires it.  From
+ * then on translations refuse its addresses and every table holding it says
+ * it is damaged.  A retired mapping stays mapped (zero pages) until the last
+ * table holding it goes, so pointers handed out earlier stay valid. */
 #include "vhu-mem.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <gio/gio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "vhu-guard.h"
+
 typedef struct {
   gatomicrefcount ref;
   void *addr;
   gsize len;
+  gboolean sealed;
+  VhuGuard *guard; /* NULL when sealed */
 } VhuMapping;
 
 typedef struct {
@@ -45,6 +58,7 @@ mapping_unref(VhuMapping *mapping)
 {
   if (!g_atomic_ref_count_dec(&mapping->ref))
     return;
+  vhu_guard_remove(mapping->guard);
   munmap(mapping->addr, mapping->len);
   g_free(mapping);
 }
@@ -89,11 +103,42 @@ vhu_mem_table_n_regions(const VhuMemTable *table)
   return table->n_regions;
 }
 
+/* Costs one relaxed load while no mapping ever faulted. */
+static gboolean
+mapping_retired(const VhuMapping *mapping)
+{
+  return G_UNLIKELY(vhu_guard_get_faults() != 0) && mapping->guard != NULL
+         && vhu_guard_is_retired(mapping->guard);
+}
+
 gboolean
 vhu_mem_table_is_damaged(const VhuMemTable *table)
 {
-  (void)table;
+  if (G_LIKELY(vhu_guard_get_faults() == 0))
+    return FALSE;
+  for (guint i = 0; i < table->n_regions; i++) {
+    if (mapping_retired(table->regions[i].mapping))
+      return TRUE;
+  }
   return FALSE;
+}
+
+gboolean
+vhu_mem_table_get_region(const VhuMemTable *table, guint i, VhuMemRegionInfo *info)
+{
+  const VhuMemRegion *r;
+
+  if (i >= table->n_regions)
+    return FALSE;
+  r = &table->regions[i];
+  *info = (VhuMemRegionInfo){
+    .gpa = r->gpa,
+    .size = r->size,
+    .uva = r->uva,
+    .sealed = r->mapping->sealed,
+    .retired = mapping_retired(r->mapping),
+  };
+  return TRUE;
 }
 
 static gboolean
@@ -147,9 +192,12 @@ map_fd(int fd, gsize len, GError **error)
   struct stat st;
   VhuMapping *mapping;
   void *addr;
+  int seals;
 
   /* Touching a page beyond the end of the file raises SIGBUS: the file must
-   * cover the whole region when it is added. */
+   * cover the whole region when it is added.  Seals first: once sealed, the
+   * size seen next holds for good. */
+  seals = fd >= 0 ? fcntl(fd, F_GET_SEALS) : -1;
   if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
                 "memory region fd %d is not a regular file", fd);
@@ -174,6 +222,9 @@ map_fd(int fd, gsize len, GError **error)
   g_atomic_ref_count_init(&mapping->ref);
   mapping->addr = addr;
   mapping->len = len;
+  mapping->sealed = seals >= 0 && (seals & F_SEAL_SHRINK);
+  if (!mapping->sealed)
+    mapping->guard = vhu_guard_add(addr, len);
   return mapping;
 }
 
@@ -273,7 +324,7 @@ vhu_mem_gpa_to_host(const VhuMemTable *table, guint64 gpa, guint64 *len)
   const VhuMemRegion *r = find_gpa(table, gpa);
   guint64 off;
 
-  if (r == NULL) {
+  if (r == NULL || mapping_retired(r->mapping)) {
     *len = 0;
     return NULL;
   }
@@ -289,7 +340,7 @@ vhu_mem_uva_to_host(const VhuMemTable *table, guint64 uva, guint64 len)
     const VhuMemRegion *r = &table->regions[i];
 
     if (uva >= r->uva && uva - r->uva < r->size && len <= r->size - (uva - r->uva))
-      return r->host + (uva - r->uva);
+      return mapping_retired(r->mapping) ? NULL : r->host + (uva - r->uva);
   }
   return NULL;
 }

@@ -3,7 +3,18 @@
  * A VhuMemTable is immutable once built and reference counted: every change
  * (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG) builds a new table, so a request
  * popped from a ring keeps the mappings its iovecs point into alive for as
- * long as it holds its reference, whatever the frontend does meanwhile. */
+ * long as it holds its reference, whatever the frontend does meanwhile.
+ *
+ * Memory that disappears: a region whose file is sealed against shrinking
+ * (F_SEAL_SHRINK) is recorded as sealed and needs nothing more.  Any other
+ * region is guarded (vhu-guard.h): when the frontend truncates its file, the
+ * first access to a lost page, from any thread and any code (plain loads,
+ * memcpy, pixman), reads zeros instead of ending the process; the region is
+ * retired.  Translations then refuse its addresses as if they were unmapped,
+ * and vhu_mem_table_is_damaged() says so for every table holding it.  A
+ * system call on lost pages fails with EFAULT instead: see
+ * vhu_guard_probe_iov().  Threads: a table is immutable, every function may
+ * be called from any thread. */
 #pragma once
 
 #include <glib.h>
@@ -30,12 +41,26 @@ VhuMemTable *vhu_mem_table_remove(const VhuMemTable *table, const VhuMemRegionDe
                                   GError **error);
 guint vhu_mem_table_n_regions(const VhuMemTable *table);
 /* TRUE when a region of @table was retired because its file shrank under the
- * mapping (the frontend truncated guest memory).  Any thread, lock-free. */
+ * mapping (the frontend truncated guest memory).  Any thread, lock-free; one
+ * relaxed atomic load while nothing in the process ever faulted. */
 gboolean vhu_mem_table_is_damaged(const VhuMemTable *table);
+
+typedef struct {
+  guint64 gpa;
+  guint64 size;
+  guint64 uva;
+  gboolean sealed;  /* its file cannot shrink: not guarded */
+  gboolean retired; /* its file shrank: reads as zeros, refused */
+} VhuMemRegionInfo;
+
+/* Region @i of @table, in guest-physical order; FALSE when out of range
+ * (for naming a damaged region in a log line). */
+gboolean vhu_mem_table_get_region(const VhuMemTable *table, guint i, VhuMemRegionInfo *info);
 
 /* Guest-physical -> host pointer.  *len is the wanted length on input and the
  * contiguous mapped length from @gpa on output (never beyond the region end).
- * NULL when @gpa is in no region. */
+ * NULL when @gpa is in no region or in a retired one (all three
+ * translations refuse retired regions). */
 void *vhu_mem_gpa_to_host(const VhuMemTable *table, guint64 gpa, guint64 *len);
 /* Frontend virtual address -> host pointer; the whole [uva, uva+len) must lie
  * in one region, else NULL. */
