@@ -840,6 +840,18 @@ vhu_frontend_gpa_to_ptr(VhuFrontend *fe, guint64 gpa, gsize len)
   return NULL;
 }
 
+int
+vhu_frontend_get_region_fd(VhuFrontend *fe, guint64 gpa)
+{
+  for (guint i = 0; i < fe->regions->len; i++) {
+    Region *r = fe->regions->pdata[i];
+
+    if (gpa >= r->gpa && gpa - r->gpa < r->size)
+      return r->fd;
+  }
+  return -1;
+}
+
 guint64
 vhu_frontend_alloc(VhuFrontend *fe, gsize size, gsize align)
 {

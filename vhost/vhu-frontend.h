@@ -91,6 +91,9 @@ gboolean vhu_frontend_add_region_offset(VhuFrontend *fe, guint64 gpa, gsize size
                                         GError **error);
 /* Host pointer for [gpa, gpa+len), which must lie in one region; NULL if not. */
 void *vhu_frontend_gpa_to_ptr(VhuFrontend *fe, guint64 gpa, gsize len);
+/* The memfd of the region holding @gpa (still owned by @fe), or -1: for
+ * playing a frontend that shrinks guest memory under the backend. */
+int vhu_frontend_get_region_fd(VhuFrontend *fe, guint64 gpa);
 /* Bump allocator over the regions (never crosses one).  Returns the gpa, or
  * G_MAXUINT64 when no region has room.  vhu_frontend_reset_alloc starts over. */
 guint64 vhu_frontend_alloc(VhuFrontend *fe, gsize size, gsize align);
