@@ -2,6 +2,8 @@
 #include "bench-util.h"
 
 #include <glib/gstdio.h>
+#include <linux/virtio_gpu.h>
+#include <string.h>
 #include <sched.h>
 #include <signal.h>
 
@@ -100,4 +102,76 @@ bench_backend_clear(BenchBackend *b)
     g_rmdir(b->dir);
   g_clear_pointer(&b->path, g_free);
   g_clear_pointer(&b->dir, g_free);
+}
+
+/* --- request loops --------------------------------------------------------- */
+
+gboolean
+bench_prepare_slots(VhuFrontend *fe, const BenchRequest *r, BenchSlots *s, GError **error)
+{
+  for (guint i = 0; i < BENCH_MAX_BATCH; i++) {
+    s->req_gpa[i] = vhu_frontend_alloc(fe, r->req_size, 64);
+    s->resp_gpa[i] = vhu_frontend_alloc(fe, r->resp_size, 64);
+    if (s->req_gpa[i] == G_MAXUINT64 || s->resp_gpa[i] == G_MAXUINT64) {
+      g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE, "no guest memory left");
+      return FALSE;
+    }
+    memcpy(vhu_frontend_gpa_to_ptr(fe, s->req_gpa[i], r->req_size), r->req, r->req_size);
+    s->resp[i] = vhu_frontend_gpa_to_ptr(fe, s->resp_gpa[i], r->resp_size);
+  }
+  return TRUE;
+}
+
+static gboolean
+check_answer(const BenchRequest *r, const BenchSlots *s, guint slot, guint32 len, GError **error)
+{
+  guint32 type;
+
+  if (r->expect_type == 0) {
+    if (len == r->req_size && memcmp(s->resp[slot], r->req, len) == 0)
+      return TRUE;
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "bad echo (%u bytes)", len);
+    return FALSE;
+  }
+  memcpy(&type, s->resp[slot], sizeof type);
+  if (len >= sizeof(struct virtio_gpu_ctrl_hdr) && type == r->expect_type)
+    return TRUE;
+  g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "answer 0x%x (%u bytes), expected 0x%x",
+              type, len, r->expect_type);
+  return FALSE;
+}
+
+gboolean
+bench_round_trip(VhuDriverQueue *q, const BenchRequest *r, const BenchSlots *s, guint batch,
+                 gboolean indirect, GError **error)
+{
+  guint done = 0;
+
+  for (guint i = 0; i < batch; i++) {
+    VhuGuestBuf out = { s->req_gpa[i], (guint32)r->req_size };
+    VhuGuestBuf in = { s->resp_gpa[i], (guint32)r->resp_size };
+
+    if (vhu_driver_queue_add(q, &out, 1, &in, 1, indirect, GUINT_TO_POINTER(i + 1)) < 0) {
+      g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE, "ring full");
+      return FALSE;
+    }
+  }
+  vhu_driver_queue_kick(q);
+  while (done < batch) {
+    gpointer token;
+    guint32 len;
+
+    if (vhu_driver_queue_get_used(q, &token, &len)) {
+      if (!check_answer(r, s, GPOINTER_TO_UINT(token) - 1, len, error))
+        return FALSE;
+      done++;
+      continue;
+    }
+    if (!vhu_driver_queue_wait(q, 5000)) {
+      g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "no answer within 5 s (%u of %u)", done,
+                  batch);
+      return FALSE;
+    }
+  }
+  return TRUE;
 }

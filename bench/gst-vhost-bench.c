@@ -11,6 +11,7 @@
  * the devices.  By default the driver and the backend share one CPU, so a
  * figure is CPU cost per request and repeatable; --cpus split measures
  * cross-CPU wake-up latency instead (see docs/performance.md). */
+#include <signal.h>
 #include <errno.h>
 #include <gio/gio.h>
 #include <gio/gunixinputstream.h>
@@ -29,7 +30,7 @@
 #endif
 #define QEMU_GPU_PATH "/usr/lib/qemu/vhost-user-gpu"
 #define BIT(n)        (G_GUINT64_CONSTANT(1) << (n))
-#define MAX_BATCH     64u
+#define MAX_BATCH     BENCH_MAX_BATCH
 #define ECHO_SIZE     64u
 
 typedef struct {
@@ -44,14 +45,6 @@ typedef struct {
   char *cpus;      /* NULL/"any", "same" or "split" */
   int backend_cpu; /* -1: wherever the scheduler puts it */
 } Options;
-
-/* What one slot of a batch sends: a readable and a writable buffer. */
-typedef struct {
-  const void *req;
-  gsize req_size;
-  gsize resp_size;
-  guint32 expect_type; /* GPU: the answer's hdr.type; 0: echo check */
-} Request;
 
 /* --- backends ------------------------------------------------------------ */
 
@@ -203,88 +196,11 @@ qemu_resource(BenchBackend *b, GError **error)
 
 /* --- the measurement ----------------------------------------------------- */
 
-typedef struct {
-  guint64 req_gpa[MAX_BATCH];
-  guint64 resp_gpa[MAX_BATCH];
-  guint8 *resp[MAX_BATCH];
-} Slots;
-
-static gboolean
-prepare_slots(VhuFrontend *fe, const Request *r, Slots *s, GError **error)
-{
-  for (guint i = 0; i < MAX_BATCH; i++) {
-    s->req_gpa[i] = vhu_frontend_alloc(fe, r->req_size, 64);
-    s->resp_gpa[i] = vhu_frontend_alloc(fe, r->resp_size, 64);
-    if (s->req_gpa[i] == G_MAXUINT64 || s->resp_gpa[i] == G_MAXUINT64) {
-      g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE, "no guest memory left");
-      return FALSE;
-    }
-    memcpy(vhu_frontend_gpa_to_ptr(fe, s->req_gpa[i], r->req_size), r->req, r->req_size);
-    s->resp[i] = vhu_frontend_gpa_to_ptr(fe, s->resp_gpa[i], r->resp_size);
-  }
-  return TRUE;
-}
-
-static gboolean
-check_answer(const Request *r, const Slots *s, guint slot, guint32 len, GError **error)
-{
-  guint32 type;
-
-  if (r->expect_type == 0) {
-    if (len == r->req_size && memcmp(s->resp[slot], r->req, len) == 0)
-      return TRUE;
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "bad echo (%u bytes)", len);
-    return FALSE;
-  }
-  memcpy(&type, s->resp[slot], sizeof type);
-  if (len >= sizeof(struct virtio_gpu_ctrl_hdr) && type == r->expect_type)
-    return TRUE;
-  g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "answer 0x%x (%u bytes), expected 0x%x",
-              type, len, r->expect_type);
-  return FALSE;
-}
-
-/* One round: @batch chains, one kick, wait for all of them. */
-static gboolean
-round_trip(VhuDriverQueue *q, const Request *r, const Slots *s, guint batch, gboolean indirect,
-           GError **error)
-{
-  guint done = 0;
-
-  for (guint i = 0; i < batch; i++) {
-    VhuGuestBuf out = { s->req_gpa[i], (guint32)r->req_size };
-    VhuGuestBuf in = { s->resp_gpa[i], (guint32)r->resp_size };
-
-    if (vhu_driver_queue_add(q, &out, 1, &in, 1, indirect, GUINT_TO_POINTER(i + 1)) < 0) {
-      g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_NO_SPACE, "ring full");
-      return FALSE;
-    }
-  }
-  vhu_driver_queue_kick(q);
-  while (done < batch) {
-    gpointer token;
-    guint32 len;
-
-    if (vhu_driver_queue_get_used(q, &token, &len)) {
-      if (!check_answer(r, s, GPOINTER_TO_UINT(token) - 1, len, error))
-        return FALSE;
-      done++;
-      continue;
-    }
-    if (!vhu_driver_queue_wait(q, 5000)) {
-      g_set_error(error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT, "no answer within 5 s (%u of %u)", done,
-                  batch);
-      return FALSE;
-    }
-  }
-  return TRUE;
-}
-
 /* Requests per second over @seconds, after a short warm-up.  Adds every
  * request sent, warm-up included, to *@sent (for syscalls per request). */
 static double
-measure(VhuFrontend *fe, const Request *r, const Slots *s, guint batch, const Options *opt,
-        guint64 *sent, GError **error)
+measure(VhuFrontend *fe, const BenchRequest *r, const BenchSlots *s, guint batch,
+        const Options *opt, guint64 *sent, GError **error)
 {
   VhuDriverQueue *q = vhu_frontend_get_queue(fe, 0);
   gint64 start, end, now;
@@ -292,14 +208,14 @@ measure(VhuFrontend *fe, const Request *r, const Slots *s, guint batch, const Op
 
   end = g_get_monotonic_time() + 100 * 1000;
   while (g_get_monotonic_time() < end) {
-    if (!round_trip(q, r, s, batch, opt->indirect, error))
+    if (!bench_round_trip(q, r, s, batch, opt->indirect, error))
       return -1;
     *sent += batch;
   }
   start = g_get_monotonic_time();
   end = start + (gint64)(opt->seconds * G_USEC_PER_SEC);
   do {
-    if (!round_trip(q, r, s, batch, opt->indirect, error))
+    if (!bench_round_trip(q, r, s, batch, opt->indirect, error))
       return -1;
     n += batch;
     *sent += batch;
@@ -326,15 +242,15 @@ cmp_double(gconstpointer a, gconstpointer b)
 
 /* The median of opt->repeat measurements: this is a busy, shared machine. */
 static void
-run_row(BenchBackend *b, Row *row, const Request *r, const Options *opt)
+run_row(BenchBackend *b, Row *row, const BenchRequest *r, const Options *opt)
 {
   g_autoptr(GError) error = NULL;
   g_autofree double *runs = g_new(double, opt->repeat);
-  Slots s;
+  BenchSlots s;
   const guint batches[2] = { 1, MAX_BATCH };
 
   row->rate[0] = row->rate[1] = -1;
-  if (!prepare_slots(b->fe, r, &s, &error)) {
+  if (!bench_prepare_slots(b->fe, r, &s, &error)) {
     row->why = g_strdup(error->message);
     return;
   }
@@ -441,11 +357,12 @@ main(int argc, char **argv)
     .resource_id = 0xdead,
   };
   guint8 echo[ECHO_SIZE];
-  const Request echo_req = { echo, sizeof echo, sizeof echo, 0 };
-  const Request transfer_req = { &transfer, sizeof transfer, sizeof(struct virtio_gpu_ctrl_hdr),
-                                 VIRTIO_GPU_RESP_OK_NODATA };
-  const Request unref_req = { &unref, sizeof unref, sizeof(struct virtio_gpu_ctrl_hdr),
-                              VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID };
+  const BenchRequest echo_req = { echo, sizeof echo, sizeof echo, 0 };
+  const BenchRequest transfer_req
+      = { &transfer, sizeof transfer, sizeof(struct virtio_gpu_ctrl_hdr),
+          VIRTIO_GPU_RESP_OK_NODATA };
+  const BenchRequest unref_req = { &unref, sizeof unref, sizeof(struct virtio_gpu_ctrl_hdr),
+                                   VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID };
   Row rows[3] = {
     { .label = "ours: null device, 64-byte echo", .short_label = "ours" },
     { .label = "QEMU gpu: TRANSFER_TO_HOST_2D 1 px", .short_label = "QEMU TRANSFER" },
@@ -455,6 +372,8 @@ main(int argc, char **argv)
   const Row *main_row;
   g_autofree char *placement = NULL;
 
+  /* A peer that goes away is an error return, never the end of us. */
+  signal(SIGPIPE, SIG_IGN);
   g_option_context_set_summary(ctx, "Requests per second through the vhost-user transport: our "
                                     "null device against QEMU's vhost-user-gpu.");
   g_option_context_set_description(

@@ -13,11 +13,19 @@
  * copy of the frame in this process (thread CPU time), measured twice: warm,
  * between two prefaulted buffers that stay in the last-level cache, and
  * cold, rotating through enough prefaulted pairs to exceed it three times,
- * so that source and destination come from memory. */
+ * so that source and destination come from memory.
+ *
+ * --small-commands measures the other end: backend CPU time per one-pixel
+ * TRANSFER_TO_HOST_2D (into a 16x16 resource with backing, answered OK),
+ * one per kick and 64 per kick, for both backends in one run, with the
+ * driver and both backends pinned to one CPU so that every wake-up is a
+ * plain context switch and the figure is the backend's own cost. */
+#include <signal.h>
 #include <dirent.h>
 #include <errno.h>
 #include <gio/gio.h>
 #include <linux/virtio_gpu.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +49,10 @@ typedef struct {
   int warmup;
   int width, height;
   gboolean no_qemu;
+  gboolean small; /* --small-commands */
+  double seconds; /* per small-command run */
+  int repeat;     /* small-command runs per figure (median) */
+  int per_kick;   /* small commands: 0 both, or only 1 or 64 */
 } Options;
 
 typedef struct {
@@ -284,6 +296,261 @@ measure(Backend *b, const char *binary, const Options *opt, GError **error)
   return TRUE;
 }
 
+/* --- small commands ---------------------------------------------------------- */
+
+typedef struct {
+  const char *name;
+  BenchBackend be;
+  double ns[2];           /* backend CPU per request, 1 and 64 per kick; < 0: none */
+  GHashTable *threads[2]; /* thread name -> ns summed over the measured runs */
+  guint64 requests[2];    /* measured requests behind threads[] */
+} Small;
+
+static const guint small_batches[2] = { 1, BENCH_MAX_BATCH };
+
+/* Pins this process to the first CPU it may use; returns it, or -1. */
+static int
+pin_first_cpu(GError **error)
+{
+  cpu_set_t allowed, set;
+
+  if (sched_getaffinity(0, sizeof allowed, &allowed) < 0) {
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "sched_getaffinity: %s",
+                g_strerror(errno));
+    return -1;
+  }
+  for (int i = 0; i < CPU_SETSIZE; i++) {
+    if (!CPU_ISSET(i, &allowed))
+      continue;
+    CPU_ZERO(&set);
+    CPU_SET(i, &set);
+    if (sched_setaffinity(0, sizeof set, &set) < 0) {
+      g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "sched_setaffinity: %s",
+                  g_strerror(errno));
+      return -1;
+    }
+    return i;
+  }
+  g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_FAILED, "no CPU allowed");
+  return -1;
+}
+
+/* Spawns @binary on @cpu, starts the device (256-entry control ring) with a
+ * display attached, and makes resource 1: 16x16 with a backing. */
+static gboolean
+small_start(Small *b, const char *binary, int cpu, GError **error)
+{
+  const VhuDisplayConfig dc = { 1, 640, 480, 0x3, FALSE };
+  const guint sizes[2] = { 256, 16 };
+  struct virtio_gpu_resource_create_2d create = {
+    { .type = VIRTIO_GPU_CMD_RESOURCE_CREATE_2D }, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 16, 16
+  };
+  struct {
+    struct virtio_gpu_resource_attach_backing a;
+    struct virtio_gpu_mem_entry e;
+  } attach = { { { .type = VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING }, 1, 1 }, { 0 } };
+  Backend tmp = { 0 };
+  gboolean ok;
+
+  if (!bench_backend_dir(&b->be, "gpu-bench-XXXXXX", "gpu.sock", error))
+    return FALSE;
+  b->be.proc
+      = bench_spawn(G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, cpu,
+                    error, (const char *const[]){ binary, "--socket-path", b->be.path, NULL });
+  if (b->be.proc == NULL || !bench_backend_connect(&b->be, error)
+      || !vhu_frontend_init(b->be.fe, G_MAXUINT64, error)
+      || !vhu_frontend_add_region(b->be.fe, GUEST_GPA, 4u << 20, error))
+    return FALSE;
+  b->be.ds = vhu_display_server_new(&dc);
+  if (!vhu_display_server_attach(b->be.ds, b->be.fe, error)
+      || !vhu_frontend_start(b->be.fe, BIT(VIRTIO_GPU_F_EDID) | BIT(28) | BIT(29), sizes, 2, error))
+    return FALSE;
+  attach.e = (struct virtio_gpu_mem_entry){ vhu_frontend_alloc(b->be.fe, 16 * 16 * 4, 4096),
+                                            16 * 16 * 4, 0 };
+  tmp.be.fe = b->be.fe; /* cmd() needs only the frontend */
+  ok = expect_ok(&tmp, &create, sizeof create, "RESOURCE_CREATE_2D", error)
+       && expect_ok(&tmp, &attach, sizeof attach, "RESOURCE_ATTACH_BACKING", error);
+  return ok;
+}
+
+static void
+add_thread_deltas(GHashTable *sum, GHashTable *before, GHashTable *after)
+{
+  GHashTableIter it;
+  gpointer key, val;
+
+  g_hash_table_iter_init(&it, after);
+  while (g_hash_table_iter_next(&it, &key, &val)) {
+    guint64 *b = g_hash_table_lookup(before, key);
+    guint64 *acc = g_hash_table_lookup(sum, key);
+
+    if (acc == NULL) {
+      acc = g_new0(guint64, 1);
+      g_hash_table_insert(sum, g_strdup(key), acc);
+    }
+    *acc += *(guint64 *)val - (b != NULL ? *b : 0);
+  }
+}
+
+/* Backend CPU nanoseconds per request over @seconds of @batch-sized rounds
+ * (after 0.1 s of warm-up); < 0 on failure. */
+static double
+small_run(Small *b, guint k, const BenchRequest *r, const BenchSlots *s, const Options *opt,
+          GError **error)
+{
+  VhuDriverQueue *q = vhu_frontend_get_queue(b->be.fe, 0);
+  const char *pid = g_subprocess_get_identifier(b->be.proc);
+  g_autoptr(GHashTable) th0 = NULL, th1 = NULL;
+  guint batch = small_batches[k];
+  gint64 end = g_get_monotonic_time() + 100 * 1000;
+  guint64 ns0, ns1, n = 0;
+
+  if (pid == NULL) {
+    g_set_error_literal(error, G_IO_ERROR, G_IO_ERROR_FAILED, "the backend exited");
+    return -1;
+  }
+  while (g_get_monotonic_time() < end) {
+    if (!bench_round_trip(q, r, s, batch, FALSE, error))
+      return -1;
+  }
+  th0 = thread_cpu_ns(pid);
+  ns0 = task_cpu_ns(pid);
+  end = g_get_monotonic_time() + (gint64)(opt->seconds * G_USEC_PER_SEC);
+  do {
+    if (!bench_round_trip(q, r, s, batch, FALSE, error))
+      return -1;
+    n += batch;
+  } while (g_get_monotonic_time() < end);
+  ns1 = task_cpu_ns(pid);
+  th1 = thread_cpu_ns(pid);
+  add_thread_deltas(b->threads[k], th0, th1);
+  b->requests[k] += n;
+  return (double)(ns1 - ns0) / (double)n;
+}
+
+static int
+cmp_double(gconstpointer a, gconstpointer b)
+{
+  double x = *(const double *)a, y = *(const double *)b;
+
+  return x < y ? -1 : x > y;
+}
+
+static gboolean
+small_measure(Small *b, const char *binary, int cpu, const Options *opt, GError **error)
+{
+  const struct virtio_gpu_transfer_to_host_2d t
+      = { { .type = VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D }, { 0, 0, 1, 1 }, 0, 1, 0 };
+  const BenchRequest r
+      = { &t, sizeof t, sizeof(struct virtio_gpu_ctrl_hdr), VIRTIO_GPU_RESP_OK_NODATA };
+  g_autofree double *runs = g_new(double, opt->repeat);
+  BenchSlots s;
+
+  if (!small_start(b, binary, cpu, error) || !bench_prepare_slots(b->be.fe, &r, &s, error))
+    return FALSE;
+  for (guint k = 0; k < 2; k++) {
+    if (opt->per_kick != 0 && (guint)opt->per_kick != small_batches[k])
+      continue;
+    for (int i = 0; i < opt->repeat; i++) {
+      runs[i] = small_run(b, k, &r, &s, opt, error);
+      if (runs[i] < 0)
+        return FALSE;
+    }
+    qsort(runs, (gsize)opt->repeat, sizeof *runs, cmp_double);
+    b->ns[k] = runs[opt->repeat / 2];
+  }
+  return TRUE;
+}
+
+static void
+print_threads(const Small *b, guint k)
+{
+  GHashTableIter it;
+  gpointer key, val;
+  guint64 total = 0;
+
+  g_hash_table_iter_init(&it, b->threads[k]);
+  while (g_hash_table_iter_next(&it, &key, &val))
+    total += *(guint64 *)val;
+  printf("  %-20s %2u per kick:", b->name, small_batches[k]);
+  g_hash_table_iter_init(&it, b->threads[k]);
+  while (g_hash_table_iter_next(&it, &key, &val)) {
+    if (*(guint64 *)val * 100 >= total) /* at least 1% */
+      printf(" %s %.0f ns", (char *)key, (double)*(guint64 *)val / (double)b->requests[k]);
+  }
+  printf("\n");
+}
+
+static int
+small_commands(const Options *opt)
+{
+  g_autoptr(GError) error = NULL;
+  Small ours = { .name = "gst-vhost-gpu" }, qemu = { .name = "QEMU vhost-user-gpu" };
+  Small *both[2] = { &ours, &qemu };
+  const char *binaries[2] = { opt->ours, opt->qemu };
+  int cpu = pin_first_cpu(&error), status = EXIT_SUCCESS;
+
+  if (cpu < 0) {
+    g_printerr("%s\n", error->message);
+    return EXIT_FAILURE;
+  }
+  printf("gst-vhost-gpu-bench --small-commands: TRANSFER_TO_HOST_2D of 1x1 pixels into a 16x16 "
+         "resource,\n1 and %u per kick (256-entry ring, EVENT_IDX), driver and backends pinned to "
+         "CPU %d;\nbackend CPU per request: run time of all its threads (schedstat, ns), median "
+         "of %d runs of %.1f s\n\n",
+         BENCH_MAX_BATCH, cpu, opt->repeat, opt->seconds);
+  fflush(stdout);
+  for (guint i = 0; i < 2; i++) {
+    Small *b = both[i];
+
+    b->ns[0] = b->ns[1] = -1;
+    b->threads[0] = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    b->threads[1] = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    if (i == 1 && opt->no_qemu)
+      continue;
+    if (i == 1 && !g_file_test(opt->qemu, G_FILE_TEST_IS_EXECUTABLE)) {
+      g_printerr("%s: %s not found, skipped\n", b->name, opt->qemu);
+      continue;
+    }
+    if (!small_measure(b, binaries[i], cpu, opt, &error)) {
+      g_printerr("%s: %s\n", b->name, error->message);
+      g_clear_error(&error);
+      b->ns[0] = b->ns[1] = -1;
+      status = EXIT_FAILURE;
+    }
+    bench_backend_clear(&b->be);
+  }
+  printf("%-28s %14s %14s\n", "CPU per request", "1 per kick", "64 per kick");
+  for (guint i = 0; i < 2; i++) {
+    printf("%-28s", both[i]->name);
+    for (guint k = 0; k < 2; k++) {
+      if (both[i]->ns[k] < 0)
+        printf(" %14s", "n/a");
+      else
+        printf(" %11.0f ns", both[i]->ns[k]);
+    }
+    printf("\n");
+  }
+  if (opt->per_kick == 0 && ours.ns[0] > 0 && qemu.ns[0] > 0 && ours.ns[1] > 0 && qemu.ns[1] > 0) {
+    double r1 = qemu.ns[0] / ours.ns[0], r64 = qemu.ns[1] / ours.ns[1];
+
+    printf("%-28s %13.2fx %13.2fx\n", "QEMU's / gst-vhost-gpu", r1, r64);
+    printf("\ntargets: >= 2x cheaper than QEMU's one per kick: %s (%.2fx); >= 4x cheaper at %u "
+           "per kick: %s (%.2fx)\n",
+           r1 >= 2.0 ? "met" : "NOT met", r1, BENCH_MAX_BATCH, r64 >= 4.0 ? "met" : "NOT met", r64);
+  }
+  printf("\nby thread (CPU per request, all runs):\n");
+  for (guint i = 0; i < 2; i++) {
+    for (guint k = 0; k < 2; k++) {
+      if (both[i]->requests[k] > 0)
+        print_threads(both[i], k);
+    }
+    g_hash_table_unref(both[i]->threads[0]);
+    g_hash_table_unref(both[i]->threads[1]);
+  }
+  return status;
+}
+
 /* Size of the last-level cache in bytes (sysfs; sysconf's figure is the
  * whole package's on some machines); 32 MiB when unknown. */
 static gsize
@@ -352,7 +619,7 @@ memcpy_ms(gsize bytes, guint pairs, int rounds)
 int
 main(int argc, char **argv)
 {
-  Options opt = { NULL, NULL, 300, 30, 1920, 1080, FALSE };
+  Options opt = { NULL, NULL, 300, 30, 1920, 1080, FALSE, FALSE, 0.5, 3, 0 };
   GOptionEntry entries[] = {
     { "frames", 'n', 0, G_OPTION_ARG_INT, &opt.frames, "Frames measured per backend (300)", "N" },
     { "warmup", 0, 0, G_OPTION_ARG_INT, &opt.warmup, "Frames before measuring (30)", "N" },
@@ -363,6 +630,14 @@ main(int argc, char **argv)
     { "qemu-gpu", 0, 0, G_OPTION_ARG_FILENAME, &opt.qemu, "QEMU's backend (" QEMU_GPU_PATH ")",
       "PATH" },
     { "no-qemu", 0, 0, G_OPTION_ARG_NONE, &opt.no_qemu, "Skip QEMU's backend", NULL },
+    { "small-commands", 0, 0, G_OPTION_ARG_NONE, &opt.small,
+      "CPU per 1x1 TRANSFER_TO_HOST_2D, 1 and 64 per kick, on one CPU", NULL },
+    { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &opt.seconds,
+      "--small-commands: seconds per run (0.5)", "S" },
+    { "repeat", 'r', 0, G_OPTION_ARG_INT, &opt.repeat,
+      "--small-commands: runs per figure, the median is printed (3)", "N" },
+    { "per-kick", 0, 0, G_OPTION_ARG_INT, &opt.per_kick,
+      "--small-commands: only 1 or only 64 requests per kick (e.g. under a profiler)", "N" },
     { NULL },
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new("- GPU backend CPU time per frame");
@@ -373,20 +648,29 @@ main(int argc, char **argv)
   double warm, cold;
   int status = EXIT_SUCCESS;
 
+  /* A peer that goes away is an error return, never the end of us. */
+  signal(SIGPIPE, SIG_IGN);
   g_option_context_add_main_entries(ctx, entries, NULL);
   if (!g_option_context_parse(ctx, &argc, &argv, &error)) {
     g_printerr("%s\n", error->message);
     return 2;
   }
   if (opt.frames < 1 || opt.warmup < 0 || opt.width < 16 || opt.height < 16 || opt.width > 4095
-      || opt.height > 4095) {
-    g_printerr("bad --frames, --warmup, --width or --height\n");
+      || opt.height > 4095 || opt.seconds <= 0 || opt.repeat < 1 || opt.repeat > 100
+      || (opt.per_kick != 0 && opt.per_kick != 1 && opt.per_kick != (int)BENCH_MAX_BATCH)) {
+    g_printerr("bad --frames, --warmup, --width, --height, --seconds, --repeat or --per-kick\n");
     return 2;
   }
   if (opt.ours == NULL)
     opt.ours = g_strdup(GST_VHOST_GPU_PATH);
   if (opt.qemu == NULL)
     opt.qemu = g_strdup(QEMU_GPU_PATH);
+  if (opt.small) {
+    status = small_commands(&opt);
+    g_free(opt.ours);
+    g_free(opt.qemu);
+    return status;
+  }
   bytes = (gsize)opt.width * (gsize)opt.height * 4;
   /* Cold: the pairs together at least three times the last-level cache. */
   llc = llc_bytes();
