@@ -26,12 +26,57 @@ need_bpo() {
     return 0
 }
 
+# The archive that serves bookworm on this machine (a mirror, a proxy, a
+# snapshot): bookworm-backports comes from the same place.  Prints
+# "URI KEYRING" (KEYRING may be empty) from the first deb entry whose suites
+# include plain "bookworm", in deb822 .sources files or one-line lists.
+bookworm_archive() {
+    for f in ${APT_ETC:-/etc/apt}/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        awk '
+            function flush() {
+                if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ / bookworm / && uris != "") {
+                    split(uris, u, " "); print u[1], key; found = 1; exit
+                }
+                types = suites = uris = key = ""
+            }
+            /^[ \t]*#/ { next }
+            /^[ \t]*$/ { flush(); next }
+            tolower($1) == "types:" { $1 = ""; types = $0 }
+            tolower($1) == "suites:" { $1 = ""; suites = $0 }
+            tolower($1) == "uris:" { $1 = ""; uris = $0; sub(/^ +/, "", uris) }
+            tolower($1) == "signed-by:" { key = $2 }
+            END { if (!found) flush() }
+        ' "$f"
+    done | head -n 1 | grep . && return 0
+    cat ${APT_ETC:-/etc/apt}/sources.list ${APT_ETC:-/etc/apt}/sources.list.d/*.list 2>/dev/null | awk '
+        $1 == "deb" {
+            key = ""; i = 2
+            if ($2 ~ /^\[/) {
+                for (; i <= NF; i++) {
+                    if ($i ~ /signed-by=/) { key = $i; sub(/.*signed-by=/, "", key); sub(/\]$/, "", key) }
+                    if ($i ~ /\]$/) { i++; break }
+                }
+            }
+            if ($(i + 1) == "bookworm") { print $i, key; exit }
+        }' | grep .
+}
+
 add_backports() {
-    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        echo "install-deps: adding bookworm-backports to apt sources"
-        printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-            >/etc/apt/sources.list.d/gst-vhost-backports.sources
+    if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        return 0
     fi
+    archive=$(bookworm_archive) || {
+        echo "install-deps: no bookworm entry in the apt sources to take the backports archive from" >&2
+        return 1
+    }
+    uri=${archive%% *} key=${archive#* }
+    [ "$key" = "$archive" ] && key=""
+    echo "install-deps: adding bookworm-backports from $uri to apt sources"
+    {
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\n' "$uri"
+        [ -n "$key" ] && printf 'Signed-By: %s\n' "$key"
+    } >/etc/apt/sources.list.d/gst-vhost-backports.sources
 }
 
 base_missing=$(missing $BASE_PKGS)
@@ -47,7 +92,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-[ "$bpo" = 1 ] && add_backports
+[ "$bpo" = 1 ] && { add_backports || exit 1; }
 echo "install-deps: installing $(echo $base_missing)$([ "$bpo" = 1 ] && echo " $BPO_PKGS (bookworm-backports)")"
 apt-get update -qq
 [ -n "$base_missing" ] && apt-get install -y -qq --no-install-recommends $base_missing >/dev/null
