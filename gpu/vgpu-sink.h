@@ -2,8 +2,8 @@
  *
  * The device calls every attached sink, in attach order, from whatever
  * thread drives it and under the lock that serialises it (for the daemon:
- * the backend lock, on the queue thread or the control thread).  Sinks must
- * not block: a sink that reads pixels after returning (a socket writer, a
+ * the device lock vgpu_vhost_lock, on the queue thread or the control
+ * thread).  Sinks must not block: a sink that reads pixels after returning (a socket writer, a
  * GStreamer pipeline) takes a reference and brackets the reading with
  * vgpu_image_begin_read/end_read (vgpu_backing_* for update_guest); the
  * device then holds back writes into that image, further transfers into the
