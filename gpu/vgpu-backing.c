@@ -13,7 +13,12 @@ struct _VgpuBacking {
   guint64 size;
   VhuMemTable *mem; /* keeps the mappings alive */
   VgpuNotify *idle_notify;
+  VgpuHostmem *hostmem; /* NULL: not charged */
+  guint64 charged;
 };
+
+/* Each piece: its iovec and its start offset. */
+#define PIECE_BYTES (sizeof(struct iovec) + sizeof(guint64))
 
 GQuark
 vgpu_backing_error_quark(void)
@@ -21,31 +26,46 @@ vgpu_backing_error_quark(void)
   return g_quark_from_static_string("vgpu-backing-error-quark");
 }
 
-/* Appends @n iovecs, merging with the previous one when contiguous. */
-static void
-append_merged(GArray *arr, const struct iovec *iov, guint n)
+guint64
+vgpu_backing_charge_for(guint pieces)
 {
-  for (guint i = 0; i < n; i++) {
-    if (arr->len > 0) {
-      struct iovec *last = &g_array_index(arr, struct iovec, arr->len - 1);
-
-      if ((guint8 *)last->iov_base + last->iov_len == iov[i].iov_base) {
-        last->iov_len += iov[i].iov_len;
-        continue;
-      }
-    }
-    g_array_append_val(arr, iov[i]);
-  }
+  return sizeof(VgpuBacking) + (guint64)MAX(pieces, 1u) * PIECE_BYTES;
 }
 
-VgpuBacking *
-vgpu_backing_new(VhuMemTable *mem, const struct virtio_gpu_mem_entry *entries, guint n,
-                 guint *bad_entry, GError **error)
+guint64
+vgpu_backing_get_charge(const VgpuBacking *b)
 {
-  g_autoptr(GArray) arr = g_array_new(FALSE, FALSE, sizeof(struct iovec));
-  VgpuBacking *b;
-  guint64 size = 0;
+  return b->charged;
+}
 
+/* Adds @v to the pieces (when @iov is not NULL) unless it continues the
+ * last one; returns the new count. */
+static guint
+add_piece(struct iovec *iov, struct iovec *last, guint n, const struct iovec *v)
+{
+  if (n > 0 && (guint8 *)last->iov_base + last->iov_len == v->iov_base) {
+    last->iov_len += v->iov_len;
+    if (iov)
+      iov[n - 1].iov_len += v->iov_len;
+    return n;
+  }
+  *last = *v;
+  if (iov)
+    iov[n] = *v;
+  return n + 1;
+}
+
+/* One pass over the entries: checks them and counts the merged pieces, or
+ * (with @iov, sized by a first pass) fills them in.  Returns FALSE with
+ * *bad_entry and @error set. */
+static gboolean
+translate(VhuMemTable *mem, const struct virtio_gpu_mem_entry *entries, guint n, struct iovec *iov,
+          guint *pieces, guint64 *size, guint *bad_entry, GError **error)
+{
+  struct iovec last = { NULL, 0 };
+  guint count = 0;
+
+  *size = 0;
   for (guint i = 0; i < n; i++) {
     struct iovec tmp[VHU_MAX_MEM_SLOTS];
     int k;
@@ -58,25 +78,54 @@ vgpu_backing_new(VhuMemTable *mem, const struct virtio_gpu_mem_entry *entries, g
       *bad_entry = i;
       g_set_error_literal(error, VGPU_BACKING_ERROR, VGPU_BACKING_ERROR_UNMAPPED,
                           "not in guest memory");
-      return NULL;
+      return FALSE;
     }
-    if (!g_uint64_checked_add(&size, size, entries[i].length)) {
+    if (!g_uint64_checked_add(size, *size, entries[i].length)) {
       *bad_entry = i;
       g_set_error_literal(error, VGPU_BACKING_ERROR, VGPU_BACKING_ERROR_SIZE, "backing too large");
-      return NULL;
+      return FALSE;
     }
-    append_merged(arr, tmp, (guint)k);
+    for (int j = 0; j < k; j++)
+      count = add_piece(iov, &last, count, &tmp[j]);
+  }
+  *pieces = count;
+  return TRUE;
+}
+
+VgpuBacking *
+vgpu_backing_new(VgpuHostmem *hostmem, VhuMemTable *mem, const struct virtio_gpu_mem_entry *entries,
+                 guint n, guint *bad_entry, GError **error)
+{
+  VgpuBacking *b;
+  guint64 size, charge;
+  guint pieces, filled;
+
+  /* Counted first, so that the list is charged before it is allocated. */
+  if (!translate(mem, entries, n, NULL, &pieces, &size, bad_entry, error))
+    return NULL;
+  charge = vgpu_backing_charge_for(pieces);
+  if (hostmem && !vgpu_hostmem_charge(hostmem, charge)) {
+    *bad_entry = n;
+    g_set_error(error, VGPU_BACKING_ERROR, VGPU_BACKING_ERROR_BUDGET,
+                "%u pieces (%" G_GUINT64_FORMAT " bytes) exceed the host memory budget", pieces,
+                charge);
+    return NULL;
   }
   b = g_new0(VgpuBacking, 1);
   b->refcount = 1;
-  b->n = arr->len;
+  b->n = pieces;
   b->size = size;
-  b->starts = g_new(guint64, MAX(b->n, 1u));
+  b->iov = g_new(struct iovec, MAX(pieces, 1u));
+  b->starts = g_new(guint64, MAX(pieces, 1u));
+  b->hostmem = hostmem ? vgpu_hostmem_ref(hostmem) : NULL;
+  b->charged = hostmem ? charge : 0;
+  /* Same entries, same table: the same pieces. */
+  translate(mem, entries, n, b->iov, &filled, &size, bad_entry, NULL);
+  g_assert(filled == pieces);
   for (guint64 i = 0, off = 0; i < b->n; i++) {
     b->starts[i] = off;
-    off += g_array_index(arr, struct iovec, i).iov_len;
+    off += b->iov[i].iov_len;
   }
-  b->iov = (struct iovec *)(void *)g_array_free(g_steal_pointer(&arr), FALSE);
   b->mem = mem ? vhu_mem_table_ref(mem) : NULL;
   return b;
 }
@@ -99,6 +148,10 @@ vgpu_backing_unref(VgpuBacking *b)
   if (b->mem)
     vhu_mem_table_unref(b->mem);
   vgpu_notify_unref(b->idle_notify);
+  if (b->hostmem) {
+    vgpu_hostmem_credit(b->hostmem, b->charged);
+    vgpu_hostmem_unref(b->hostmem);
+  }
   g_free(b);
 }
 

@@ -16,7 +16,12 @@
  * RESOURCE_UNREF) while it is read or lent, and does not start another
  * transfer into the resource while it is read; the idle notify fires (from
  * the reader's thread) when the last reader or loan ends.  References, read
- * marks and loans are thread-safe; the rest is immutable. */
+ * marks and loans are thread-safe; the rest is immutable.
+ *
+ * Host memory: a backing's list of host pieces is charged against a
+ * VgpuHostmem budget before it is allocated (vgpu_backing_charge_for: the
+ * record and 24 bytes per piece, what it allocates), and credited when the
+ * last reference goes, so a reader still sending it keeps it charged. */
 #pragma once
 
 #include <glib.h>
@@ -33,15 +38,23 @@ GQuark vgpu_backing_error_quark(void);
 typedef enum {
   VGPU_BACKING_ERROR_UNMAPPED, /* an entry is not (entirely) in guest memory */
   VGPU_BACKING_ERROR_SIZE,     /* the entries add up to more than 2^64 bytes */
+  VGPU_BACKING_ERROR_BUDGET,   /* its piece list would exceed the host memory budget */
 } VgpuBackingError;
 
 typedef struct _VgpuBacking VgpuBacking;
 
 /* Translates @n entries through @mem (NULL: no memory; only zero-length
- * entries then succeed).  Adjacent pieces are merged.  On failure *bad_entry
- * is the index of the offending entry. */
-VgpuBacking *vgpu_backing_new(VhuMemTable *mem, const struct virtio_gpu_mem_entry *entries, guint n,
-                              guint *bad_entry, GError **error);
+ * entries then succeed).  Adjacent pieces are merged.  The piece list is
+ * charged against @hostmem (NULL: not charged).  On failure *bad_entry is
+ * the index of the offending entry (@n for the budget).  @entries must not
+ * change meanwhile (a private copy, not guest memory). */
+VgpuBacking *vgpu_backing_new(VgpuHostmem *hostmem, VhuMemTable *mem,
+                              const struct virtio_gpu_mem_entry *entries, guint n, guint *bad_entry,
+                              GError **error);
+/* Bytes charged for a backing of @pieces host pieces. */
+guint64 vgpu_backing_charge_for(guint pieces);
+/* Bytes this backing is charged. */
+guint64 vgpu_backing_get_charge(const VgpuBacking *backing);
 VgpuBacking *vgpu_backing_ref(VgpuBacking *backing);
 void vgpu_backing_unref(VgpuBacking *backing);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VgpuBacking, vgpu_backing_unref)

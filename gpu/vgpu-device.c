@@ -38,6 +38,7 @@ typedef enum {
 
 typedef struct {
   guint32 id;
+  VgpuHostmem *hostmem; /* charged RESOURCE_CHARGE for this record */
   VgpuImage *image;
   VgpuBacking *backing;
   /* A transfer not copied into the image yet: inside @pending the resource's
@@ -77,6 +78,8 @@ typedef union {
 } Response;
 
 struct _Pending {
+  GList link; /* in VgpuDevice.pending */
+  guint64 charged;
   VhuElem *elem;
   struct virtio_gpu_ctrl_hdr req;
   QueryKind kind;
@@ -139,6 +142,10 @@ guest_error(VgpuDevice *dev, GuestError kind, const char *format, ...)
 /* ------------------------------------------------------------------------ */
 /* Resources and sinks */
 
+/* What a resource costs besides its image and backing: this record, the
+ * image's, and the id table's share. */
+G_STATIC_ASSERT(sizeof(Resource) + sizeof(VgpuImage) + 64 <= VGPU_RESOURCE_OVERHEAD);
+
 static void
 resource_free(gpointer data)
 {
@@ -146,6 +153,7 @@ resource_free(gpointer data)
 
   vgpu_backing_unref(res->backing);
   vgpu_image_unref(res->image);
+  vgpu_hostmem_credit(res->hostmem, VGPU_RESOURCE_OVERHEAD);
   g_free(res);
 }
 
@@ -347,6 +355,37 @@ complete_ctrl(VgpuDevice *dev, VhuElem *elem, const struct virtio_gpu_ctrl_hdr *
   dev->ops.complete(dev->ops_data, VGPU_CTRL_QUEUE, elem, (guint32)written);
 }
 
+/* A held request's record, charged with what holding it costs (the record,
+ * a display query, the element and its iovecs); NULL when the budget is
+ * exhausted. */
+static Pending *
+pending_new(VgpuDevice *dev, VhuElem *elem, const struct virtio_gpu_ctrl_hdr *req)
+{
+  guint64 charge = sizeof(Pending) + sizeof(VgpuQuery) + sizeof(VhuElem) + 64
+                   + ((guint64)elem->out_num + elem->in_num) * sizeof(struct iovec);
+  Pending *p;
+
+  if (!vgpu_hostmem_charge(dev->hostmem, charge)) {
+    guest_error(dev, GE_HOSTMEM, "command 0x%x: no host memory left to hold it; answered at once",
+                req->type);
+    return NULL;
+  }
+  p = g_new0(Pending, 1);
+  p->link.data = p;
+  p->charged = charge;
+  p->elem = elem;
+  p->req = *req;
+  p->fenced = (req->flags & VIRTIO_GPU_FLAG_FENCE) != 0;
+  return p;
+}
+
+static void
+pending_free(VgpuDevice *dev, Pending *p)
+{
+  vgpu_hostmem_credit(dev->hostmem, p->charged);
+  g_free(p);
+}
+
 /* Completes what may complete: ready requests without a fence at once, a
  * ready fenced request only when nothing before it is still outstanding. */
 static void
@@ -360,9 +399,9 @@ drain_pending(VgpuDevice *dev)
     Pending *p = l->data;
 
     if (p->ready && (!p->fenced || !blocked)) {
-      g_queue_delete_link(&dev->pending, l);
+      g_queue_unlink(&dev->pending, l);
       complete_ctrl(dev, p->elem, &p->req, &p->resp, p->resp_len);
-      g_free(p);
+      pending_free(dev, p);
     } else {
       blocked = TRUE;
     }
@@ -507,12 +546,14 @@ vgpu_device_flush(VgpuDevice *dev)
 static void
 discard_pending(VgpuDevice *dev)
 {
-  Pending *p;
+  GList *l;
 
-  while ((p = g_queue_pop_head(&dev->pending))) {
+  while ((l = g_queue_pop_head_link(&dev->pending))) {
+    Pending *p = l->data;
+
     cancel_query(p);
     dev->ops.discard(dev->ops_data, VGPU_CTRL_QUEUE, p->elem);
-    g_free(p);
+    pending_free(dev, p);
   }
 }
 
@@ -570,8 +611,14 @@ cmd_create_2d(VgpuDevice *dev, const struct virtio_gpu_resource_create_2d *c)
     guest_error(dev, GE_RESOURCE_COUNT, "RESOURCE_CREATE_2D: limit of %u resources reached", max);
     return VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
   }
+  if (!vgpu_hostmem_charge(dev->hostmem, VGPU_RESOURCE_OVERHEAD)) {
+    guest_error(dev, GE_HOSTMEM, "RESOURCE_CREATE_2D %u: host memory budget exhausted",
+                c->resource_id);
+    return VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+  }
   image = vgpu_image_new(dev->hostmem, c->format, c->width, c->height, &error);
   if (!image) {
+    vgpu_hostmem_credit(dev->hostmem, VGPU_RESOURCE_OVERHEAD);
     guest_error(dev, GE_HOSTMEM, "RESOURCE_CREATE_2D %u: %s", c->resource_id, error->message);
     return g_error_matches(error, VGPU_IMAGE_ERROR, VGPU_IMAGE_ERROR_INVALID)
                ? VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER
@@ -580,6 +627,7 @@ cmd_create_2d(VgpuDevice *dev, const struct virtio_gpu_resource_create_2d *c)
   vgpu_image_set_idle_notify(image, dev->idle_notify);
   res = g_new0(Resource, 1);
   res->id = c->resource_id;
+  res->hostmem = dev->hostmem;
   res->image = image;
   g_hash_table_insert(dev->resources, GUINT_TO_POINTER(res->id), res);
   return VIRTIO_GPU_RESP_OK_NODATA;
@@ -768,6 +816,7 @@ cmd_attach_backing(VgpuDevice *dev, VhuElem *elem,
   Resource *res = find_resource(dev, c->resource_id);
   gsize bytes, need;
   guint bad = 0;
+  guint32 type;
 
   if (!res)
     return bad_resource(dev, "RESOURCE_ATTACH_BACKING", c->resource_id);
@@ -790,12 +839,26 @@ cmd_attach_backing(VgpuDevice *dev, VhuElem *elem,
                 c->nr_entries, elem->out_len, need);
     return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
   }
+  /* The private copy of the entries is charged while it lives. */
+  if (!vgpu_hostmem_charge(dev->hostmem, bytes)) {
+    guest_error(dev, GE_HOSTMEM,
+                "RESOURCE_ATTACH_BACKING: %u entries for resource %u: host memory budget exhausted",
+                c->nr_entries, res->id);
+    return VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+  }
   ents = g_malloc(bytes);
   if (vhu_elem_read(elem, sizeof *c, ents, bytes) != bytes) {
     guest_error(dev, GE_BACKING_ENTRIES, "RESOURCE_ATTACH_BACKING: truncated entries");
-    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+    type = VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+    goto out;
   }
-  res->backing = vgpu_backing_new(elem->mem, ents, c->nr_entries, &bad, &error);
+  res->backing = vgpu_backing_new(dev->hostmem, elem->mem, ents, c->nr_entries, &bad, &error);
+  if (!res->backing && g_error_matches(error, VGPU_BACKING_ERROR, VGPU_BACKING_ERROR_BUDGET)) {
+    guest_error(dev, GE_HOSTMEM, "RESOURCE_ATTACH_BACKING: resource %u: %s", res->id,
+                error->message);
+    type = VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+    goto out;
+  }
   if (!res->backing) {
     guest_error(dev,
                 g_error_matches(error, VGPU_BACKING_ERROR, VGPU_BACKING_ERROR_UNMAPPED)
@@ -804,10 +867,15 @@ cmd_attach_backing(VgpuDevice *dev, VhuElem *elem,
                 "RESOURCE_ATTACH_BACKING: entry %u (0x%" G_GINT64_MODIFIER "x, %u bytes) of "
                 "resource %u: %s",
                 bad, (guint64)ents[bad].addr, ents[bad].length, res->id, error->message);
-    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+    type = VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+    goto out;
   }
   vgpu_backing_set_idle_notify(res->backing, dev->idle_notify);
-  return VIRTIO_GPU_RESP_OK_NODATA;
+  type = VIRTIO_GPU_RESP_OK_NODATA;
+out:
+  g_clear_pointer(&ents, g_free);
+  vgpu_hostmem_credit(dev->hostmem, bytes);
+  return type;
 }
 
 static guint32
@@ -896,6 +964,29 @@ command_size(guint32 type)
   }
 }
 
+/* A display query that cannot be held: answered from the configuration,
+ * after the held requests when it carries a fence. */
+static void
+answer_query_now(VgpuDevice *dev, VhuElem *elem, const Request *req)
+{
+  Response resp;
+  gsize len;
+
+  if (req->hdr.flags & VIRTIO_GPU_FLAG_FENCE)
+    vgpu_device_flush(dev);
+  dev->stats.display_query_fallbacks++;
+  if (req->hdr.type == VIRTIO_GPU_CMD_GET_DISPLAY_INFO) {
+    resp_init(&resp, &req->hdr, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+    fill_display_info(dev, &resp, NULL);
+    len = sizeof resp.display_info;
+  } else {
+    resp_init(&resp, &req->hdr, VIRTIO_GPU_RESP_OK_EDID);
+    fill_edid(dev, &resp, req->get_edid.scanout, NULL);
+    len = sizeof resp.edid;
+  }
+  complete_ctrl(dev, elem, &req->hdr, &resp, len);
+}
+
 static gboolean
 submit_ctrl(VgpuDevice *dev, VhuElem *elem)
 {
@@ -944,10 +1035,11 @@ submit_ctrl(VgpuDevice *dev, VhuElem *elem)
         type = VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID;
         goto answer;
       }
-      p = g_new0(Pending, 1);
-      p->elem = elem;
-      p->req = req.hdr;
-      p->fenced = (req.hdr.flags & VIRTIO_GPU_FLAG_FENCE) != 0;
+      p = pending_new(dev, elem, &req.hdr);
+      if (!p) {
+        answer_query_now(dev, elem, &req);
+        return TRUE;
+      }
       if (req.hdr.type == VIRTIO_GPU_CMD_GET_DISPLAY_INFO) {
         p->kind = QUERY_DISPLAY_INFO;
         p->resp_len = sizeof p->resp.display_info;
@@ -958,7 +1050,7 @@ submit_ctrl(VgpuDevice *dev, VhuElem *elem)
         p->resp_len = sizeof p->resp.edid;
         resp_init(&p->resp, &req.hdr, VIRTIO_GPU_RESP_OK_EDID);
       }
-      g_queue_push_tail(&dev->pending, p);
+      g_queue_push_tail_link(&dev->pending, &p->link);
       if (!pending_query(dev, p) && !p->ready)
         pending_answer(dev, p, NULL, 0);
       drain_pending(dev);
@@ -1004,15 +1096,18 @@ submit_ctrl(VgpuDevice *dev, VhuElem *elem)
 answer:
   resp_init(&resp, &req.hdr, type);
   if ((req.hdr.flags & VIRTIO_GPU_FLAG_FENCE) && !g_queue_is_empty(&dev->pending)) {
-    /* Earlier requests still wait on a display: hold the fence back. */
-    p = g_new0(Pending, 1);
-    p->elem = elem;
-    p->req = req.hdr;
-    p->fenced = TRUE;
+    /* Earlier requests still wait on a display: hold the fence back, or,
+     * with no memory to hold it, answer those from the configuration. */
+    p = pending_new(dev, elem, &req.hdr);
+    if (!p) {
+      vgpu_device_flush(dev);
+      complete_ctrl(dev, elem, &req.hdr, &resp, resp_len);
+      return TRUE;
+    }
     p->ready = TRUE;
     p->resp = resp;
     p->resp_len = resp_len;
-    g_queue_push_tail(&dev->pending, p);
+    g_queue_push_tail_link(&dev->pending, &p->link);
     drain_pending(dev);
     return TRUE;
   }

@@ -35,7 +35,24 @@
  *                        without VIRTIO_GPU_F_EDID or RESOURCE_ASSIGN_UUID
  *                        without VIRTIO_GPU_F_RESOURCE_UUID negotiated
  * Each kind of guest error is logged once, then at most once a minute with a
- * count of the suppressed ones. */
+ * count of the suppressed ones.
+ *
+ * Host memory budget (max_hostmem): everything the guest makes the device
+ * keep is charged before it is allocated and credited when it is freed:
+ *   - a resource: its image, page rounded (vgpu_image_size_for), plus
+ *     VGPU_RESOURCE_OVERHEAD for its records;
+ *   - a backing: vgpu_backing_charge_for(pieces), 24 bytes per host piece
+ *     (entries adjacent in host memory merge into one piece), and, while
+ *     ATTACH_BACKING runs, 16 bytes per entry for the copy of the entries;
+ *   - a request held back (a display query, a fence behind one): its record,
+ *     the element and its iovecs, about 1.3 KiB.
+ * Images and backings a sink still reads stay charged until it lets go.  A
+ * resource or backing beyond the budget is refused with OUT_OF_MEMORY; a
+ * request that cannot be held is answered at once instead (a display query
+ * from the configuration, a fence after answering the queries before it
+ * from the configuration), so order is kept.  Not charged: what is bounded
+ * by constants (one cursor's pixels while it is converted, the response
+ * being built).  The count of resources is limited separately. */
 #pragma once
 
 #include <glib.h>
@@ -55,6 +72,9 @@ G_BEGIN_DECLS
 #define VGPU_DEFAULT_HEIGHT        800u
 #define VGPU_DEFAULT_MAX_HOSTMEM   (256u * 1024u * 1024u)
 #define VGPU_DEFAULT_MAX_RESOURCES 4096u
+/* Bytes charged per resource besides its image: the device's and the
+ * image's records and the id table's share. */
+#define VGPU_RESOURCE_OVERHEAD 256u
 
 /* Virtio feature bits the device offers: EDID and RESOURCE_UUID. */
 #define VGPU_DEVICE_FEATURES ((1ull << VIRTIO_GPU_F_EDID) | (1ull << VIRTIO_GPU_F_RESOURCE_UUID))
@@ -64,7 +84,7 @@ typedef struct _VgpuDevice VgpuDevice;
 typedef struct {
   guint num_scanouts;    /* 1..16 */
   guint32 width, height; /* mode reported for every scanout */
-  guint64 max_hostmem;   /* bytes of resource storage */
+  guint64 max_hostmem;   /* bytes of host memory the guest may make us keep (see above) */
   guint max_resources;   /* 0: VGPU_DEFAULT_MAX_RESOURCES */
 } VgpuDeviceConfig;
 

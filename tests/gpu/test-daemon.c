@@ -993,7 +993,8 @@ test_hostmem(void)
   frontend_init(f->fe);
   f->ds = display_attach(f->fe, 1, 640, 480, 0x3);
   frontend_start(f->fe);
-  c = gpu_create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 512, 512);
+  /* 512x510 pixels and the resource's records: less than 16x16 is left */
+  c = gpu_create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 512, 510);
   g_assert_cmphex(CMD(f->fe, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
   c = gpu_create_2d(2, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 16, 16);
   g_assert_cmphex(CMD(f->fe, c), ==, VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY);

@@ -2,6 +2,7 @@
  * real memfd guest memory, answers read back from the writable buffers, and
  * a recording display sink. */
 #include <gio/gio.h>
+#include <malloc.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -543,6 +544,8 @@ test_all_formats_create(Fixture *f, gconstpointer data)
   }
 }
 
+/* A resource is charged its page-rounded image and VGPU_RESOURCE_OVERHEAD,
+ * both credited when it goes. */
 static void
 test_hostmem_budget(void)
 {
@@ -550,22 +553,193 @@ test_hostmem_budget(void)
   struct virtio_gpu_resource_create_2d c;
   struct virtio_gpu_resource_unref u;
   VgpuDeviceStats st;
+  guint64 image, one;
 
   setup_with(f, 1, 1 * MIB, 0);
-  /* 512 x 512 x 4 = the whole budget */
-  c = gpu_create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 512, 512);
+  /* 512 x 510 x 4: with its records, less than a page of the budget is left */
+  g_assert_true(vgpu_image_size_for(512, 510, &image));
+  g_assert_true(vgpu_image_size_for(1, 1, &one));
+  g_assert_cmpuint(image + VGPU_RESOURCE_OVERHEAD, <=, 1 * MIB);
+  g_assert_cmpuint(image + VGPU_RESOURCE_OVERHEAD + one + VGPU_RESOURCE_OVERHEAD, >, 1 * MIB);
+  c = gpu_create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 512, 510);
   g_assert_cmphex(CTRL(f, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
   vgpu_device_get_stats(f->dev, &st);
-  g_assert_cmpuint(st.hostmem_used, ==, 1 * MIB);
+  g_assert_cmpuint(st.hostmem_used, ==, image + VGPU_RESOURCE_OVERHEAD);
   c = gpu_create_2d(2, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 1, 1);
   g_assert_cmphex(CTRL(f, c), ==, VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY);
+  vgpu_device_get_stats(f->dev, &st);
+  g_assert_cmpuint(st.hostmem_used, ==, image + VGPU_RESOURCE_OVERHEAD);
   u = gpu_unref(1);
   g_assert_cmphex(CTRL(f, u), ==, VIRTIO_GPU_RESP_OK_NODATA);
   vgpu_device_get_stats(f->dev, &st);
   g_assert_cmpuint(st.hostmem_used, ==, 0);
   g_assert_cmphex(CTRL(f, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
   vgpu_device_get_stats(f->dev, &st);
-  g_assert_cmpuint(st.hostmem_used, ==, (guint64)sysconf(_SC_PAGESIZE));
+  g_assert_cmpuint(st.hostmem_used, ==, one + VGPU_RESOURCE_OVERHEAD);
+  teardown(f, NULL);
+}
+
+/* Bytes the allocator hands out, or 0 where it cannot say (sanitizers
+ * replace it). */
+static guint64
+heap_in_use(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+  return 0;
+#else
+  struct mallinfo2 mi = mallinfo2();
+
+  return mi.uordblks + mi.hblkhd;
+#endif
+}
+
+/* Backing lists count against the budget: 1000 resources of 1x1 pixels
+ * with 16384 one-byte entries each, none adjacent to the next (16384 host
+ * pieces, 384 KiB of list per resource; 375 MiB for all of them, beyond the
+ * default 256 MiB budget).  Attaches are accepted while the budget holds
+ * their lists (and, while each runs, its copy of the entries), then answered
+ * OUT_OF_MEMORY; the budget counts what the lists allocate, within the
+ * allocator's own overhead (a page per allocation); detaching and unref
+ * credit it back. */
+static void
+test_hostmem_backing_lists(void)
+{
+  const guint n_res = 1000, n_ents = VGPU_MAX_BACKING_ENTRIES;
+  const guint64 page = (guint64)sysconf(_SC_PAGESIZE), limit = VGPU_DEFAULT_MAX_HOSTMEM;
+  const guint64 list = vgpu_backing_charge_for(n_ents), copy = (guint64)n_ents * 16u;
+  Fixture fx = { 0 }, *f = &fx;
+  g_autofree struct virtio_gpu_mem_entry *ents = g_new(struct virtio_gpu_mem_entry, n_ents);
+  g_autofree guint8 *req = NULL;
+  struct virtio_gpu_resource_attach_backing *a;
+  VgpuDeviceStats st;
+  guint64 image, created, heap0, heap1, expect;
+  guint accepted = 0;
+  gsize len;
+
+  setup_with(f, 1, limit, 0);
+  for (guint i = 0; i < n_ents; i++)
+    ents[i] = (struct virtio_gpu_mem_entry){ GPA0 + 2u * i, 1, 0 };
+  req = gpu_attach(0, ents, n_ents, n_ents, &len);
+  a = (struct virtio_gpu_resource_attach_backing *)req;
+  g_assert_cmpuint(list, >=, (guint64)n_ents * 24u);
+  g_assert_true(vgpu_image_size_for(1, 1, &image));
+  for (guint i = 1; i <= n_res; i++) {
+    struct virtio_gpu_resource_create_2d c
+        = gpu_create_2d(i, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 1, 1);
+
+    g_assert_cmphex(CTRL(f, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    g_array_set_size(f->done, 0); /* no growth during the measurement */
+  }
+  created = (guint64)n_res * (image + VGPU_RESOURCE_OVERHEAD);
+  vgpu_device_get_stats(f->dev, &st);
+  g_assert_cmpuint(st.hostmem_used, ==, created);
+
+  heap0 = heap_in_use();
+  for (guint i = 1; i <= n_res; i++) {
+    guint32 t;
+
+    a->resource_id = i;
+    t = ctrl(f, req, len);
+    g_array_set_size(f->done, 0);
+    if (t == VIRTIO_GPU_RESP_OK_NODATA) {
+      g_assert_cmpuint(accepted, ==, i - 1); /* none after the first refusal */
+      accepted++;
+    } else {
+      g_assert_cmphex(t, ==, VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY);
+    }
+  }
+  heap1 = heap_in_use();
+  /* The k-th attach needs its list and the copy on top of k - 1 lists. */
+  expect = (limit - created - copy) / list;
+  g_assert_cmpuint(accepted, ==, expect);
+  g_assert_cmpuint(accepted, <, n_res);
+  vgpu_device_get_stats(f->dev, &st);
+  g_assert_cmpuint(st.hostmem_used, ==, created + accepted * list);
+  g_assert_cmpuint(st.hostmem_used, <=, limit);
+  if (heap0 != 0) {
+    guint64 grown = heap1 - heap0;
+
+    g_test_message("%u lists: %" G_GUINT64_FORMAT " bytes allocated, %" G_GUINT64_FORMAT " charged",
+                   accepted, grown, accepted * list);
+    g_assert_cmpuint(grown, >=, accepted * (list - 64u));
+    g_assert_cmpuint(grown, <=, accepted * (list + 2u * page));
+  } else {
+    g_test_message("allocator figures unavailable (sanitizer): allocation not compared");
+  }
+
+  /* Detaching credits a list back, and the refused can attach now. */
+  for (guint i = 1; i <= 3; i++) {
+    struct virtio_gpu_resource_detach_backing d = gpu_detach(i);
+
+    g_assert_cmphex(CTRL(f, d), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  }
+  vgpu_device_get_stats(f->dev, &st);
+  g_assert_cmpuint(st.hostmem_used, ==, created + (accepted - 3) * list);
+  a->resource_id = n_res;
+  g_assert_cmphex(ctrl(f, req, len), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  for (guint i = 1; i <= n_res; i++) {
+    struct virtio_gpu_resource_unref u = gpu_unref(i);
+
+    g_assert_cmphex(CTRL(f, u), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    g_array_set_size(f->done, 0);
+  }
+  vgpu_device_get_stats(f->dev, &st);
+  g_assert_cmpuint(st.hostmem_used, ==, 0);
+  teardown(f, NULL);
+}
+
+/* Held requests are charged: display queries a sink answers later are held
+ * while the budget allows, then answered at once from the configuration; a
+ * fence that cannot be held first has the held queries answered, so order
+ * is kept; everything is credited once answered. */
+static void
+test_hostmem_held(void)
+{
+  Fixture fx = { 0 }, *f = &fx;
+  struct virtio_gpu_ctrl_hdr di = GPU_HDR(VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+  struct virtio_gpu_set_scanout off = gpu_set_scanout(0, 0, 0, 0, 0, 0);
+  struct virtio_gpu_resource_create_2d c
+      = gpu_create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 512, 510);
+  VgpuDeviceStats st;
+  guint64 base, hold, room;
+  guint held = 1;
+
+  setup_with(f, 1, 1 * MIB, 0);
+  g_assert_cmphex(CTRL(f, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  vgpu_device_get_stats(f->dev, &st);
+  base = st.hostmem_used;
+  f->hold_queries = TRUE;
+  g_assert_true(submit_full(f, VGPU_CTRL_QUEUE, &di, sizeof di, 1024));
+  g_assert_cmpuint(f->done->len, ==, 1);
+  vgpu_device_get_stats(f->dev, &st);
+  hold = st.hostmem_used - base;
+  g_assert_cmpuint(hold, >=, sizeof(struct virtio_gpu_resp_display_info));
+  room = 1 * MIB - st.hostmem_used;
+  /* As many more as fit are held; the next is answered at once. */
+  for (;;) {
+    g_assert_true(submit_full(f, VGPU_CTRL_QUEUE, &di, sizeof di, 1024));
+    if (f->done->len > 1)
+      break;
+    held++;
+  }
+  g_assert_cmpuint(held, ==, 1 + room / hold);
+  g_assert_cmpuint(f->queries->len, ==, held);
+  g_assert_cmphex(resp_type(last_done(f)), ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+  vgpu_device_get_stats(f->dev, &st);
+  g_assert_cmpuint(st.hostmem_used, ==, base + held * hold);
+  g_assert_cmpuint(st.display_query_fallbacks, ==, 1);
+  /* A fence now: the held queries are answered first, then the fence. */
+  off.hdr.flags = VIRTIO_GPU_FLAG_FENCE;
+  off.hdr.fence_id = 7;
+  g_assert_true(submit_full(f, VGPU_CTRL_QUEUE, &off, sizeof off, 64));
+  g_assert_cmpuint(f->done->len, ==, 2 + held + 1);
+  for (guint i = 2; i < 2 + held; i++)
+    g_assert_cmphex(resp_type(&g_array_index(f->done, Done, i)), ==,
+                    VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+  g_assert_cmphex(resp_type(last_done(f)), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmpuint(((const struct virtio_gpu_ctrl_hdr *)last_done(f)->resp)->fence_id, ==, 7);
+  vgpu_device_get_stats(f->dev, &st);
+  g_assert_cmpuint(st.hostmem_used, ==, base);
   teardown(f, NULL);
 }
 
@@ -1582,6 +1756,8 @@ main(int argc, char **argv)
   ADD("create-errors", test_create_errors);
   ADD("create-all-formats", test_all_formats_create);
   g_test_add_func("/gpu/device/hostmem-budget", test_hostmem_budget);
+  g_test_add_func("/gpu/device/hostmem-backing-lists", test_hostmem_backing_lists);
+  g_test_add_func("/gpu/device/hostmem-held", test_hostmem_held);
   g_test_add_func("/gpu/device/resource-count", test_resource_count);
   ADD("unref", test_unref);
   ADD("attach-errors", test_attach_errors);

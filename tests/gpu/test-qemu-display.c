@@ -134,6 +134,7 @@ setup(Fixture *f, gconstpointer data)
   f->loop = g_main_loop_new(f->ctx, FALSE);
   f->thread = tu_loop_thread_new("display-test", f->loop);
   f->dev = vgpu_device_new(&cfg, &ops, f);
+  vgpu_device_set_features(f->dev, VGPU_DEVICE_FEATURES);
   opts.context = f->ctx;
   opts.lock = lock_cb;
   opts.unlock = unlock_cb;
