@@ -1,0 +1,662 @@
+/* gstvhostframequeue.c: a display sink that turns flushes into frames. */
+#include "gstvhostframequeue.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <gst/allocators/allocators.h>
+#include <pixman.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+GST_DEBUG_CATEGORY_STATIC(frames_debug);
+#define GST_CAT_DEFAULT frames_debug
+
+/* Generations of damage remembered: a frame that missed more is resynced
+ * whole. */
+#define HISTORY 16u
+/* Poll period while every frame is held downstream and the newest pixels
+ * are only in the shadow (GstMemory has no release notification). */
+#define RELEASE_POLL_US 5000
+/* The device side stays within max_frames (then the shadow takes flushes);
+ * the consumer may allocate up to this many times more, for a downstream
+ * that holds many frames before releasing any (encoder lookahead). */
+#define STREAMING_FRAMES_FACTOR 4u
+
+typedef struct {
+  GstMemory *mem; /* one reference is ours; more mean downstream holds it */
+  guint8 *data;   /* kept mapped for the memory's lifetime */
+  guint64 gen;    /* generation whose content it holds; 0: none yet */
+} Frame;
+
+/* Where a flushed rectangle's pixels come from. */
+typedef struct {
+  const guint8 *image;  /* row h at image + h * stride, or */
+  VgpuBacking *backing; /* row h at offset + h * stride of the backing */
+  guint64 offset;
+  guint32 stride;
+} Source;
+
+struct _GstVhostFrameQueue {
+  GMutex lock;
+  GCond cond;
+  guint scanout;
+  guint max_frames;
+  GstAllocator *fd_alloc;
+
+  gboolean enabled;
+  GstVideoInfo info;
+  guint64 geometry;
+  GPtrArray *frames;                  /* Frame, of the current geometry */
+  Frame *cur;                         /* newest complete content; NULL before the first flush */
+  guint64 gen;                        /* generation of cur */
+  pixman_region32_t history[HISTORY]; /* written during generation g at g % HISTORY */
+  guint8 *shadow;                     /* newest pixels of shadow_region */
+  pixman_region32_t shadow_region;
+  gboolean overflowing;
+
+  /* What the next frame carries. */
+  gboolean ready;
+  pixman_region32_t damage;
+  guint flushes;
+  guint64 flush_time;
+  guint64 number;
+
+  GstBuffer *cursor;
+  guint32 cursor_hot_x, cursor_hot_y, cursor_pos_x, cursor_pos_y;
+  gboolean cursor_visible;
+  guint64 cursor_serial;
+
+  gboolean flushing, eos;
+  GstVhostFrameQueueStats stats;
+};
+
+static guint64
+monotonic_ns(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (guint64)ts.tv_sec * GST_SECOND + (guint64)ts.tv_nsec;
+}
+
+GstVideoFormat
+gst_vhost_video_format_from_virtio(guint32 format)
+{
+  switch (format) {
+    case VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM:
+      return GST_VIDEO_FORMAT_BGRA;
+    case VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM:
+      return GST_VIDEO_FORMAT_BGRx;
+    case VIRTIO_GPU_FORMAT_A8R8G8B8_UNORM:
+      return GST_VIDEO_FORMAT_ARGB;
+    case VIRTIO_GPU_FORMAT_X8R8G8B8_UNORM:
+      return GST_VIDEO_FORMAT_xRGB;
+    case VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM:
+      return GST_VIDEO_FORMAT_RGBA;
+    case VIRTIO_GPU_FORMAT_X8B8G8R8_UNORM:
+      return GST_VIDEO_FORMAT_xBGR;
+    case VIRTIO_GPU_FORMAT_A8B8G8R8_UNORM:
+      return GST_VIDEO_FORMAT_ABGR;
+    case VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM:
+      return GST_VIDEO_FORMAT_RGBx;
+    default:
+      return GST_VIDEO_FORMAT_UNKNOWN;
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Frame memory */
+
+static void
+frame_free(gpointer data)
+{
+  Frame *f = data;
+
+  gst_memory_unref(f->mem);
+  g_free(f);
+}
+
+static gboolean
+frame_is_free(Frame *f)
+{
+  return g_atomic_int_get(&GST_MINI_OBJECT_CAST(f->mem)->refcount) == 1;
+}
+
+/* A zeroed, sealed memfd of the current geometry, kept mapped. */
+static Frame *
+frame_new(GstVhostFrameQueue *q)
+{
+  gsize size = GST_VIDEO_INFO_SIZE(&q->info);
+  GstMemory *mem;
+  GstMapInfo map;
+  Frame *f;
+  int fd;
+
+  fd = memfd_create("gst-vhost-frame", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
+    GST_WARNING("frame memory of %" G_GSIZE_FORMAT " bytes: %s", size, g_strerror(errno));
+    if (fd >= 0)
+      close(fd);
+    return NULL;
+  }
+  fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  mem = gst_fd_allocator_alloc(q->fd_alloc, fd, size, GST_FD_MEMORY_FLAG_KEEP_MAPPED);
+  if (!mem || !gst_memory_map(mem, &map, GST_MAP_READWRITE)) {
+    GST_WARNING("cannot map frame memory");
+    if (mem)
+      gst_memory_unref(mem);
+    else
+      close(fd);
+    return NULL;
+  }
+  f = g_new0(Frame, 1);
+  f->mem = mem;
+  f->data = map.data;
+  gst_memory_unmap(mem, &map);
+  /* Downstream must not write it: a writer maps a copy instead. */
+  GST_MINI_OBJECT_FLAG_SET(mem, GST_MEMORY_FLAG_READONLY);
+  q->stats.frames_allocated++;
+  return f;
+}
+
+/* A frame nobody downstream holds, other than cur; a new one within
+ * @limit; NULL when every frame is held. */
+static Frame *
+free_frame(GstVhostFrameQueue *q, guint limit)
+{
+  Frame *f;
+
+  for (guint i = 0; i < q->frames->len; i++) {
+    f = q->frames->pdata[i];
+    if (f != q->cur && frame_is_free(f))
+      return f;
+  }
+  if (q->frames->len >= limit)
+    return NULL;
+  f = frame_new(q);
+  if (f)
+    g_ptr_array_add(q->frames, f);
+  return f;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pixels */
+
+static void
+copy_region(GstVhostFrameQueue *q, guint8 *dst, const guint8 *src, pixman_region32_t *region)
+{
+  guint stride = GST_VIDEO_INFO_PLANE_STRIDE(&q->info, 0);
+  int n = 0;
+  pixman_box32_t *b = pixman_region32_rectangles(region, &n);
+
+  for (int i = 0; i < n; i++) {
+    gsize off = (gsize)b[i].y1 * stride + (gsize)b[i].x1 * 4u;
+    gsize len = (gsize)(b[i].x2 - b[i].x1) * 4u;
+
+    for (int y = b[i].y1; y < b[i].y2; y++, off += stride)
+      memcpy(dst + off, src + off, len);
+    q->stats.bytes_synced += len * (gsize)(b[i].y2 - b[i].y1);
+  }
+}
+
+static void
+copy_in(GstVhostFrameQueue *q, guint8 *dst, const Source *src, const VgpuRect *d)
+{
+  guint stride = GST_VIDEO_INFO_PLANE_STRIDE(&q->info, 0);
+  gsize len = (gsize)d->width * 4u;
+
+  dst += (gsize)d->y * stride + (gsize)d->x * 4u;
+  for (guint32 h = 0; h < d->height; h++, dst += stride) {
+    if (src->backing)
+      vgpu_backing_read(src->backing, src->offset + (guint64)h * src->stride, dst, len);
+    else
+      memcpy(dst, src->image + (gsize)h * src->stride, len);
+  }
+  q->stats.bytes_copied += len * d->height;
+}
+
+static void
+region_set_full(GstVhostFrameQueue *q, pixman_region32_t *r)
+{
+  pixman_region32_fini(r);
+  pixman_region32_init_rect(r, 0, 0, GST_VIDEO_INFO_WIDTH(&q->info),
+                            GST_VIDEO_INFO_HEIGHT(&q->info));
+}
+
+/* The shadow's pixels, except where @incoming will be written, into @f. */
+static void
+merge_shadow(GstVhostFrameQueue *q, Frame *f, pixman_region32_t *incoming)
+{
+  pixman_region32_t r;
+
+  if (!pixman_region32_not_empty(&q->shadow_region))
+    return;
+  pixman_region32_init(&r);
+  pixman_region32_subtract(&r, &q->shadow_region, incoming);
+  copy_region(q, f->data, q->shadow, &r);
+  pixman_region32_fini(&r);
+  pixman_region32_union(&q->history[q->gen % HISTORY], &q->history[q->gen % HISTORY],
+                        &q->shadow_region);
+  pixman_region32_clear(&q->shadow_region);
+  if (q->overflowing)
+    GST_INFO("scanout %u: a frame is free again", q->scanout);
+  q->overflowing = FALSE;
+}
+
+/* The frame the next pixels (@incoming) go into, holding everything else
+ * of the newest content; NULL when downstream holds every frame and there
+ * are @limit of them. */
+static Frame *
+target_for(GstVhostFrameQueue *q, pixman_region32_t *incoming, guint limit)
+{
+  pixman_region32_t *slot;
+  pixman_region32_t need;
+  Frame *f;
+
+  if (q->cur && frame_is_free(q->cur)) {
+    merge_shadow(q, q->cur, incoming);
+    return q->cur;
+  }
+  f = free_frame(q, limit);
+  if (!f)
+    return NULL;
+  q->gen++;
+  slot = &q->history[q->gen % HISTORY];
+  pixman_region32_clear(slot);
+  if (q->cur) {
+    /* What changed since @f was current, from cur (complete, read-only). */
+    pixman_region32_init(&need);
+    if (f->gen != 0 && q->gen - f->gen <= HISTORY) {
+      for (guint64 g = f->gen + 1; g < q->gen; g++)
+        pixman_region32_union(&need, &need, &q->history[g % HISTORY]);
+    } else {
+      region_set_full(q, &need);
+    }
+    pixman_region32_subtract(&need, &need, &q->shadow_region);
+    pixman_region32_subtract(&need, &need, incoming);
+    copy_region(q, f->data, q->cur->data, &need);
+    pixman_region32_fini(&need);
+  }
+  merge_shadow(q, f, incoming);
+  f->gen = q->gen;
+  q->cur = f;
+  return f;
+}
+
+static void
+reset_content(GstVhostFrameQueue *q)
+{
+  g_ptr_array_set_size(q->frames, 0);
+  q->cur = NULL;
+  for (guint i = 0; i < HISTORY; i++)
+    pixman_region32_clear(&q->history[i]);
+  g_clear_pointer(&q->shadow, g_free);
+  pixman_region32_clear(&q->shadow_region);
+  pixman_region32_clear(&q->damage);
+  q->overflowing = FALSE;
+  q->ready = FALSE;
+  q->flushes = 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sink callbacks (device lock held) */
+
+static void
+sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect)
+{
+  GstVhostFrameQueue *q = sink;
+  GstVideoFormat fmt;
+  GstVideoInfo info;
+
+  if (id != q->scanout)
+    return;
+  g_mutex_lock(&q->lock);
+  if (!image) {
+    if (q->enabled)
+      GST_INFO("scanout %u disabled", id);
+    q->enabled = FALSE;
+    reset_content(q);
+    goto out;
+  }
+  fmt = gst_vhost_video_format_from_virtio(image->format);
+  if (fmt == GST_VIDEO_FORMAT_UNKNOWN || rect->width == 0 || rect->height == 0)
+    goto out; /* the device checked both */
+  gst_video_info_set_format(&info, fmt, rect->width, rect->height);
+  if (q->enabled && gst_video_info_is_equal(&info, &q->info))
+    goto out; /* a page flip: the device sends the whole scanout next */
+  GST_INFO("scanout %u: %s %ux%u", id, gst_video_format_to_string(fmt), rect->width, rect->height);
+  reset_content(q);
+  q->info = info;
+  q->enabled = TRUE;
+  q->geometry++;
+  q->stats.geometry_changes++;
+out:
+  g_mutex_unlock(&q->lock);
+}
+
+static void
+flushed(GstVhostFrameQueue *q, const Source *src, guint32 w, guint32 h, guint32 dst_x,
+        guint32 dst_y)
+{
+  guint32 fw = GST_VIDEO_INFO_WIDTH(&q->info), fh = GST_VIDEO_INFO_HEIGHT(&q->info);
+  VgpuRect d = { dst_x, dst_y, 0, 0 };
+  pixman_region32_t incoming;
+  Frame *f;
+
+  if (!q->enabled)
+    return;
+  /* The device keeps updates inside the scanout; clip anyway. */
+  if (dst_x < fw && dst_y < fh) {
+    d.width = MIN(w, fw - dst_x);
+    d.height = MIN(h, fh - dst_y);
+  }
+  pixman_region32_init_rect(&incoming, (int)d.x, (int)d.y, d.width, d.height);
+  f = target_for(q, &incoming, q->max_frames);
+  if (f) {
+    copy_in(q, f->data, src, &d);
+    pixman_region32_union(&q->history[q->gen % HISTORY], &q->history[q->gen % HISTORY], &incoming);
+  } else {
+    if (!q->shadow)
+      q->shadow = g_malloc0(GST_VIDEO_INFO_SIZE(&q->info));
+    copy_in(q, q->shadow, src, &d);
+    pixman_region32_union(&q->shadow_region, &q->shadow_region, &incoming);
+    q->stats.overflows++;
+    if (!q->overflowing)
+      GST_INFO("scanout %u: downstream holds all %u frames; keeping flushes in a shadow copy",
+               q->scanout, q->max_frames);
+    q->overflowing = TRUE;
+  }
+  pixman_region32_union(&q->damage, &q->damage, &incoming);
+  pixman_region32_fini(&incoming);
+  q->flushes++;
+  q->stats.flushes++;
+  q->flush_time = monotonic_ns();
+  q->ready = TRUE;
+  g_cond_broadcast(&q->cond);
+}
+
+static void
+sink_update(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect, guint32 dst_x,
+            guint32 dst_y)
+{
+  GstVhostFrameQueue *q = sink;
+  Source src = { 0 };
+
+  if (id != q->scanout)
+    return;
+  src.image = image->data + (gsize)rect->y * image->stride + (gsize)rect->x * 4u;
+  src.stride = image->stride;
+  g_mutex_lock(&q->lock);
+  flushed(q, &src, rect->width, rect->height, dst_x, dst_y);
+  g_mutex_unlock(&q->lock);
+}
+
+static void
+sink_update_guest(gpointer sink, guint id, VgpuImage *image, VgpuBacking *backing, guint64 offset,
+                  const VgpuRect *rect, guint32 dst_x, guint32 dst_y)
+{
+  GstVhostFrameQueue *q = sink;
+  Source src = { 0 };
+
+  if (id != q->scanout)
+    return;
+  src.backing = backing;
+  src.offset = offset;
+  src.stride = image->stride;
+  g_mutex_lock(&q->lock);
+  flushed(q, &src, rect->width, rect->height, dst_x, dst_y);
+  g_mutex_unlock(&q->lock);
+}
+
+static void
+cursor_changed(GstVhostFrameQueue *q)
+{
+  q->stats.cursor_updates++;
+  if (!q->enabled || !q->cur)
+    return;
+  q->flush_time = monotonic_ns();
+  q->ready = TRUE;
+  g_cond_broadcast(&q->cond);
+}
+
+static void
+sink_cursor_update(gpointer sink, guint id, const guint32 *pixels, guint32 hot_x, guint32 hot_y,
+                   guint32 x, guint32 y)
+{
+  GstVhostFrameQueue *q = sink;
+  gsize size = VGPU_CURSOR_SIZE * VGPU_CURSOR_SIZE * 4u;
+  GstBuffer *buf;
+
+  if (id != q->scanout)
+    return;
+  /* Native-endian ARGB words are BGRA bytes on little-endian hosts, the
+   * overlay composition's RGB format. */
+  buf = gst_buffer_new_allocate(NULL, size, NULL);
+  gst_buffer_fill(buf, 0, pixels, size);
+  gst_buffer_add_video_meta(buf, GST_VIDEO_FRAME_FLAG_NONE,
+                            GST_VIDEO_OVERLAY_COMPOSITION_FORMAT_RGB, VGPU_CURSOR_SIZE,
+                            VGPU_CURSOR_SIZE);
+  g_mutex_lock(&q->lock);
+  gst_clear_buffer(&q->cursor);
+  q->cursor = buf;
+  q->cursor_hot_x = MIN(hot_x, VGPU_CURSOR_SIZE);
+  q->cursor_hot_y = MIN(hot_y, VGPU_CURSOR_SIZE);
+  q->cursor_pos_x = MIN(x, G_MAXINT16);
+  q->cursor_pos_y = MIN(y, G_MAXINT16);
+  q->cursor_visible = TRUE;
+  q->cursor_serial++;
+  cursor_changed(q);
+  g_mutex_unlock(&q->lock);
+}
+
+static void
+sink_cursor_move(gpointer sink, guint id, guint32 x, guint32 y, gboolean visible)
+{
+  GstVhostFrameQueue *q = sink;
+
+  if (id != q->scanout)
+    return;
+  g_mutex_lock(&q->lock);
+  q->cursor_pos_x = MIN(x, G_MAXINT16);
+  q->cursor_pos_y = MIN(y, G_MAXINT16);
+  q->cursor_visible = visible && q->cursor;
+  cursor_changed(q);
+  g_mutex_unlock(&q->lock);
+}
+
+static const VgpuSinkIface sink_iface = {
+  .set_scanout = sink_set_scanout,
+  .update = sink_update,
+  .update_guest = sink_update_guest,
+  .cursor_update = sink_cursor_update,
+  .cursor_move = sink_cursor_move,
+};
+
+const VgpuSinkIface *
+gst_vhost_frame_queue_get_sink_iface(void)
+{
+  return &sink_iface;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Consumer side */
+
+static void
+fill_frame(GstVhostFrameQueue *q, GstVhostFrame *frame, gboolean with_damage)
+{
+  pixman_box32_t *b, *e;
+  int n = 0;
+
+  memset(frame, 0, sizeof *frame);
+  frame->buffer = gst_buffer_new();
+  gst_buffer_append_memory(frame->buffer, gst_memory_ref(q->cur->mem));
+  frame->info = q->info;
+  frame->geometry = q->geometry;
+  frame->number = ++q->number;
+  frame->flush_time = with_damage ? q->flush_time : monotonic_ns();
+  if (with_damage) {
+    frame->flushes = q->flushes;
+    b = pixman_region32_rectangles(&q->damage, &n);
+    e = pixman_region32_extents(&q->damage);
+    if (n > 0)
+      frame->bounds = (VgpuRect){ e->x1, e->y1, e->x2 - e->x1, e->y2 - e->y1 };
+    if ((guint)n > GST_VHOST_FRAME_MAX_DAMAGE) {
+      frame->damage[0] = frame->bounds;
+      frame->n_damage = 1;
+    } else {
+      for (int i = 0; i < n; i++)
+        frame->damage[i] = (VgpuRect){ b[i].x1, b[i].y1, b[i].x2 - b[i].x1, b[i].y2 - b[i].y1 };
+      frame->n_damage = n;
+    }
+  }
+  if (q->cursor_visible && q->cursor) {
+    frame->cursor = gst_buffer_ref(q->cursor);
+    frame->cursor_x = (gint)q->cursor_pos_x - (gint)q->cursor_hot_x;
+    frame->cursor_y = (gint)q->cursor_pos_y - (gint)q->cursor_hot_y;
+    frame->cursor_serial = q->cursor_serial;
+  }
+  q->stats.frames++;
+}
+
+GstVhostFrameResult
+gst_vhost_frame_queue_pop(GstVhostFrameQueue *q, gint64 not_before, gint64 deadline,
+                          GstVhostFrame *frame)
+{
+  GstVhostFrameResult res;
+  pixman_region32_t none;
+
+  pixman_region32_init(&none);
+  g_mutex_lock(&q->lock);
+  for (;;) {
+    gint64 now = g_get_monotonic_time(), until = deadline;
+
+    if (q->flushing) {
+      res = GST_VHOST_FRAME_FLUSHING;
+      break;
+    }
+    if (q->eos) {
+      res = GST_VHOST_FRAME_EOS;
+      break;
+    }
+    if (q->ready && q->enabled && now >= not_before) {
+      /* The newest pixels may still be only in the shadow. */
+      if (!pixman_region32_not_empty(&q->shadow_region)
+          || target_for(q, &none, q->max_frames * STREAMING_FRAMES_FACTOR)) {
+        if (q->cur) {
+          fill_frame(q, frame, TRUE);
+          if (q->flushes > 1)
+            q->stats.coalesced += q->flushes - 1;
+          q->ready = FALSE;
+          q->flushes = 0;
+          pixman_region32_clear(&q->damage);
+          res = GST_VHOST_FRAME_OK;
+          break;
+        }
+        q->ready = FALSE; /* a cursor change before any content */
+        continue;
+      }
+      until = now + RELEASE_POLL_US;
+    } else if (q->ready && q->enabled) {
+      until = not_before;
+    }
+    if (deadline >= 0 && now >= deadline) {
+      res = GST_VHOST_FRAME_TIMEOUT;
+      break;
+    }
+    if (deadline >= 0 && until > deadline)
+      until = deadline;
+    if (until < 0)
+      g_cond_wait(&q->cond, &q->lock);
+    else
+      g_cond_wait_until(&q->cond, &q->lock, until);
+  }
+  g_mutex_unlock(&q->lock);
+  pixman_region32_fini(&none);
+  return res;
+}
+
+gboolean
+gst_vhost_frame_queue_repeat(GstVhostFrameQueue *q, GstVhostFrame *frame)
+{
+  gboolean ok;
+
+  g_mutex_lock(&q->lock);
+  ok = q->enabled && q->cur && !q->flushing;
+  if (ok)
+    fill_frame(q, frame, FALSE);
+  g_mutex_unlock(&q->lock);
+  return ok;
+}
+
+void
+gst_vhost_frame_queue_set_flushing(GstVhostFrameQueue *q, gboolean flushing)
+{
+  g_mutex_lock(&q->lock);
+  q->flushing = flushing;
+  g_cond_broadcast(&q->cond);
+  g_mutex_unlock(&q->lock);
+}
+
+void
+gst_vhost_frame_queue_set_eos(GstVhostFrameQueue *q)
+{
+  g_mutex_lock(&q->lock);
+  q->eos = TRUE;
+  g_cond_broadcast(&q->cond);
+  g_mutex_unlock(&q->lock);
+}
+
+void
+gst_vhost_frame_queue_get_stats(GstVhostFrameQueue *q, GstVhostFrameQueueStats *stats)
+{
+  g_mutex_lock(&q->lock);
+  *stats = q->stats;
+  g_mutex_unlock(&q->lock);
+}
+
+void
+gst_vhost_frame_clear(GstVhostFrame *frame)
+{
+  gst_clear_buffer(&frame->buffer);
+  gst_clear_buffer(&frame->cursor);
+}
+
+GstVhostFrameQueue *
+gst_vhost_frame_queue_new(guint scanout, guint max_frames)
+{
+  GstVhostFrameQueue *q = g_new0(GstVhostFrameQueue, 1);
+
+  GST_DEBUG_CATEGORY_INIT(frames_debug, "vhostframes", 0, "vhost GPU scanout frames");
+  g_mutex_init(&q->lock);
+  g_cond_init(&q->cond);
+  q->scanout = scanout;
+  q->max_frames = MAX(max_frames, 2u);
+  q->fd_alloc = gst_fd_allocator_new();
+  q->frames = g_ptr_array_new_with_free_func(frame_free);
+  for (guint i = 0; i < HISTORY; i++)
+    pixman_region32_init(&q->history[i]);
+  pixman_region32_init(&q->shadow_region);
+  pixman_region32_init(&q->damage);
+  gst_video_info_init(&q->info);
+  return q;
+}
+
+void
+gst_vhost_frame_queue_free(GstVhostFrameQueue *q)
+{
+  if (!q)
+    return;
+  reset_content(q);
+  g_ptr_array_unref(q->frames);
+  for (guint i = 0; i < HISTORY; i++)
+    pixman_region32_fini(&q->history[i]);
+  pixman_region32_fini(&q->shadow_region);
+  pixman_region32_fini(&q->damage);
+  gst_clear_buffer(&q->cursor);
+  gst_object_unref(q->fd_alloc);
+  g_mutex_clear(&q->lock);
+  g_cond_clear(&q->cond);
+  g_free(q);
+}

@@ -1,0 +1,107 @@
+/* gstvhostframequeue.h: one scanout of the GPU device model as GStreamer
+ * frames.
+ *
+ * A GstVhostFrameQueue is a display sink (vgpu-sink.h) for one scanout.  Its
+ * sink callbacks run under the device lock and never wait: each flush copies
+ * the flushed rectangle once, from guest memory (update_guest) or from the
+ * resource's image (update), into memfd-backed frame memory (GstFdAllocator,
+ * kept mapped, from a small pool), so the guest never waits for the
+ * pipeline.  A consumer thread takes frames with gst_vhost_frame_queue_pop().
+ *
+ * Buffer lifetime: the queue keeps the newest complete frame ("current").  A
+ * popped frame shares its memory with downstream (read-only).  While any
+ * buffer downstream holds a frame memory (its refcount is above the pool's
+ * own reference) the device never writes it again: the next flush goes into
+ * another pool frame, which first receives from the current one only what it
+ * missed (damage history of the last generations) and then the new damage.
+ * When every pool frame is held downstream, flushes go to a private shadow
+ * copy (counted as overflows) and are merged into a frame the consumer
+ * finds or allocates (bounded) when it pops.
+ *
+ * Coalescing: flushes that arrive before the consumer pops merge into one
+ * frame: their damage is united, the newest pixels win, the count of flushes
+ * is kept and the time stamp is that of the newest flush.
+ *
+ * Threads: the sink callbacks (device lock held, then the queue's own lock),
+ * one consumer thread (pop), any thread for set_flushing/get_stats.  The
+ * queue's lock is never held while calling out, so it nests inside the
+ * device lock and nothing waits on the device while holding it. */
+#pragma once
+
+#include <gst/gst.h>
+#include <gst/video/video.h>
+
+#include "vgpu-sink.h"
+
+G_BEGIN_DECLS
+
+#define GST_VHOST_FRAME_MAX_DAMAGE 16u /* rectangles; more are sent as their bounds */
+
+typedef struct _GstVhostFrameQueue GstVhostFrameQueue;
+
+typedef struct {
+  GstBuffer *buffer;  /* frame memory, read-only, no metadata (owned) */
+  GstVideoInfo info;  /* format and size of the scanout */
+  guint64 geometry;   /* changes whenever the scanout's format or size did */
+  guint64 number;     /* frames popped so far, this one included */
+  guint flushes;      /* guest flushes coalesced into this frame (0: cursor only) */
+  guint64 flush_time; /* CLOCK_MONOTONIC ns of the newest flush (or cursor change) */
+  guint n_damage;
+  VgpuRect damage[GST_VHOST_FRAME_MAX_DAMAGE]; /* scanout coordinates */
+  VgpuRect bounds;                             /* of all damage */
+  /* Cursor, if one is visible on this scanout: 64x64 premultiplied BGRA with
+   * a GstVideoMeta (owned), its top-left corner (hot spot applied). */
+  GstBuffer *cursor;
+  gint cursor_x, cursor_y;
+  guint64 cursor_serial; /* changes with the cursor image */
+} GstVhostFrame;
+
+typedef enum {
+  GST_VHOST_FRAME_OK,
+  GST_VHOST_FRAME_TIMEOUT,  /* nothing new before the deadline */
+  GST_VHOST_FRAME_FLUSHING, /* set_flushing(TRUE) */
+  GST_VHOST_FRAME_EOS,      /* set_eos() */
+} GstVhostFrameResult;
+
+typedef struct {
+  guint64 flushes;      /* flushes of the scanout received */
+  guint64 frames;       /* frames popped */
+  guint64 coalesced;    /* flushes merged into a frame with others */
+  guint64 overflows;    /* flushes stored in the shadow: all frames held downstream */
+  guint64 bytes_copied; /* from the guest or the image */
+  guint64 bytes_synced; /* between frames (what a frame missed) */
+  guint64 frames_allocated;
+  guint64 geometry_changes;
+  guint64 cursor_updates;
+} GstVhostFrameQueueStats;
+
+/* Follows scanout @scanout.  Flushes use at most @max_frames frame
+ * memories per geometry (at least 2) before going to the shadow; pop() may
+ * allocate up to 4 times as many for a downstream that holds that many. */
+GstVhostFrameQueue *gst_vhost_frame_queue_new(guint scanout, guint max_frames);
+/* The queue must no longer be attached to a device. */
+void gst_vhost_frame_queue_free(GstVhostFrameQueue *q);
+
+/* Pass with the queue to vgpu_device_add_sink() (device lock held). */
+const VgpuSinkIface *gst_vhost_frame_queue_get_sink_iface(void);
+
+/* Waits until a frame is ready and the monotonic time (µs) is at least
+ * @not_before, or until @deadline (µs, -1: none).  Fills @frame on OK (clear
+ * it with gst_vhost_frame_clear). */
+GstVhostFrameResult gst_vhost_frame_queue_pop(GstVhostFrameQueue *q, gint64 not_before,
+                                              gint64 deadline, GstVhostFrame *frame);
+/* The current frame again (keepalive), with no damage and no flush; FALSE
+ * when there is none or the scanout is disabled. */
+gboolean gst_vhost_frame_queue_repeat(GstVhostFrameQueue *q, GstVhostFrame *frame);
+void gst_vhost_frame_queue_set_flushing(GstVhostFrameQueue *q, gboolean flushing);
+/* pop() returns EOS from now on (the frontend of an --fd backend left). */
+void gst_vhost_frame_queue_set_eos(GstVhostFrameQueue *q);
+void gst_vhost_frame_queue_get_stats(GstVhostFrameQueue *q, GstVhostFrameQueueStats *stats);
+
+void gst_vhost_frame_clear(GstVhostFrame *frame);
+
+/* The GStreamer format of a virtio-gpu format (GST_VIDEO_FORMAT_UNKNOWN if
+ * none): byte order in memory is the same, so no conversion is needed. */
+GstVideoFormat gst_vhost_video_format_from_virtio(guint32 format);
+
+G_END_DECLS

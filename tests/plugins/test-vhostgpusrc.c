@@ -1,0 +1,744 @@
+/* vhostgpusrc in real pipelines, driven through the project's vhost-user
+ * frontend (vhu-frontend.h) over a real socket, with guest memory in memfd
+ * regions: pixels, caps, metas, bus messages, coalescing and buffer
+ * lifetime under a slow or holding downstream, reconnects, EOS. */
+#include <glib/gstdio.h>
+#include <gst/allocators/allocators.h>
+#include <gst/app/gstappsink.h>
+#include <gst/gst.h>
+#include <gst/video/video.h>
+#include <linux/virtio_gpu.h>
+#include <string.h>
+
+#include "gpu-test-frontend.h"
+#include "test-util.h"
+#include "vhu-display.h"
+
+#define BIT(n)     (G_GUINT64_CONSTANT(1) << (n))
+#define GUEST_GPA  0x100000ull
+#define GUEST_SIZE (32u << 20)
+#define WAIT_MS    5000
+#define WAIT_NS    (WAIT_MS * GST_MSECOND)
+#define W          64u
+#define H          48u
+
+typedef struct {
+  char *dir, *path;
+  GstElement *pipeline, *src, *sink;
+  GstBus *bus;
+  VhuFrontend *fe;
+} Fixture;
+
+typedef struct {
+  guint32 id, format, w, h;
+  guint64 gpa;
+  guint8 *pixels; /* the backing, in guest memory */
+} Res;
+
+#define CMD(fe, c) gpu_cmd((fe), &(c), sizeof(c), NULL, 0)
+
+/* --- pipeline -------------------------------------------------------------- */
+
+static void
+pipeline_start(Fixture *f, const char *src_props, const char *sink_props)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *desc = g_strdup_printf(
+      "vhostgpusrc name=src socket-path=%s %s ! appsink name=sink sync=false %s", f->path,
+      src_props ? src_props : "qemu-display=false", sink_props ? sink_props : "");
+
+  f->pipeline = gst_parse_launch(desc, &error);
+  g_assert_no_error(error);
+  f->src = gst_bin_get_by_name(GST_BIN(f->pipeline), "src");
+  f->sink = gst_bin_get_by_name(GST_BIN(f->pipeline), "sink");
+  f->bus = gst_element_get_bus(f->pipeline);
+  g_assert_cmpint(gst_element_set_state(f->pipeline, GST_STATE_PLAYING), !=,
+                  GST_STATE_CHANGE_FAILURE);
+}
+
+static void
+pipeline_stop(Fixture *f)
+{
+  if (!f->pipeline)
+    return;
+  g_assert_cmpint(gst_element_set_state(f->pipeline, GST_STATE_NULL), ==, GST_STATE_CHANGE_SUCCESS);
+  gst_clear_object(&f->bus);
+  gst_clear_object(&f->src);
+  gst_clear_object(&f->sink);
+  gst_clear_object(&f->pipeline);
+}
+
+static GstSample *
+pull(Fixture *f)
+{
+  GstSample *s = gst_app_sink_try_pull_sample(GST_APP_SINK(f->sink), WAIT_NS);
+
+  g_assert_nonnull(s);
+  return s;
+}
+
+/* The next "vhost-frame" element message (errors fail the test). */
+static GstMessage *
+next_frame_message(Fixture *f)
+{
+  for (;;) {
+    GstMessage *m
+        = gst_bus_timed_pop_filtered(f->bus, WAIT_NS, GST_MESSAGE_ELEMENT | GST_MESSAGE_ERROR);
+
+    g_assert_nonnull(m);
+    g_assert_cmpint(GST_MESSAGE_TYPE(m), !=, GST_MESSAGE_ERROR);
+    if (gst_message_has_name(m, "vhost-frame"))
+      return m;
+    gst_message_unref(m);
+  }
+}
+
+static guint64
+stat_of(Fixture *f, const char *name)
+{
+  g_autoptr(GstStructure) s = NULL;
+  guint64 v = 0;
+
+  g_object_get(f->src, "stats", &s, NULL);
+  g_assert_true(gst_structure_get_uint64(s, name, &v));
+  return v;
+}
+
+/* --- frontend -------------------------------------------------------------- */
+
+static VhuFrontend *
+frontend_new(Fixture *f)
+{
+  g_autoptr(GError) error = NULL;
+  const guint sizes[2] = { 64, 16 };
+  guint64 drv = BIT(VIRTIO_GPU_F_EDID) | BIT(VHU_F_RING_INDIRECT_DESC) | BIT(VHU_F_RING_EVENT_IDX);
+  VhuFrontend *fe = vhu_frontend_connect_wait(f->path, WAIT_MS, NULL, NULL, &error);
+
+  g_assert_no_error(error);
+  g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
+  g_assert_no_error(error);
+  g_assert_true(vhu_frontend_add_region(fe, GUEST_GPA, GUEST_SIZE, &error));
+  g_assert_no_error(error);
+  g_assert_true(vhu_frontend_start(fe, drv, sizes, 2, &error));
+  g_assert_no_error(error);
+  return fe;
+}
+
+static void
+setup_with(Fixture *f, const char *src_props, const char *sink_props)
+{
+  f->dir = tu_make_tmpdir("vhostgpusrc-XXXXXX");
+  f->path = g_build_filename(f->dir, "gpu.sock", NULL);
+  pipeline_start(f, src_props, sink_props);
+  f->fe = frontend_new(f);
+}
+
+static void
+setup(Fixture *f, gconstpointer data)
+{
+  setup_with(f, data, NULL);
+}
+
+static void
+teardown(Fixture *f, gconstpointer data)
+{
+  g_clear_pointer(&f->fe, vhu_frontend_free);
+  pipeline_stop(f);
+  g_rmdir(f->dir);
+  g_free(f->path);
+  g_free(f->dir);
+}
+
+static Res
+res_create(VhuFrontend *fe, guint32 id, guint32 format, guint32 w, guint32 h)
+{
+  Res r = { id, format, w, h, 0, NULL };
+  struct virtio_gpu_resource_create_2d c = gpu_create_2d(id, format, w, h);
+  struct virtio_gpu_mem_entry e;
+  g_autofree guint8 *req = NULL;
+  gsize len;
+
+  r.gpa = vhu_frontend_alloc(fe, (gsize)w * h * 4, 4096);
+  g_assert_cmphex(r.gpa, !=, G_MAXUINT64);
+  r.pixels = vhu_frontend_gpa_to_ptr(fe, r.gpa, (gsize)w * h * 4);
+  e = (struct virtio_gpu_mem_entry){ r.gpa, w * h * 4, 0 };
+  req = gpu_attach(id, &e, 1, 1, &len);
+  g_assert_cmphex(CMD(fe, c), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(gpu_cmd(fe, req, len, NULL, 0), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  return r;
+}
+
+static void
+res_paint(Res *r, guint seed)
+{
+  for (guint y = 0; y < r->h; y++) {
+    for (guint x = 0; x < r->w; x++) {
+      guint8 cr, cg, cb;
+
+      gpu_pattern(x, y, seed, &cr, &cg, &cb);
+      gpu_put_pixel(r->pixels + ((gsize)y * r->w + x) * 4, r->format, cr, cg, cb, 0x80);
+    }
+  }
+}
+
+static void
+scanout(VhuFrontend *fe, Res *r)
+{
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, r->id, 0, 0, r->w, r->h);
+
+  g_assert_cmphex(CMD(fe, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+}
+
+/* Transfer and flush @rect (answers OK: the guest never waits long). */
+static void
+show(VhuFrontend *fe, Res *r, guint x, guint y, guint w, guint h)
+{
+  struct virtio_gpu_transfer_to_host_2d t
+      = gpu_transfer(r->id, x, y, w, h, ((guint64)y * r->w + x) * 4);
+  struct virtio_gpu_resource_flush fl = gpu_flush(r->id, x, y, w, h);
+
+  g_assert_cmphex(CMD(fe, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CMD(fe, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+}
+
+/* The buffer holds exactly @r's guest pixels (every byte, alpha included). */
+static void
+check_pixels(GstBuffer *buf, GstCaps *caps, const Res *r, const guint8 *expect)
+{
+  GstVideoInfo info;
+  GstVideoFrame vf;
+
+  g_assert_true(gst_video_info_from_caps(&info, caps));
+  g_assert_cmpuint(GST_VIDEO_INFO_WIDTH(&info), ==, r->w);
+  g_assert_cmpuint(GST_VIDEO_INFO_HEIGHT(&info), ==, r->h);
+  g_assert_true(gst_video_frame_map(&vf, &info, buf, GST_MAP_READ));
+  for (guint y = 0; y < r->h; y++) {
+    const guint8 *row = (const guint8 *)GST_VIDEO_FRAME_PLANE_DATA(&vf, 0)
+                        + (gsize)y * GST_VIDEO_FRAME_PLANE_STRIDE(&vf, 0);
+
+    if (memcmp(row, expect + (gsize)y * r->w * 4, (gsize)r->w * 4) != 0)
+      g_error("format %u: row %u differs", r->format, y);
+  }
+  gst_video_frame_unmap(&vf);
+}
+
+static void
+check_sample(GstSample *s, const Res *r, const guint8 *expect)
+{
+  check_pixels(gst_sample_get_buffer(s), gst_sample_get_caps(s), r, expect);
+}
+
+/* --- tests ----------------------------------------------------------------- */
+
+/* Every property documents itself and has a default inside its range. */
+static void
+test_properties(void)
+{
+  g_autoptr(GstElement) e = gst_element_factory_make("vhostgpusrc", NULL);
+  GParamSpec **props;
+  guint n;
+
+  g_assert_nonnull(e);
+  props = g_object_class_list_properties(G_OBJECT_GET_CLASS(e), &n);
+  for (guint i = 0; i < n; i++) {
+    const char *blurb = g_param_spec_get_blurb(props[i]);
+    GValue v = G_VALUE_INIT;
+
+    if (props[i]->owner_type != gst_element_factory_get_element_type(gst_element_get_factory(e)))
+      continue;
+    g_assert_true(blurb && strlen(blurb) > 10);
+    g_assert_true(g_param_spec_get_nick(props[i]) != NULL);
+    g_value_init(&v, props[i]->value_type);
+    g_param_value_set_default(props[i], &v);
+    g_assert_false(g_param_value_validate(props[i], &v));
+    g_value_unset(&v);
+  }
+  g_free(props);
+}
+
+/* All eight formats: caps name the GStreamer format, pixels byte-exact,
+ * fd memory with a GstVideoMeta; each switch renegotiates. */
+static void
+test_formats(Fixture *f, gconstpointer data)
+{
+  static const char *names[] = { "BGRA", "BGRx", "ARGB", "xRGB", "RGBA", "xBGR", "ABGR", "RGBx" };
+
+  for (guint i = 0; i < G_N_ELEMENTS(gpu_all_formats); i++) {
+    Res r = res_create(f->fe, 10 + i, gpu_all_formats[i], W + i * 4, H + i * 2);
+    g_autoptr(GstSample) s = NULL;
+    GstStructure *st;
+    GstBuffer *buf;
+    GstVideoMeta *vm;
+
+    res_paint(&r, i);
+    scanout(f->fe, &r);
+    show(f->fe, &r, 0, 0, r.w, r.h);
+    s = pull(f);
+    st = gst_caps_get_structure(gst_sample_get_caps(s), 0);
+    g_assert_cmpstr(gst_structure_get_string(st, "format"), ==, names[i]);
+    check_sample(s, &r, r.pixels);
+    buf = gst_sample_get_buffer(s);
+    g_assert_true(gst_is_fd_memory(gst_buffer_peek_memory(buf, 0)));
+    vm = gst_buffer_get_video_meta(buf);
+    g_assert_nonnull(vm);
+    g_assert_cmpuint(vm->width, ==, r.w);
+    g_assert_cmpint(vm->stride[0], ==, (gint)r.w * 4);
+    g_assert_true(GST_BUFFER_PTS_IS_VALID(buf));
+  }
+  g_assert_cmpuint(stat_of(f, "geometry-changes"), ==, G_N_ELEMENTS(gpu_all_formats));
+}
+
+/* A guest mode change reaches downstream as new caps; framerate is 0/1. */
+static void
+test_mode_change(Fixture *f, gconstpointer data)
+{
+  Res a = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  Res b = res_create(f->fe, 2, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 2 * W, 2 * H);
+  struct virtio_gpu_set_scanout off = gpu_set_scanout(0, 0, 0, 0, 0, 0);
+  g_autoptr(GstSample) s1 = NULL, s2 = NULL, s3 = NULL;
+  GstStructure *st;
+  gint n, d, w;
+
+  res_paint(&a, 1);
+  res_paint(&b, 2);
+  scanout(f->fe, &a);
+  show(f->fe, &a, 0, 0, W, H);
+  s1 = pull(f);
+  check_sample(s1, &a, a.pixels);
+  st = gst_caps_get_structure(gst_sample_get_caps(s1), 0);
+  g_assert_true(gst_structure_get_fraction(st, "framerate", &n, &d));
+  g_assert_cmpint(n, ==, 0);
+  scanout(f->fe, &b);
+  show(f->fe, &b, 0, 0, b.w, b.h);
+  s2 = pull(f);
+  check_sample(s2, &b, b.pixels);
+  /* Disabled, then back at the first size. */
+  g_assert_cmphex(CMD(f->fe, off), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  scanout(f->fe, &a);
+  show(f->fe, &a, 0, 0, W, H);
+  s3 = pull(f);
+  st = gst_caps_get_structure(gst_sample_get_caps(s3), 0);
+  g_assert_true(gst_structure_get_int(st, "width", &w));
+  g_assert_cmpint(w, ==, W);
+  check_sample(s3, &a, a.pixels);
+}
+
+/* Damage: the flushed rectangle as a "damage" ROI meta and in the bus
+ * message; the rest of the frame keeps the earlier pixels. */
+static void
+test_damage(Fixture *f, gconstpointer data)
+{
+  Res r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  g_autoptr(GstSample) s1 = NULL, s2 = NULL;
+  g_autoptr(GstMessage) m1 = NULL, m2 = NULL;
+  g_autofree guint8 *expect = NULL;
+  const GstStructure *ms;
+  GstVideoRegionOfInterestMeta *roi;
+  gpointer state = NULL;
+  guint n = 0, x, w, flushes;
+  guint64 f1, f2;
+
+  res_paint(&r, 1);
+  scanout(f->fe, &r);
+  show(f->fe, &r, 0, 0, W, H);
+  s1 = pull(f);
+  m1 = next_frame_message(f);
+  /* Only a 16x4 rectangle changes in the guest. */
+  expect = g_memdup2(r.pixels, W * H * 4);
+  res_paint(&r, 2);
+  for (guint y = 8; y < 12; y++)
+    memcpy(expect + ((gsize)y * W + 8) * 4, r.pixels + ((gsize)y * W + 8) * 4, 16 * 4);
+  show(f->fe, &r, 8, 8, 16, 4);
+  s2 = pull(f);
+  check_sample(s2, &r, expect);
+  while ((roi = (GstVideoRegionOfInterestMeta *)gst_buffer_iterate_meta_filtered(
+              gst_sample_get_buffer(s2), &state, GST_VIDEO_REGION_OF_INTEREST_META_API_TYPE))) {
+    g_assert_cmpstr(g_quark_to_string(roi->roi_type), ==, "damage");
+    g_assert_cmpuint(roi->x, ==, 8);
+    g_assert_cmpuint(roi->y, ==, 8);
+    g_assert_cmpuint(roi->w, ==, 16);
+    g_assert_cmpuint(roi->h, ==, 4);
+    n++;
+  }
+  g_assert_cmpuint(n, ==, 1);
+  m2 = next_frame_message(f);
+  ms = gst_message_get_structure(m2);
+  g_assert_true(gst_structure_get_uint(ms, "x", &x));
+  g_assert_true(gst_structure_get_uint(ms, "width", &w));
+  g_assert_true(gst_structure_get_uint(ms, "flushes", &flushes));
+  g_assert_cmpuint(x, ==, 8);
+  g_assert_cmpuint(w, ==, 16);
+  g_assert_cmpuint(flushes, ==, 1);
+  g_assert_true(gst_structure_get_uint64(gst_message_get_structure(m1), "frame", &f1));
+  g_assert_true(gst_structure_get_uint64(ms, "frame", &f2));
+  g_assert_cmpuint(f2, ==, f1 + 1);
+  g_assert_cmpuint(GST_BUFFER_OFFSET(gst_sample_get_buffer(s2)), ==, f2);
+}
+
+static void
+cursor_cmd(VhuFrontend *fe, const struct virtio_gpu_update_cursor *c)
+{
+  g_autoptr(GError) error = NULL;
+
+  g_assert_cmpint(
+      vhu_driver_queue_transact(vhu_frontend_get_queue(fe, 1), c, sizeof *c, NULL, 0, &error), ==,
+      0);
+  g_assert_no_error(error);
+}
+
+/* An opaque red 64x64 cursor with hot spot (3, 5) at (20, 10). */
+static void
+define_cursor(Fixture *f)
+{
+  Res c = res_create(f->fe, 50, VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM, 64, 64);
+  struct virtio_gpu_update_cursor uc
+      = gpu_cursor(VIRTIO_GPU_CMD_UPDATE_CURSOR, 0, 20, 10, c.id, 3, 5);
+
+  for (guint i = 0; i < 64 * 64; i++)
+    gpu_put_pixel(c.pixels + i * 4, c.format, 0xff, 0, 0, 0xff);
+  show(f->fe, &c, 0, 0, 64, 64);
+  cursor_cmd(f->fe, &uc);
+}
+
+/* The cursor travels as an overlay composition at its top-left corner. */
+static void
+test_cursor_meta(Fixture *f, gconstpointer data)
+{
+  Res r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  g_autoptr(GstSample) s = NULL;
+  GstVideoOverlayCompositionMeta *cm;
+  GstVideoOverlayRectangle *rect;
+  gint x, y;
+  guint w, h;
+
+  res_paint(&r, 1);
+  scanout(f->fe, &r);
+  define_cursor(f);
+  show(f->fe, &r, 0, 0, W, H);
+  /* The cursor may have produced a frame of its own before: take the last. */
+  for (;;) {
+    g_autoptr(GstMessage) m = next_frame_message(f);
+    guint flushes;
+
+    g_clear_pointer(&s, gst_sample_unref);
+    s = pull(f);
+    g_assert_true(gst_structure_get_uint(gst_message_get_structure(m), "flushes", &flushes));
+    if (flushes > 0)
+      break;
+  }
+  check_sample(s, &r, r.pixels);
+  cm = gst_buffer_get_video_overlay_composition_meta(gst_sample_get_buffer(s));
+  g_assert_nonnull(cm);
+  g_assert_cmpuint(gst_video_overlay_composition_n_rectangles(cm->overlay), ==, 1);
+  rect = gst_video_overlay_composition_get_rectangle(cm->overlay, 0);
+  gst_video_overlay_rectangle_get_render_rectangle(rect, &x, &y, &w, &h);
+  g_assert_cmpint(x, ==, 17);
+  g_assert_cmpint(y, ==, 5);
+  g_assert_cmpuint(w, ==, 64);
+  g_assert_cmpuint(h, ==, 64);
+}
+
+/* draw-cursor=true: drawn into the frame, no meta, frame memory untouched. */
+static void
+test_cursor_drawn(Fixture *f, gconstpointer data)
+{
+  Res r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  g_autoptr(GstSample) s = NULL;
+  GstMapInfo map;
+  GstBuffer *buf;
+
+  res_paint(&r, 1);
+  scanout(f->fe, &r);
+  define_cursor(f);
+  show(f->fe, &r, 0, 0, W, H);
+  for (;;) {
+    g_autoptr(GstMessage) m = next_frame_message(f);
+    guint flushes;
+
+    g_clear_pointer(&s, gst_sample_unref);
+    s = pull(f);
+    g_assert_true(gst_structure_get_uint(gst_message_get_structure(m), "flushes", &flushes));
+    if (flushes > 0)
+      break;
+  }
+  buf = gst_sample_get_buffer(s);
+  g_assert_null(gst_buffer_get_video_overlay_composition_meta(buf));
+  g_assert_true(gst_buffer_map(buf, &map, GST_MAP_READ));
+  /* (17, 5) is the cursor's corner: red (BGRx bytes 00 00 ff); (16, 5) not. */
+  g_assert_cmphex(map.data[(5 * W + 17) * 4 + 2], ==, 0xff);
+  g_assert_cmphex(map.data[(5 * W + 17) * 4 + 1], ==, 0);
+  g_assert_cmpmem(map.data + (5 * W + 16) * 4, 3, r.pixels + (5 * W + 16) * 4, 3);
+  gst_buffer_unmap(buf, &map);
+}
+
+/* A downstream that stops taking buffers: the guest's flushes keep
+ * completing, coalesce, and the next buffer has the newest pixels. */
+static void
+test_coalesce(Fixture *f, gconstpointer data)
+{
+  Res r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  g_autoptr(GstSample) last = NULL;
+  guint flushes = 0, total = 0, frames = 0;
+
+  scanout(f->fe, &r);
+  /* appsink holds at most one buffer: the streaming thread blocks in push. */
+  for (guint seed = 0; seed < 40; seed++) {
+    res_paint(&r, seed);
+    show(f->fe, &r, 0, 0, W, H);
+  }
+  /* Every flush answered while nothing was pulled; drain now. */
+  while (flushes == 0 || total < 40) {
+    g_autoptr(GstMessage) m = next_frame_message(f);
+
+    g_assert_true(gst_structure_get_uint(gst_message_get_structure(m), "flushes", &flushes));
+    g_clear_pointer(&last, gst_sample_unref);
+    last = pull(f);
+    total += flushes;
+    frames++;
+  }
+  g_assert_cmpuint(total, ==, 40);
+  g_assert_cmpuint(frames, <, 40);
+  check_sample(last, &r, r.pixels);
+  g_assert_cmpuint(stat_of(f, "coalesced"), >, 0);
+}
+
+/* Buffers held downstream never change, however many flushes follow, even
+ * when every frame memory is held (the shadow copy takes over). */
+static void
+test_hold(Fixture *f, gconstpointer data)
+{
+  Res r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  GstSample *held[12];
+  guint8 *want[12];
+  g_autoptr(GstSample) s = NULL;
+
+  scanout(f->fe, &r);
+  for (guint i = 0; i < G_N_ELEMENTS(held); i++) {
+    res_paint(&r, i);
+    /* Half the frames change fully, half only a band. */
+    if (i % 2)
+      show(f->fe, &r, 0, 0, W, H);
+    else
+      show(f->fe, &r, 0, i, W, 4);
+    held[i] = pull(f);
+    want[i] = NULL;
+  }
+  /* What each should show: rebuild from the same sequence. */
+  {
+    g_autofree guint8 *screen = g_malloc0(W * H * 4);
+    Res tmp = r;
+
+    tmp.pixels = g_malloc(W * H * 4);
+    for (guint i = 0; i < G_N_ELEMENTS(held); i++) {
+      res_paint(&tmp, i);
+      if (i % 2)
+        memcpy(screen, tmp.pixels, W * H * 4);
+      else
+        memcpy(screen + (gsize)i * W * 4, tmp.pixels + (gsize)i * W * 4, (gsize)4 * W * 4);
+      want[i] = g_memdup2(screen, W * H * 4);
+    }
+    g_free(tmp.pixels);
+  }
+  for (guint i = 0; i < G_N_ELEMENTS(held); i++)
+    check_sample(held[i], &r, want[i]);
+  g_assert_cmpuint(stat_of(f, "overflows"), >, 0);
+  /* Release them all: the newest pixels still come through. */
+  for (guint i = 0; i < G_N_ELEMENTS(held); i++) {
+    gst_sample_unref(held[i]);
+    g_free(want[i]);
+  }
+  res_paint(&r, 99);
+  show(f->fe, &r, 0, 0, W, 8);
+  s = pull(f);
+  {
+    g_autofree guint8 *expect = g_malloc(W * H * 4);
+    Res tmp = r;
+
+    tmp.pixels = g_malloc(W * H * 4);
+    res_paint(&tmp, 11);
+    memcpy(expect, tmp.pixels, W * H * 4);
+    res_paint(&tmp, 99);
+    memcpy(expect, tmp.pixels, (gsize)8 * W * 4);
+    check_sample(s, &r, expect);
+    g_free(tmp.pixels);
+  }
+}
+
+/* A frontend leaves, the next one is served by the same element. */
+static void
+test_reconnect(Fixture *f, gconstpointer data)
+{
+  for (guint round = 0; round < 2; round++) {
+    Res r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+    g_autoptr(GstSample) s = NULL;
+
+    res_paint(&r, round);
+    scanout(f->fe, &r);
+    show(f->fe, &r, 0, 0, W, H);
+    s = pull(f);
+    check_sample(s, &r, r.pixels);
+    g_clear_pointer(&f->fe, vhu_frontend_free);
+    f->fe = frontend_new(f);
+  }
+}
+
+/* NULL and back to PLAYING serves a new frontend from scratch. */
+static void
+test_restart(Fixture *f, gconstpointer data)
+{
+  for (guint round = 0; round < 2; round++) {
+    Res r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM, W, H);
+    g_autoptr(GstSample) s = NULL;
+
+    res_paint(&r, round);
+    scanout(f->fe, &r);
+    show(f->fe, &r, 0, 0, W, H);
+    s = pull(f);
+    check_sample(s, &r, r.pixels);
+    g_clear_pointer(&f->fe, vhu_frontend_free);
+    g_assert_cmpint(gst_element_set_state(f->pipeline, GST_STATE_NULL), ==,
+                    GST_STATE_CHANGE_SUCCESS);
+    g_assert_cmpint(gst_element_set_state(f->pipeline, GST_STATE_PLAYING), !=,
+                    GST_STATE_CHANGE_FAILURE);
+    f->fe = frontend_new(f);
+  }
+}
+
+/* EOS sent to the pipeline ends the stream; the latency query is answered
+ * (live, one interval at max-framerate). */
+static void
+test_eos_latency(Fixture *f, gconstpointer data)
+{
+  Res r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  g_autoptr(GstSample) s = NULL;
+  g_autoptr(GstQuery) q = gst_query_new_latency();
+  g_autoptr(GstMessage) m = NULL;
+  GstClockTime min, max;
+  gboolean live;
+  gint n, d;
+
+  scanout(f->fe, &r);
+  show(f->fe, &r, 0, 0, W, H);
+  s = pull(f);
+  g_assert_true(gst_structure_get_fraction(gst_caps_get_structure(gst_sample_get_caps(s), 0),
+                                           "max-framerate", &n, &d));
+  g_assert_cmpint(n, ==, 50);
+  g_assert_true(gst_element_query(f->src, q));
+  gst_query_parse_latency(q, &live, &min, &max);
+  g_assert_true(live);
+  g_assert_cmpuint(min, ==, 20 * GST_MSECOND);
+  g_assert_true(gst_element_send_event(f->pipeline, gst_event_new_eos()));
+  m = gst_bus_timed_pop_filtered(f->bus, WAIT_NS, GST_MESSAGE_EOS | GST_MESSAGE_ERROR);
+  g_assert_nonnull(m);
+  g_assert_cmpint(GST_MESSAGE_TYPE(m), ==, GST_MESSAGE_EOS);
+}
+
+/* An idle guest: keepalive-time repeats the last frame, without damage. */
+static void
+test_keepalive(Fixture *f, gconstpointer data)
+{
+  Res r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  g_autoptr(GstSample) s1 = NULL, s2 = NULL;
+  g_autoptr(GstMessage) m1 = NULL, m2 = NULL;
+  gboolean ka = FALSE;
+
+  res_paint(&r, 3);
+  scanout(f->fe, &r);
+  show(f->fe, &r, 0, 0, W, H);
+  s1 = pull(f);
+  m1 = next_frame_message(f);
+  s2 = pull(f); /* nothing flushed: the repeat */
+  m2 = next_frame_message(f);
+  g_assert_true(gst_structure_get_boolean(gst_message_get_structure(m2), "keepalive", &ka));
+  g_assert_true(ka);
+  check_sample(s2, &r, r.pixels);
+  g_assert_null(
+      gst_buffer_get_meta(gst_sample_get_buffer(s2), GST_VIDEO_REGION_OF_INTEREST_META_API_TYPE));
+  g_assert_cmpuint(GST_BUFFER_PTS(gst_sample_get_buffer(s2)), >,
+                   GST_BUFFER_PTS(gst_sample_get_buffer(s1)));
+}
+
+/* With qemu-display on, QEMU's display and the pipeline both get the frame. */
+static void
+test_qemu_display(Fixture *f, gconstpointer data)
+{
+  VhuDisplayConfig cfg = { 1, 1024, 768, 0x3, FALSE };
+  g_autoptr(GError) error = NULL;
+  VhuDisplayServer *ds;
+  g_autoptr(GstSample) s = NULL;
+  g_autofree guint32 *fb = NULL;
+  guint fw = 0, fh = 0;
+  Res r;
+
+  /* The display socket comes before the start, as QEMU sends it. */
+  g_clear_pointer(&f->fe, vhu_frontend_free);
+  {
+    const guint sizes[2] = { 64, 16 };
+    guint64 drv = BIT(VIRTIO_GPU_F_EDID) | BIT(VHU_F_RING_INDIRECT_DESC);
+
+    f->fe = vhu_frontend_connect_wait(f->path, WAIT_MS, NULL, NULL, &error);
+    g_assert_no_error(error);
+    g_assert_true(vhu_frontend_init(f->fe, G_MAXUINT64, &error));
+    g_assert_true(vhu_frontend_add_region(f->fe, GUEST_GPA, GUEST_SIZE, &error));
+    ds = vhu_display_server_new(&cfg);
+    g_assert_true(vhu_display_server_attach(ds, f->fe, &error));
+    g_assert_no_error(error);
+    g_assert_true(vhu_frontend_start(f->fe, drv, sizes, 2, &error));
+    g_assert_no_error(error);
+  }
+  r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  res_paint(&r, 5);
+  scanout(f->fe, &r);
+  show(f->fe, &r, 0, 0, W, H);
+  s = pull(f);
+  check_sample(s, &r, r.pixels);
+  g_assert_true(vhu_display_server_wait_updates(ds, 1, WAIT_MS));
+  fb = vhu_display_server_get_frame(ds, 0, &fw, &fh);
+  g_assert_nonnull(fb);
+  g_assert_cmpuint(fw, ==, W);
+  g_assert_cmpmem(fb, W * H * 4, r.pixels, W * H * 4);
+  g_clear_pointer(&f->fe, vhu_frontend_free);
+  vhu_display_server_free(ds);
+}
+
+static void
+setup_blocked(Fixture *f, gconstpointer data)
+{
+  setup_with(f, NULL, "max-buffers=1 drop=false");
+}
+
+/* The backend's own warnings about a peer that went away (a display socket
+ * closed while written) are what it should say, not test failures. */
+static gboolean
+fatal_handler(const char *domain, GLogLevelFlags level, const char *message, gpointer data)
+{
+  return !((level & G_LOG_LEVEL_WARNING) && domain
+           && (g_str_equal(domain, "vgpu") || g_str_equal(domain, "vhost")));
+}
+
+int
+main(int argc, char **argv)
+{
+  int ret;
+
+  g_test_init(&argc, &argv, NULL);
+  g_test_log_set_fatal_handler(fatal_handler, NULL);
+  gst_init(&argc, &argv);
+  g_test_add_func("/vhostgpusrc/properties", test_properties);
+#define ADD(name, fn, data, su) g_test_add("/vhostgpusrc/" name, Fixture, data, su, fn, teardown)
+  ADD("formats", test_formats, NULL, setup);
+  ADD("mode-change", test_mode_change, NULL, setup);
+  ADD("damage", test_damage, NULL, setup);
+  ADD("cursor-meta", test_cursor_meta, NULL, setup);
+  ADD("cursor-drawn", test_cursor_drawn, "qemu-display=false draw-cursor=true", setup);
+  ADD("coalesce", test_coalesce, NULL, setup_blocked);
+  ADD("hold", test_hold, NULL, setup);
+  ADD("reconnect", test_reconnect, NULL, setup);
+  ADD("restart", test_restart, NULL, setup);
+  ADD("eos-latency", test_eos_latency, "qemu-display=false max-framerate=50", setup);
+  ADD("keepalive", test_keepalive, "qemu-display=false keepalive-time=30", setup);
+  ADD("qemu-display", test_qemu_display, "qemu-display=true", setup);
+  ret = g_test_run();
+  gst_deinit();
+  return ret;
+}
