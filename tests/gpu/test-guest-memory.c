@@ -130,8 +130,6 @@ daemon_start(Daemon *d)
 static void
 daemon_stop(Daemon *d)
 {
-  g_autoptr(GError) error = NULL;
-
   g_assert_false(d->eof);
   g_subprocess_send_signal(d->proc, SIGTERM);
   g_assert_cmpint(tu_wait_exit(d->proc, WAIT_MS), ==, 0);
