@@ -2,30 +2,26 @@
 #include "vgpu-qemu-display.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <gio/gio.h>
 #include <glib-unix.h>
-#include <linux/sockios.h>
-#include <signal.h>
+#include <poll.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "vhu-display-proto.h"
 
 #define DEFAULT_REPLY_TIMEOUT_MS 1000u
-#define DEFAULT_WRITE_TIMEOUT_MS 5000u
+#define DEFAULT_HOLD_MS          20u
 #define MAX_REPLY_SIZE           4096u /* replies we expect are at most 1056 bytes */
-#define MAX_QUEUED_MSGS          256u  /* a display this far behind is not reading */
+#define MAX_QUEUED_MSGS          256u  /* above what coalescing lets through: a bug guard */
 #define MAX_EXPECTED             64u   /* outstanding requests */
+#define MAX_READS_PER_DISPATCH   32u
 #define CONVERT_CHUNK            (256u * 1024u)
 #define MAX_WRITE_IOV            1024u
 #define SOCKET_BUFFER            (1024 * 1024) /* the kernel caps it at net.core.wmem_max */
-#define PIPE_BUFFER              (1024 * 1024) /* capped at fs.pipe-max-size */
-#define LENT_POLL_MIN_US         250
-#define LENT_POLL_MAX_US         (32 * 1000)
+#define RETRY_US                 2000          /* another sink reads the image: look again */
+#define LOG_INTERVAL_US          (60 * G_USEC_PER_SEC)
 #define OUR_FEATURES             ((1ull << VHU_DISPLAY_PF_EDID) | (1ull << VHU_DISPLAY_PF_DMABUF2))
 
 typedef struct {
@@ -47,12 +43,15 @@ typedef struct {
     VhuDisplayEdidRequest edid;
   } body;
   gsize body_len;
-  guint8 *data; /* owned extra payload (cursor update) */
+  guint8 *data; /* owned payload: the cursor image, or an UPDATE's pixels once copied */
   gsize data_len;
-  VgpuImage *image; /* UPDATE: pixels come from here, read-marked ... */
+  /* UPDATE without data: the pixels are read from @image at (src_x, src_y),
+   * or from @backing (row h at offset + h * image->stride) in image->format. */
+  VgpuImage *image;
+  VgpuBacking *backing;
   guint32 src_x, src_y;
-  VgpuBacking *backing; /* ... or from here (read-marked), row h at offset + h * stride */
   guint64 offset;
+  gint marked; /* atomic: holds a read mark on the backing, or on the image */
 } OutMsg;
 
 typedef struct {
@@ -82,33 +81,34 @@ struct _VgpuQemuDisplay {
   VgpuQemuDisplayOptions options;
   Conn *conn;
   ScanoutState scanouts[VGPU_MAX_SCANOUTS];
+  gint64 warn_last; /* rate limit of warnings about what the display sends */
+  guint64 warn_suppressed;
   GMutex stats_lock; /* the writer threads update stats too */
   VgpuQemuDisplayStats stats;
+  GMutex writers_lock;
+  GCond writers_cond;
+  guint writers; /* writer threads still running (they use the stats) */
 };
 
 struct _Conn {
   gint refcount;
   int fd;
-  VgpuQemuDisplay *qd;            /* NULL once detached (device lock) */
+  VgpuQemuDisplay *qd;            /* device lock; NULL once closed */
+  VgpuQemuDisplay *stats;         /* for the writer: valid until it has exited */
   VgpuQemuDisplayOptions options; /* the lock, usable after the client went */
   GMainContext *context;
   GSource *read_source;
-  GThread *writer;
-  guint write_timeout_ms;
+  gint64 hold_us;
 
-  /* Writer thread only: guest pages spliced into the socket rather than
-   * copied.  Nothing tells when the display has read them, so the backings
-   * stay lent until the socket holds nothing unread (polled while idle). */
-  int pipe[2]; /* -1: not available, pixels are copied */
-  gboolean splice_refused;
-  GPtrArray *lent; /* VgpuBacking, each with one loan */
-  gint64 lent_deadline;
-  gint64 lent_poll_us;
-
-  /* Output queue, shared with the writer thread. */
+  /* Shared with the writer thread. */
   GMutex lock;
   GCond cond;
-  GQueue out;
+  GQueue out;      /* OutMsg; at most one UPDATE, and only when it can go at once */
+  OutMsg *current; /* the message being written */
+  VgpuRect damage[VGPU_MAX_SCANOUTS]; /* scanout coordinates: to be read when sent */
+  guint n_damaged;
+  guint next_damage;
+  gboolean blocked; /* the writer waits for the display to read */
   gboolean closing;
   gboolean writer_gone; /* the writer failed and exited: nothing is written any more */
 
@@ -125,8 +125,8 @@ struct _Conn {
 
 static void conn_close(VgpuQemuDisplay *qd, const char *why);
 
-/* Callbacks on the context lock through the connection: the client may be
- * gone, which they find out with the lock held (c->qd == NULL). */
+/* Callbacks on the context and the writer lock through the connection: the
+ * client may be gone, which they find out with the lock held (c->qd NULL). */
 static void
 conn_lock(Conn *c)
 {
@@ -147,6 +147,32 @@ stats_add(VgpuQemuDisplay *qd, guint64 *field, guint64 n)
   g_mutex_unlock(&qd->stats_lock);
 }
 
+/* A warning about the display's side of the protocol: the first, then one a
+ * minute with the number suppressed meanwhile (device lock held). */
+G_GNUC_PRINTF(2, 3)
+static void
+display_warning(VgpuQemuDisplay *qd, const char *format, ...)
+{
+  gint64 now = g_get_monotonic_time();
+  g_autofree char *msg = NULL;
+  va_list args;
+
+  if (qd->warn_last != 0 && now - qd->warn_last < LOG_INTERVAL_US) {
+    qd->warn_suppressed++;
+    return;
+  }
+  va_start(args, format);
+  msg = g_strdup_vprintf(format, args);
+  va_end(args);
+  if (qd->warn_suppressed)
+    g_warning("display socket: %s (%" G_GUINT64_FORMAT " similar suppressed)", msg,
+              qd->warn_suppressed);
+  else
+    g_warning("display socket: %s", msg);
+  qd->warn_last = now;
+  qd->warn_suppressed = 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Messages */
 
@@ -165,25 +191,37 @@ out_msg_new(guint32 request, guint scanout, const void *body, gsize body_len)
   return m;
 }
 
-/* Drops the pixel source of an UPDATE. */
+/* Ends the read mark of @m, once, from whichever thread gets there first
+ * (the writer, or conn_close under the device lock).  The references stay:
+ * what the writer still reads stays mapped. */
 static void
-out_msg_clear_source(OutMsg *m)
+out_msg_unmark(OutMsg *m)
 {
-  if (m->backing) {
+  if (!g_atomic_int_compare_and_exchange(&m->marked, TRUE, FALSE))
+    return;
+  if (m->backing)
     vgpu_backing_end_read(m->backing);
-    g_clear_pointer(&m->backing, vgpu_backing_unref);
-  } else if (m->image) {
+  else
     vgpu_image_end_read(m->image);
-  }
-  g_clear_pointer(&m->image, vgpu_image_unref);
 }
 
 static void
 out_msg_free(OutMsg *m)
 {
-  out_msg_clear_source(m);
+  out_msg_unmark(m);
+  g_clear_pointer(&m->backing, vgpu_backing_unref);
+  g_clear_pointer(&m->image, vgpu_image_unref);
   g_free(m->data);
   g_free(m);
+}
+
+static void
+free_queue(GQueue *q)
+{
+  OutMsg *m;
+
+  while ((m = g_queue_pop_head(q)))
+    out_msg_free(m);
 }
 
 static Conn *
@@ -200,18 +238,19 @@ conn_unref(gpointer data)
 
   if (!g_atomic_int_dec_and_test(&c->refcount))
     return;
-  g_assert(c->writer == NULL && g_queue_is_empty(&c->out) && c->lent->len == 0);
+  g_assert(g_queue_is_empty(&c->out) && c->current == NULL);
   if (c->fd >= 0)
     close(c->fd);
-  for (guint i = 0; i < 2; i++) {
-    if (c->pipe[i] >= 0)
-      close(c->pipe[i]);
-  }
-  g_ptr_array_unref(c->lent);
   g_main_context_unref(c->context);
   g_mutex_clear(&c->lock);
   g_cond_clear(&c->cond);
   g_free(c);
+}
+
+static gboolean
+is_update(const OutMsg *m)
+{
+  return m->hdr.request == VHU_DISPLAY_UPDATE;
 }
 
 /* The last queued message for scanout @id whose request is in @kinds, or NULL
@@ -236,112 +275,131 @@ last_for_scanout(Conn *c, guint id, const guint32 *kinds, const guint32 *barrier
   return NULL;
 }
 
-static VgpuRect
-update_rect(const OutMsg *m)
+/* Moves the queued messages of scanout @id whose request is in @kinds to
+ * @dropped (c->lock held). */
+static void
+take_queued(Conn *c, guint id, const guint32 *kinds, GQueue *dropped)
 {
-  return (VgpuRect){ m->body.update.x, m->body.update.y, m->body.update.width,
-                     m->body.update.height };
-}
+  GList *l = c->out.head;
 
-static gboolean
-rect_contains(const VgpuRect *outer, const VgpuRect *inner)
-{
-  VgpuRect common;
+  while (l) {
+    GList *next = l->next;
+    OutMsg *m = l->data;
 
-  return vgpu_rect_intersect(outer, inner, &common) && common.x == inner->x && common.y == inner->y
-         && common.width == inner->width && common.height == inner->height;
-}
-
-/* Folds UPDATE @m into the queued UPDATE @old of the same scanout when that
- * shows the same pixels: the result covers both and reads the newest
- * source.  FALSE when they cannot be merged. */
-static gboolean
-merge_update(OutMsg *old, OutMsg *m)
-{
-  VgpuRect a = update_rect(old), b = update_rect(m), u;
-
-  /* Same image at the same place on the scanout (offsets wrap alike). */
-  if (old->image != m->image || old->src_x - a.x != m->src_x - b.x
-      || old->src_y - a.y != m->src_y - b.y)
-    return FALSE;
-  if (rect_contains(&b, &a)) {
-    /* @m covers @old: it takes @old's place in the queue. */
-    out_msg_clear_source(old);
-    old->body.update = m->body.update;
-    old->hdr.size = m->hdr.size;
-    old->image = g_steal_pointer(&m->image);
-    old->backing = g_steal_pointer(&m->backing);
-    old->src_x = m->src_x;
-    old->src_y = m->src_y;
-    old->offset = m->offset;
-    return TRUE;
+    for (const guint32 *k = kinds; *k && m->scanout == id; k++) {
+      if (m->hdr.request == *k) {
+        g_queue_delete_link(&c->out, l);
+        g_queue_push_tail(dropped, m);
+        break;
+      }
+    }
+    l = next;
   }
-  if (old->backing || m->backing) {
-    /* Guest memory is only known to hold the rectangles flushed: no union.
-     * The smaller one from the same place is part of the bigger one. */
-    return old->backing == m->backing && rect_contains(&a, &b)
-           && m->offset
-                  == old->offset + (guint64)(b.y - a.y) * m->image->stride
-                         + (guint64)(b.x - a.x) * 4u;
-  }
-  vgpu_rect_union(&a, &b, &u);
-  old->src_x = old->src_x - a.x + u.x;
-  old->src_y = old->src_y - a.y + u.y;
-  old->body.update.x = u.x;
-  old->body.update.y = u.y;
-  old->body.update.width = u.width;
-  old->body.update.height = u.height;
-  old->hdr.size = (guint32)(sizeof old->body.update + (gsize)u.width * u.height * 4u);
-  return TRUE;
 }
 
-/* Queues @m for the writer (device lock held).  Coalesces an UPDATE with a
- * queued one of the same scanout and image, and cursor positions with a
- * queued position.  FALSE when the display is too far behind. */
+/* Scanout @id changed at @r (scanout coordinates); the writer reads the
+ * pixels when it gets to them (c->lock held). */
+static gboolean
+add_damage(Conn *c, guint id, const VgpuRect *r)
+{
+  VgpuRect *d = &c->damage[id];
+  gboolean merged = d->width != 0 && d->height != 0;
+
+  if (!merged)
+    c->n_damaged++;
+  vgpu_rect_union(d, r, d);
+  g_cond_signal(&c->cond);
+  return merged;
+}
+
+static void
+clear_damage(Conn *c, guint id)
+{
+  if (c->damage[id].width && c->damage[id].height)
+    c->n_damaged--;
+  c->damage[id] = (VgpuRect){ 0, 0, 0, 0 };
+}
+
+/* Turns the queued UPDATE, which reads a resource, into damage: the writer
+ * is about to wait for the display and must not keep the resource from the
+ * guest meanwhile (c->lock held; frees into @dropped). */
+static void
+queued_updates_to_damage(Conn *c, GQueue *dropped)
+{
+  GList *l = c->out.head;
+  guint merged = 0;
+
+  while (l) {
+    GList *next = l->next;
+    OutMsg *m = l->data;
+
+    if (is_update(m)) {
+      VgpuRect r
+          = { m->body.update.x, m->body.update.y, m->body.update.width, m->body.update.height };
+
+      merged += add_damage(c, m->scanout, &r);
+      g_queue_delete_link(&c->out, l);
+      g_queue_push_tail(dropped, m);
+    }
+    l = next;
+  }
+  if (merged)
+    stats_add(c->stats, &c->stats->stats.coalesced, merged);
+}
+
+/* Queues @m for the writer (device lock held).  A SCANOUT supersedes what
+ * is queued for its scanout, a cursor image the queued cursor messages of
+ * its scanout, a position the queued position: the queue stays short
+ * however far behind the display is.  FALSE past the bound (a bug). */
 static gboolean
 conn_push(Conn *c, OutMsg *m)
 {
-  static const guint32 update_kind[] = { VHU_DISPLAY_UPDATE, 0 };
-  static const guint32 update_barrier[] = { VHU_DISPLAY_SCANOUT, 0 };
-  static const guint32 pos_kind[] = { VHU_DISPLAY_CURSOR_POS, VHU_DISPLAY_CURSOR_POS_HIDE, 0 };
+  static const guint32 scanout_kinds[] = { VHU_DISPLAY_SCANOUT, VHU_DISPLAY_UPDATE, 0 };
+  static const guint32 cursor_kinds[]
+      = { VHU_DISPLAY_CURSOR_UPDATE, VHU_DISPLAY_CURSOR_POS, VHU_DISPLAY_CURSOR_POS_HIDE, 0 };
+  static const guint32 pos_kinds[] = { VHU_DISPLAY_CURSOR_POS, VHU_DISPLAY_CURSOR_POS_HIDE, 0 };
   static const guint32 pos_barrier[] = { VHU_DISPLAY_CURSOR_UPDATE, 0 };
+  GQueue dropped = G_QUEUE_INIT;
   gboolean ok = TRUE;
   OutMsg *old;
 
   g_mutex_lock(&c->lock);
-  if (m->hdr.request == VHU_DISPLAY_UPDATE
-      && (old = last_for_scanout(c, m->scanout, update_kind, update_barrier))
-      && merge_update(old, m)) {
-    g_mutex_unlock(&c->lock);
-    if (c->qd)
-      stats_add(c->qd, &c->qd->stats.coalesced, 1);
-    out_msg_free(m);
-    return TRUE;
+  switch (m->hdr.request) {
+    case VHU_DISPLAY_SCANOUT:
+      take_queued(c, m->scanout, scanout_kinds, &dropped);
+      clear_damage(c, m->scanout);
+      break;
+    case VHU_DISPLAY_CURSOR_UPDATE:
+      take_queued(c, m->scanout, cursor_kinds, &dropped);
+      break;
+    case VHU_DISPLAY_CURSOR_POS:
+    case VHU_DISPLAY_CURSOR_POS_HIDE:
+      if ((old = last_for_scanout(c, m->scanout, pos_kinds, pos_barrier))) {
+        old->hdr.request = m->hdr.request;
+        old->body.pos = m->body.pos;
+        g_queue_push_tail(&dropped, g_steal_pointer(&m));
+      }
+      break;
+    default:
+      break;
   }
-  if ((m->hdr.request == VHU_DISPLAY_CURSOR_POS || m->hdr.request == VHU_DISPLAY_CURSOR_POS_HIDE)
-      && (old = last_for_scanout(c, m->scanout, pos_kind, pos_barrier))) {
-    old->hdr.request = m->hdr.request;
-    old->body.pos = m->body.pos;
-    g_mutex_unlock(&c->lock);
-    out_msg_free(m);
-    return TRUE;
-  }
-  if (c->writer_gone) {
-    /* The reader will see the shutdown and close the connection. */
+  if (!m) {
+    /* merged */
+  } else if (c->writer_gone || c->closing) {
+    g_queue_push_tail(&dropped, m); /* the read watch sees the shutdown and closes */
   } else if (c->out.length >= MAX_QUEUED_MSGS) {
+    g_queue_push_tail(&dropped, m);
     ok = FALSE;
   } else {
     g_queue_push_tail(&c->out, m);
     g_cond_signal(&c->cond);
-    m = NULL;
   }
   g_mutex_unlock(&c->lock);
-  if (m)
-    out_msg_free(m);
+  free_queue(&dropped);
   return ok;
 }
 
-/* Queues on the current connection; drops it when it is hopelessly behind. */
+/* Queues on the current connection. */
 static void
 send_msg(VgpuQemuDisplay *qd, OutMsg *m)
 {
@@ -350,7 +408,7 @@ send_msg(VgpuQemuDisplay *qd, OutMsg *m)
     return;
   }
   if (!conn_push(qd->conn, m))
-    conn_close(qd, "the display stopped reading (too many queued messages)");
+    conn_close(qd, "too many queued messages");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -371,275 +429,286 @@ iov_advance(struct iovec **iov, guint *n, gsize bytes)
   }
 }
 
-static const char *
-write_error(int err)
+static gsize
+update_row_bytes(const OutMsg *m)
 {
-  return err == EAGAIN || err == EWOULDBLOCK ? "the display stopped reading (write timeout)"
-                                             : g_strerror(err);
+  return (gsize)m->body.update.width * 4u;
 }
 
-/* Writes all of @iov (modified).  The socket blocks, with SO_SNDTIMEO set
- * to write_timeout_ms: a display that takes no byte for that long fails the
- * write, and conn_close's shutdown() wakes a blocked one. */
-static gboolean
-write_iov(Conn *c, struct iovec *iov, guint n, const char **why)
-{
-  while (n > 0) {
-    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = MIN(n, MAX_WRITE_IOV) };
-    ssize_t r = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-
-    if (r < 0) {
-      if (errno == EINTR)
-        continue;
-      *why = write_error(errno);
-      return FALSE;
-    }
-    iov_advance(&iov, &n, (gsize)r);
-  }
-  return TRUE;
-}
-
-/* Ends every loan: the display has read all it was lent, or the connection
- * is gone. */
+/* Rows [@y0, height) of UPDATE @m as X8R8G8B8 into @dst (stride: the row). */
 static void
-end_loans(Conn *c)
-{
-  for (guint i = 0; i < c->lent->len; i++) {
-    vgpu_backing_end_loan(c->lent->pdata[i]);
-    vgpu_backing_unref(c->lent->pdata[i]);
-  }
-  g_ptr_array_set_size(c->lent, 0);
-}
-
-/* Keeps @backing from going back to the guest until the display has read
- * the pages about to be spliced from it. */
-static void
-lend(Conn *c, VgpuBacking *backing)
-{
-  if (!g_ptr_array_find(c->lent, backing, NULL)) {
-    vgpu_backing_begin_loan(backing);
-    g_ptr_array_add(c->lent, vgpu_backing_ref(backing));
-  }
-  c->lent_deadline = g_get_monotonic_time() + (gint64)c->write_timeout_ms * 1000;
-  c->lent_poll_us = LENT_POLL_MIN_US;
-}
-
-/* Ends the loans once nothing sent is left unread in the socket.  FALSE
- * when the display left spliced pages unread for the write timeout. */
-static gboolean
-reclaim_loans(Conn *c, const char **why)
-{
-  int unread = 0;
-
-  if (c->lent->len == 0)
-    return TRUE;
-  if (ioctl(c->fd, SIOCOUTQ, &unread) == 0 && unread > 0) {
-    if (g_get_monotonic_time() < c->lent_deadline)
-      return TRUE;
-    *why = "the display stopped reading (write timeout)";
-    return FALSE;
-  }
-  end_loans(c);
-  return TRUE;
-}
-
-/* Hands the pages of @iov to the socket without copying them: vmsplice into
- * the pipe, splice into the socket (the display copies them when it reads).
- * Advances *@iov / *@n past what went; stops early, returning TRUE, when the
- * kernel does not take those pages (the caller copies the rest).  FALSE on
- * a socket error. */
-static gboolean
-splice_iov(Conn *c, struct iovec **iov, guint *n, const char **why)
-{
-  while (*n > 0) {
-    ssize_t r = vmsplice(c->pipe[1], *iov, MIN(*n, MAX_WRITE_IOV), 0);
-
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0) {
-      g_info("display socket: vmsplice: %s; copying pixels instead", g_strerror(errno));
-      c->splice_refused = TRUE;
-      return TRUE;
-    }
-    iov_advance(iov, n, (gsize)r);
-    while (r > 0) {
-      ssize_t k = splice(c->pipe[0], NULL, c->fd, NULL, (gsize)r, SPLICE_F_MOVE);
-
-      if (k < 0 && errno == EINTR)
-        continue;
-      if (k <= 0) {
-        *why = k < 0 ? write_error(errno) : "display socket closed";
-        return FALSE;
-      }
-      r -= k;
-    }
-  }
-  return TRUE;
-}
-
-/* X8R8G8B8-compatible pixels, sent as they are: one sendmsg() for the
- * header and every row, no copy in user space. */
-static gboolean
-write_rows_direct(Conn *c, OutMsg *m, struct iovec *head, guint n_head, const char **why)
+copy_rows(const OutMsg *m, guint32 y0, guint8 *dst)
 {
   const VhuDisplayUpdate *u = &m->body.update;
-  VgpuImage *img = m->image;
-  gsize row = (gsize)u->width * 4u;
-  g_autoptr(GArray) iov = g_array_sized_new(FALSE, FALSE, sizeof(struct iovec), n_head + 1);
+  const VgpuImage *img = m->image;
+  gsize row = update_row_bytes(m);
+  guint32 n = u->height - y0;
 
-  g_array_append_vals(iov, head, n_head);
-  if (m->backing && row == img->stride) {
-    vgpu_backing_append_iov(m->backing, m->offset, row * u->height, iov);
-  } else if (m->backing) {
-    for (guint32 h = 0; h < u->height; h++)
-      vgpu_backing_append_iov(m->backing, m->offset + (guint64)h * img->stride, row, iov);
+  if (!m->backing && !vgpu_format_is_xrgb(img->format)) {
+    vgpu_format_convert(img->format, img->data, img->width, img->height, img->stride, m->src_x,
+                        m->src_y + y0, u->width, n, PIXMAN_x8r8g8b8, dst, (guint)row);
+  } else if (!m->backing) {
+    for (guint32 h = 0; h < n; h++)
+      memcpy(dst + (gsize)h * row,
+             img->data + (gsize)(m->src_y + y0 + h) * img->stride + (gsize)m->src_x * 4u, row);
+  } else if (vgpu_format_is_xrgb(img->format)) {
+    for (guint32 h = 0; h < n; h++)
+      vgpu_backing_read(m->backing, m->offset + (guint64)(y0 + h) * img->stride,
+                        dst + (gsize)h * row, row);
   } else {
-    guint8 *src = img->data + (gsize)m->src_y * img->stride + (gsize)m->src_x * 4u;
-    struct iovec v = { src, row * u->height }; /* whole rows: one piece */
+    /* Guest rows are gathered a bounded chunk at a time, then converted. */
+    guint chunk = (guint)MAX(1u, CONVERT_CHUNK / row);
+    g_autofree guint8 *gathered = g_malloc((gsize)MIN(chunk, n) * row);
 
-    if (row == img->stride) {
-      g_array_append_val(iov, v);
+    for (guint32 y = 0; y < n; y += chunk) {
+      guint k = MIN(chunk, n - y);
+
+      for (guint h = 0; h < k; h++)
+        vgpu_backing_read(m->backing, m->offset + (guint64)(y0 + y + h) * img->stride,
+                          gathered + (gsize)h * row, row);
+      vgpu_format_convert(img->format, gathered, u->width, k, (guint)row, 0, 0, u->width, k,
+                          PIXMAN_x8r8g8b8, dst + (gsize)y * row, (guint)row);
+    }
+  }
+}
+
+/* The iovecs of message @m, skipping its first @sent bytes. */
+static void
+build_iov(OutMsg *m, gsize sent, GArray *iov)
+{
+  const VhuDisplayUpdate *u = &m->body.update;
+  struct iovec pieces[3] = { { &m->hdr, sizeof m->hdr }, { &m->body, m->body_len } };
+  guint n_pieces = 2;
+
+  g_array_set_size(iov, 0);
+  if (m->data)
+    pieces[n_pieces++] = (struct iovec){ m->data, m->data_len };
+  for (guint i = 0; i < n_pieces; i++) {
+    struct iovec v = pieces[i];
+
+    if (sent >= v.iov_len) {
+      sent -= v.iov_len;
+      continue;
+    }
+    v.iov_base = (guint8 *)v.iov_base + sent;
+    v.iov_len -= sent;
+    sent = 0;
+    g_array_append_val(iov, v);
+  }
+  if (is_update(m) && !m->data) {
+    /* X8R8G8B8-compatible pixels where they are (sent == 0 here). */
+    const VgpuImage *img = m->image;
+    gsize row = update_row_bytes(m);
+
+    if (m->backing && row == img->stride) {
+      vgpu_backing_append_iov(m->backing, m->offset, row * u->height, iov);
+    } else if (m->backing) {
+      for (guint32 h = 0; h < u->height; h++)
+        vgpu_backing_append_iov(m->backing, m->offset + (guint64)h * img->stride, row, iov);
     } else {
+      guint8 *src = img->data + (gsize)m->src_y * img->stride + (gsize)m->src_x * 4u;
+
       for (guint32 h = 0; h < u->height; h++) {
-        v = (struct iovec){ src + (gsize)h * img->stride, row };
+        struct iovec v = { src + (gsize)h * img->stride, row };
+
+        if (row == img->stride) {
+          v.iov_len = row * u->height; /* whole rows: one piece */
+          h = u->height;
+        }
         g_array_append_val(iov, v);
       }
     }
   }
-  if (m->backing && c->pipe[0] >= 0 && !c->splice_refused) {
-    /* Guest memory: the header is written, the pixel pages are lent. */
-    struct iovec *v = (struct iovec *)(void *)iov->data + n_head;
-    guint n = iov->len - n_head;
-
-    if (!write_iov(c, head, n_head, why))
-      return FALSE;
-    lend(c, m->backing);
-    return splice_iov(c, &v, &n, why) && write_iov(c, v, n, why);
-  }
-  return write_iov(c, (struct iovec *)(void *)iov->data, iov->len, why);
 }
 
-/* Other formats: converted a bounded number of rows at a time (rows in
- * guest memory are gathered first). */
-static gboolean
-write_rows_converted(Conn *c, OutMsg *m, struct iovec *head, guint n_head, const char **why)
+/* The rest of UPDATE @m, from its first unsent row on, goes into a buffer of
+ * its own and the resource is released: the display may take its time.
+ * Zeroes instead of pixels when @lost (the frontend took the guest memory
+ * away): the stream stays in step.  Returns the bytes of the message now
+ * before m->data (its new start). */
+static gsize
+copy_rest(OutMsg *m, gsize sent, gboolean lost)
 {
-  const VhuDisplayUpdate *u = &m->body.update;
-  VgpuImage *img = m->image;
-  gsize row = (gsize)u->width * 4u;
-  guint rows = (guint)MAX(1u, CONVERT_CHUNK / row);
-  gsize chunk = (gsize)MIN(rows, u->height) * row;
-  g_autofree guint8 *buf = g_malloc(chunk);
-  g_autofree guint8 *gathered = m->backing ? g_malloc(chunk) : NULL;
+  gsize head = sizeof m->hdr + m->body_len, row = update_row_bytes(m);
+  guint32 y0 = (guint32)((sent > head ? sent - head : 0) / row);
 
-  if (!write_iov(c, head, n_head, why))
-    return FALSE;
-  for (guint32 y = 0; y < u->height; y += rows) {
-    guint n = MIN(rows, u->height - y);
-    struct iovec iov = { buf, (gsize)n * row };
+  m->data_len = (gsize)(m->body.update.height - y0) * row;
+  m->data = lost ? g_malloc0(m->data_len) : g_malloc(m->data_len);
+  if (!lost)
+    copy_rows(m, y0, m->data);
+  out_msg_unmark(m); /* the references stay until the message is freed */
+  return head + (gsize)y0 * row;
+}
 
-    if (m->backing) {
-      for (guint h = 0; h < n; h++)
-        vgpu_backing_read(m->backing, m->offset + (guint64)(y + h) * img->stride,
-                          gathered + (gsize)h * row, row);
-      vgpu_format_convert(img->format, gathered, u->width, n, (guint)row, 0, 0, u->width, n,
-                          PIXMAN_x8r8g8b8, buf, (guint)row);
-    } else {
-      vgpu_format_convert(img->format, img->data, img->width, img->height, img->stride, m->src_x,
-                          m->src_y + y, u->width, n, PIXMAN_x8r8g8b8, buf, (guint)row);
+/* Waits until the socket takes more, until @deadline (-1: no limit).  A
+ * writer about to wait without limit first turns the queued UPDATE into
+ * damage so that it does not keep its resource from the guest. */
+static void
+wait_writable(Conn *c, gint64 deadline)
+{
+  GQueue dropped = G_QUEUE_INIT;
+  struct pollfd p = { c->fd, POLLOUT, 0 };
+  int timeout = -1;
+
+  g_mutex_lock(&c->lock);
+  c->blocked = TRUE;
+  if (deadline < 0)
+    queued_updates_to_damage(c, &dropped);
+  g_mutex_unlock(&c->lock);
+  free_queue(&dropped);
+  if (deadline >= 0)
+    timeout = (int)MAX(1, (deadline - g_get_monotonic_time() + 999) / 1000);
+  /* POLLHUP (conn_close shut the socket down) ends the wait too; the next
+   * write reports it. */
+  (void)poll(&p, 1, timeout);
+}
+
+/* Writes all of @m.  Pixels are sent from where they are while the display
+ * takes them; a display that takes nothing for hold_us while a resource is
+ * read gets the rest from a copy, and then as slowly as it likes. */
+static gboolean
+write_msg(Conn *c, OutMsg *m, const char **why)
+{
+  g_autoptr(GArray) arr = g_array_new(FALSE, FALSE, sizeof(struct iovec));
+  gsize head = sizeof m->hdr + m->body_len, total = sizeof m->hdr + m->hdr.size, sent = 0;
+  gint64 deadline = g_get_monotonic_time() + c->hold_us;
+  struct iovec *iov;
+  guint n;
+
+  if (is_update(m) && !vgpu_format_is_xrgb(m->image->format))
+    copy_rest(m, 0, FALSE); /* converted whole: the resource is free at once */
+  build_iov(m, 0, arr);
+  iov = (struct iovec *)(void *)arr->data;
+  n = arr->len;
+  while (sent < total) {
+    struct msghdr mh = { .msg_iov = iov, .msg_iovlen = MIN(n, MAX_WRITE_IOV) };
+    ssize_t r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    int err = r < 0 ? errno : 0;
+    gboolean marked = g_atomic_int_get(&m->marked), lost = FALSE;
+    gsize base;
+
+    if (r > 0) {
+      sent += (gsize)r;
+      iov_advance(&iov, &n, (gsize)r);
+      continue;
     }
-    if (!write_iov(c, &iov, 1, why))
+    if (err == EINTR)
+      continue;
+    if ((err == EAGAIN || err == EWOULDBLOCK) && marked && g_get_monotonic_time() >= deadline) {
+      stats_add(c->stats, &c->stats->stats.copied, 1);
+    } else if (err == EAGAIN || err == EWOULDBLOCK) {
+      wait_writable(c, marked ? deadline : -1);
+      continue;
+    } else if (err == EFAULT && is_update(m) && !m->data) {
+      g_warning("display socket: the guest memory of an update went away; sending black");
+      lost = TRUE;
+    } else {
+      /* A display that went away is no error: the read watch closes. */
+      *why = err == EPIPE || err == ECONNRESET ? NULL : r < 0 ? g_strerror(err) : "no progress";
       return FALSE;
+    }
+    /* The rest from the first unsent row on, in a buffer of our own. */
+    base = copy_rest(m, sent, lost);
+    build_iov(m, sent <= head ? sent : head + (sent - base), arr);
+    iov = (struct iovec *)(void *)arr->data;
+    n = arr->len;
   }
   return TRUE;
 }
 
-static gboolean
-write_update_pixels(Conn *c, OutMsg *m, struct iovec *head, guint n_head, const char **why)
+/* The next message to write: queued ones first, then an UPDATE for the
+ * damage of a scanout, read from its image as it is now (device lock taken
+ * for that).  NULL when the connection closes. */
+static OutMsg *damage_msg(Conn *c, gboolean *retry);
+
+static OutMsg *
+next_msg(Conn *c)
 {
-  if (vgpu_format_is_xrgb(m->image->format))
-    return write_rows_direct(c, m, head, n_head, why);
-  return write_rows_converted(c, m, head, n_head, why);
+  gboolean retry = FALSE;
+  OutMsg *m = NULL;
+
+  g_mutex_lock(&c->lock);
+  c->blocked = FALSE;
+  while (!c->closing) {
+    if ((m = g_queue_pop_head(&c->out)))
+      break;
+    if (c->n_damaged && !retry) {
+      g_mutex_unlock(&c->lock);
+      m = damage_msg(c, &retry);
+      g_mutex_lock(&c->lock);
+      if (m)
+        break;
+      continue;
+    }
+    if (retry)
+      g_cond_wait_until(&c->cond, &c->lock, g_get_monotonic_time() + RETRY_US);
+    else
+      g_cond_wait(&c->cond, &c->lock);
+    retry = FALSE;
+  }
+  if (m && c->closing) {
+    g_mutex_unlock(&c->lock);
+    out_msg_free(m);
+    return NULL;
+  }
+  c->current = m;
+  g_mutex_unlock(&c->lock);
+  return m;
 }
 
-static gboolean
-write_msg(Conn *c, VgpuQemuDisplay *qd, OutMsg *m, const char **why)
+static void
+writer_exit(VgpuQemuDisplay *qd)
 {
-  struct iovec iov[4];
-  guint n = 0;
-  gboolean ok;
-
-  iov[n++] = (struct iovec){ &m->hdr, sizeof m->hdr };
-  if (m->body_len)
-    iov[n++] = (struct iovec){ &m->body, m->body_len };
-  if (m->image) {
-    ok = write_update_pixels(c, m, iov, n, why);
-    if (ok) {
-      stats_add(qd, &qd->stats.updates, 1);
-      stats_add(qd, &qd->stats.update_bytes,
-                (guint64)m->body.update.width * m->body.update.height * 4u);
-    }
-  } else {
-    if (m->data_len)
-      iov[n++] = (struct iovec){ m->data, m->data_len };
-    ok = write_iov(c, iov, n, why);
-  }
-  if (ok)
-    stats_add(qd, &qd->stats.messages, 1);
-  return ok;
+  g_mutex_lock(&qd->writers_lock);
+  qd->writers--;
+  g_cond_broadcast(&qd->writers_cond);
+  g_mutex_unlock(&qd->writers_lock);
 }
 
 static gpointer
 writer_main(gpointer data)
 {
   Conn *c = data;
-  VgpuQemuDisplay *qd = c->qd; /* valid until this thread is joined */
+  VgpuQemuDisplay *qd = c->stats;
   const char *why = NULL;
   GQueue rest = G_QUEUE_INIT;
   gboolean closing, ok = TRUE;
-  sigset_t sigpipe;
   OutMsg *m;
 
-  /* splice() into a closed socket raises SIGPIPE (there is no MSG_NOSIGNAL
-   * for it): this thread takes the EPIPE instead. */
-  sigemptyset(&sigpipe);
-  sigaddset(&sigpipe, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &sigpipe, NULL);
-
-  g_mutex_lock(&c->lock);
-  while (ok && !c->closing) {
-    m = g_queue_pop_head(&c->out);
-    if (!m && c->lent->len == 0) {
-      g_cond_wait(&c->cond, &c->lock);
-      continue;
+  while (ok && (m = next_msg(c))) {
+    ok = write_msg(c, m, &why);
+    if (ok) {
+      stats_add(qd, &qd->stats.messages, 1);
+      if (is_update(m)) {
+        stats_add(qd, &qd->stats.updates, 1);
+        stats_add(qd, &qd->stats.update_bytes, m->hdr.size - m->body_len);
+      }
     }
-    if (!m) {
-      /* Idle with pages lent: nothing signals that the display has read
-       * them, so look again a little later. */
-      g_cond_wait_until(&c->cond, &c->lock, g_get_monotonic_time() + c->lent_poll_us);
-      c->lent_poll_us = MIN(2 * c->lent_poll_us, LENT_POLL_MAX_US);
-    }
-    g_mutex_unlock(&c->lock);
-    ok = (!m || write_msg(c, qd, m, &why)) && reclaim_loans(c, &why);
-    if (m)
-      out_msg_free(m);
     g_mutex_lock(&c->lock);
+    c->current = NULL;
+    c->blocked = FALSE; /* before the mark ends: who sees the wake sees a free writer */
+    g_mutex_unlock(&c->lock);
+    out_msg_free(m);
   }
+  g_mutex_lock(&c->lock);
   rest = c->out;
   g_queue_init(&c->out);
+  for (guint i = 0; i < VGPU_MAX_SCANOUTS; i++)
+    clear_damage(c, i);
   closing = c->closing;
   c->writer_gone = TRUE;
   g_mutex_unlock(&c->lock);
-  while ((m = g_queue_pop_head(&rest)))
-    out_msg_free(m);
-  if (why && !closing) {
-    /* The reader sees the shutdown and closes the connection. */
-    g_warning("display socket: %s; dropping the connection", why);
-    stats_add(qd, &qd->stats.dropped, 1);
+  free_queue(&rest);
+  if (!ok && !closing) {
+    /* The read watch sees the shutdown and closes the connection. */
+    if (why) {
+      g_warning("display socket: %s; dropping the connection", why);
+      stats_add(qd, &qd->stats.dropped, 1);
+    }
     shutdown(c->fd, SHUT_RDWR);
   }
-  /* What the display may still read from its end is out of our hands. */
-  end_loans(c);
+  conn_unref(c);
+  writer_exit(qd);
   return NULL;
 }
 
@@ -773,7 +842,7 @@ handle_reply(VgpuQemuDisplay *qd, Conn *c, const MsgHeader *hdr, const guint8 *p
   Expect *e = NULL;
 
   if (!(hdr->flags & VHU_DISPLAY_FLAG_REPLY)) {
-    g_warning("display socket: unexpected request %u from the display; ignored", hdr->request);
+    display_warning(qd, "unexpected request %u from the display; ignored", hdr->request);
     return;
   }
   /* Replies come in request order; a request skipped over got none. */
@@ -784,7 +853,7 @@ handle_reply(VgpuQemuDisplay *qd, Conn *c, const MsgHeader *hdr, const guint8 *p
     }
   }
   if (!e) {
-    g_warning("display socket: unexpected reply %u; ignored", hdr->request);
+    display_warning(qd, "unexpected reply %u; ignored", hdr->request);
     return;
   }
   while (TRUE) {
@@ -803,7 +872,7 @@ handle_reply(VgpuQemuDisplay *qd, Conn *c, const MsgHeader *hdr, const guint8 *p
       if (hdr->size == sizeof offered)
         memcpy(&offered, payload, sizeof offered);
       else
-        g_warning("display socket: GET_PROTOCOL_FEATURES reply of %u bytes", hdr->size);
+        display_warning(qd, "GET_PROTOCOL_FEATURES reply of %u bytes", hdr->size);
       negotiated(qd, c, offered, TRUE);
     } else {
       answer_query(qd, &e->query, payload, hdr->size);
@@ -812,6 +881,9 @@ handle_reply(VgpuQemuDisplay *qd, Conn *c, const MsgHeader *hdr, const guint8 *p
   expect_free(e);
 }
 
+/* Reads what the display sent, a bounded number of reads per dispatch: a
+ * display flooding its socket cannot keep the device lock (or the context)
+ * to itself. */
 static gboolean
 read_cb(gint fd, GIOCondition condition, gpointer data)
 {
@@ -825,7 +897,7 @@ read_cb(gint fd, GIOCondition condition, gpointer data)
     conn_unlock(c);
     return G_SOURCE_REMOVE;
   }
-  while (keep) {
+  for (guint i = 0; keep && i < MAX_READS_PER_DISPATCH; i++) {
     gsize want = c->rx_got < sizeof c->rx_hdr ? sizeof c->rx_hdr - c->rx_got
                                               : sizeof c->rx_hdr + c->rx_hdr.size - c->rx_got;
     guint8 *dst = c->rx_got < sizeof c->rx_hdr ? (guint8 *)&c->rx_hdr + c->rx_got
@@ -837,7 +909,7 @@ read_cb(gint fd, GIOCondition condition, gpointer data)
     if (want && r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
       break;
     if (want && r <= 0) {
-      conn_close(qd, r == 0 ? NULL : g_strerror(errno));
+      conn_close(qd, r == 0 || errno == ECONNRESET ? NULL : g_strerror(errno));
       keep = FALSE;
       break;
     }
@@ -852,10 +924,8 @@ read_cb(gint fd, GIOCondition condition, gpointer data)
 
       c->rx_got = 0;
       handle_reply(qd, c, &hdr, c->rx_buf);
-      if (qd->conn != c) {
+      if (qd->conn != c)
         keep = FALSE; /* closed meanwhile */
-        break;
-      }
     }
   }
   conn_unlock(c);
@@ -865,10 +935,14 @@ read_cb(gint fd, GIOCondition condition, gpointer data)
 /* ------------------------------------------------------------------------ */
 /* Connection lifetime (device lock held) */
 
+/* Never waits for the writer: it finds the connection closing (or its
+ * socket shut down) and exits on its own.  The read marks it holds end here,
+ * so that nothing of the device is held once this returns. */
 static void
 conn_close(VgpuQemuDisplay *qd, const char *why)
 {
   Conn *c = qd->conn;
+  GQueue rest;
   Expect *e;
   DeferredEdid *d;
 
@@ -886,14 +960,18 @@ conn_close(VgpuQemuDisplay *qd, const char *why)
   qd->stats.protocol_features = 0;
   g_mutex_unlock(&qd->stats_lock);
 
-  /* Stop the writer first: shutdown wakes it from a blocked write. */
   g_mutex_lock(&c->lock);
   c->closing = TRUE;
+  rest = c->out;
+  g_queue_init(&c->out);
+  for (guint i = 0; i < VGPU_MAX_SCANOUTS; i++)
+    clear_damage(c, i);
+  if (c->current)
+    out_msg_unmark(c->current);
   g_cond_signal(&c->cond);
   g_mutex_unlock(&c->lock);
-  shutdown(c->fd, SHUT_RDWR);
-  g_thread_join(c->writer);
-  c->writer = NULL;
+  free_queue(&rest);
+  shutdown(c->fd, SHUT_RDWR); /* wakes a writer waiting for the display */
 
   c->qd = NULL;
   if (c->read_source) {
@@ -913,6 +991,73 @@ conn_close(VgpuQemuDisplay *qd, const char *why)
   conn_unref(c);
 }
 
+/* An UPDATE of @rect (scanout coordinates) of scanout @id, read from
+ * @image at (@src_x, @src_y), marked as read (c->lock or device lock held).
+ * The caller sets the pixel source. */
+static OutMsg *
+update_msg_new(guint id, const VgpuRect *rect, VgpuImage *image, guint32 src_x, guint32 src_y)
+{
+  OutMsg *m = out_msg_new(VHU_DISPLAY_UPDATE, id, NULL, 0);
+
+  m->body.update = (VhuDisplayUpdate){ id, rect->x, rect->y, rect->width, rect->height };
+  m->body_len = sizeof m->body.update;
+  m->hdr.size = (guint32)(sizeof m->body.update + (gsize)rect->width * rect->height * 4u);
+  m->image = vgpu_image_ref(image);
+  m->src_x = src_x;
+  m->src_y = src_y;
+  return m;
+}
+
+static OutMsg *
+damage_msg(Conn *c, gboolean *retry)
+{
+  VgpuQemuDisplay *qd;
+  OutMsg *m = NULL;
+  ScanoutState *s;
+  VgpuRect r, area;
+  guint id;
+
+  conn_lock(c);
+  qd = c->qd;
+  g_mutex_lock(&c->lock);
+  if (!qd || c->closing || c->n_damaged == 0) {
+    g_mutex_unlock(&c->lock);
+    conn_unlock(c);
+    return NULL;
+  }
+  /* Round robin: a scanout that changes all the time does not starve the others. */
+  for (id = c->next_damage % VGPU_MAX_SCANOUTS; c->damage[id].width == 0;
+       id = (id + 1) % VGPU_MAX_SCANOUTS)
+    ;
+  r = c->damage[id];
+  clear_damage(c, id);
+  c->next_damage = id + 1;
+  g_mutex_unlock(&c->lock);
+
+  s = &qd->scanouts[id];
+  area = (VgpuRect){ 0, 0, s->rect.width, s->rect.height };
+  if (s->image && vgpu_rect_intersect(&r, &area, &r)) {
+    /* Pending transfers go into the images first; one another sink still
+     * reads is left as it is, and may miss them. */
+    vgpu_device_sync_images(qd->dev);
+    if (!vgpu_image_is_busy(s->image)) {
+      m = update_msg_new(id, &r, s->image, s->rect.x + r.x, s->rect.y + r.y);
+      vgpu_image_begin_read(m->image);
+      m->marked = TRUE;
+    } else {
+      /* Look again when that sink may have let go. */
+      g_mutex_lock(&c->lock);
+      add_damage(c, id, &r);
+      g_mutex_unlock(&c->lock);
+      *retry = TRUE;
+    }
+  }
+  conn_unlock(c);
+  return m;
+}
+
+/* The scanout's geometry and full damage, and its cursor, on the current
+ * connection. */
 static void
 replay_scanout(VgpuQemuDisplay *qd, guint id)
 {
@@ -921,24 +1066,17 @@ replay_scanout(VgpuQemuDisplay *qd, guint id)
   if (s->image) {
     Conn *c = qd->conn;
     VhuDisplayScanout so = { id, s->rect.width, s->rect.height };
-    OutMsg *m;
+    VgpuRect all = { 0, 0, s->rect.width, s->rect.height };
 
-    if (!c)
-      return;
     c->sent_width[id] = s->rect.width;
     c->sent_height[id] = s->rect.height;
     send_msg(qd, out_msg_new(VHU_DISPLAY_SCANOUT, id, &so, sizeof so));
     if (!qd->conn)
       return;
-    m = out_msg_new(VHU_DISPLAY_UPDATE, id, NULL, 0);
-    m->body.update = (VhuDisplayUpdate){ id, 0, 0, s->rect.width, s->rect.height };
-    m->body_len = sizeof m->body.update;
-    m->hdr.size = (guint32)(sizeof m->body.update + (gsize)s->rect.width * s->rect.height * 4u);
-    m->image = vgpu_image_ref(s->image);
-    vgpu_image_begin_read(m->image);
-    m->src_x = s->rect.x;
-    m->src_y = s->rect.y;
-    send_msg(qd, m);
+    g_mutex_lock(&c->lock);
+    if (!c->closing && !c->writer_gone)
+      add_damage(c, id, &all);
+    g_mutex_unlock(&c->lock);
   }
   if (s->cursor && qd->conn) {
     VhuDisplayCursorUpdate *cu = g_new0(VhuDisplayCursorUpdate, 1);
@@ -960,53 +1098,65 @@ replay_scanout(VgpuQemuDisplay *qd, guint id)
   }
 }
 
+/* A connected stream socket, or FALSE with @error. */
+static gboolean
+check_socket(int fd, GError **error)
+{
+  int type = 0, listening = 0;
+  socklen_t len = sizeof type;
+
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
+    int err = errno;
+
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT, "display socket: fd %d: %s", fd,
+                err == ENOTSOCK ? "not a socket" : g_strerror(err));
+    return FALSE;
+  }
+  len = sizeof listening;
+  if (type != SOCK_STREAM
+      || (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening)) {
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                "display socket: fd %d is not a connected stream socket (%s)", fd,
+                type != SOCK_STREAM ? "wrong socket type" : "listening");
+    return FALSE;
+  }
+  return TRUE;
+}
+
 gboolean
 vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error)
 {
   int sndbuf = SOCKET_BUFFER;
-  struct stat st;
   Conn *c;
 
-  if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                "display socket: fd %d is not a socket", fd);
+  if (!check_socket(fd, error)) {
     close(fd);
     return FALSE;
   }
   conn_close(qd, NULL);
-  /* Blocking writes with a deadline (see write_iov); reads never block. */
-  g_unix_set_fd_nonblocking(fd, FALSE, NULL);
-  {
-    struct timeval tv
-        = { qd->options.write_timeout_ms / 1000, (qd->options.write_timeout_ms % 1000) * 1000 };
-
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  }
-
   /* Fewer, longer writes: the writer sleeps and wakes about 40 times per
-   * 8 MB frame with the default buffer. */
+   * 8 MB frame with the default buffer.  Writes never block (MSG_DONTWAIT,
+   * see write_msg): the file status flags, shared with the sender of the
+   * fd, stay as they are. */
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 
   c = g_new0(Conn, 1);
-  c->refcount = 1;
+  c->refcount = 2; /* ours, the writer's */
   c->fd = fd;
-  c->lent = g_ptr_array_new();
-  if (pipe2(c->pipe, O_CLOEXEC) == 0) {
-    (void)fcntl(c->pipe[1], F_SETPIPE_SZ, PIPE_BUFFER); /* fewer calls if it works */
-  } else {
-    g_info("display socket: no pipe (%s); pixels are copied", g_strerror(errno));
-    c->pipe[0] = c->pipe[1] = -1;
-  }
   c->qd = qd;
+  c->stats = qd;
   c->options = qd->options;
   c->context = g_main_context_ref(qd->options.context);
-  c->write_timeout_ms = qd->options.write_timeout_ms;
+  c->hold_us = (gint64)qd->options.write_timeout_ms * 1000;
   g_mutex_init(&c->lock);
   g_cond_init(&c->cond);
   g_queue_init(&c->out);
   g_queue_init(&c->expects);
   g_queue_init(&c->deferred);
-  c->writer = g_thread_new("vgpu-display", writer_main, c);
+  g_mutex_lock(&qd->writers_lock);
+  qd->writers++;
+  g_mutex_unlock(&qd->writers_lock);
+  g_thread_unref(g_thread_new("vgpu-display", writer_main, c));
   c->read_source = g_unix_fd_source_new(fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
   g_source_set_callback(c->read_source, G_SOURCE_FUNC(read_cb), conn_ref(c), conn_unref);
   g_source_attach(c->read_source, c->context);
@@ -1024,8 +1174,6 @@ vgpu_qemu_display_set_socket(VgpuQemuDisplay *qd, int fd, GError **error)
 void
 vgpu_qemu_display_replay(VgpuQemuDisplay *qd)
 {
-  /* The replay reads the images: pending transfers go into them first. */
-  vgpu_device_sync_images(qd->dev);
   for (guint i = 0; i < VGPU_MAX_SCANOUTS && qd->conn; i++)
     replay_scanout(qd, i);
 }
@@ -1034,6 +1182,15 @@ void
 vgpu_qemu_display_close(VgpuQemuDisplay *qd)
 {
   conn_close(qd, NULL);
+}
+
+void
+vgpu_qemu_display_wait_writers(VgpuQemuDisplay *qd)
+{
+  g_mutex_lock(&qd->writers_lock);
+  while (qd->writers > 0)
+    g_cond_wait(&qd->writers_cond, &qd->writers_lock);
+  g_mutex_unlock(&qd->writers_lock);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1063,16 +1220,21 @@ sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect
   send_msg(qd, out_msg_new(VHU_DISPLAY_SCANOUT, id, &so, sizeof so));
 }
 
-/* An UPDATE message for scanout @id, announcing the scanout first if this
- * connection never saw it.  NULL when there is nothing to send. */
-static OutMsg *
-update_msg_new(VgpuQemuDisplay *qd, guint id, const VgpuRect *rect, guint32 dst_x, guint32 dst_y)
+/* Hands a flush of scanout @id at (@dst_x, @dst_y) to the writer: as a
+ * message that reads its pixels where they are when the writer is free to
+ * take it at once, as damage otherwise (the writer reads the newest pixels
+ * when it gets there, merged with later flushes).  @backing: the pixels are
+ * in guest memory at @offset. */
+static void
+queue_update(VgpuQemuDisplay *qd, guint id, VgpuImage *image, VgpuBacking *backing, guint64 offset,
+             const VgpuRect *rect, guint32 dst_x, guint32 dst_y)
 {
   Conn *c = qd->conn;
-  OutMsg *m;
+  VgpuRect dst = { dst_x, dst_y, rect->width, rect->height };
+  gboolean direct = TRUE, merged = FALSE;
 
   if (!c || rect->width == 0 || rect->height == 0)
-    return NULL;
+    return;
   if (c->sent_width[id] == 0) {
     /* QEMU has no surface for a scanout it was never told about. */
     ScanoutState *s = &qd->scanouts[id];
@@ -1082,45 +1244,50 @@ update_msg_new(VgpuQemuDisplay *qd, guint id, const VgpuRect *rect, guint32 dst_
     c->sent_height[id] = s->rect.height;
     send_msg(qd, out_msg_new(VHU_DISPLAY_SCANOUT, id, &so, sizeof so));
     if (!qd->conn)
-      return NULL;
+      return;
   }
-  m = out_msg_new(VHU_DISPLAY_UPDATE, id, NULL, 0);
-  m->body.update = (VhuDisplayUpdate){ id, dst_x, dst_y, rect->width, rect->height };
-  m->body_len = sizeof m->body.update;
-  m->hdr.size = (guint32)(sizeof m->body.update + (gsize)rect->width * rect->height * 4u);
-  m->src_x = rect->x;
-  m->src_y = rect->y;
-  return m;
+  g_mutex_lock(&c->lock);
+  if (c->closing || c->writer_gone) {
+    g_mutex_unlock(&c->lock);
+    return;
+  }
+  if (c->blocked || c->n_damaged)
+    direct = FALSE;
+  for (GList *l = c->out.head; l && direct; l = l->next)
+    direct = !is_update(l->data);
+  if (direct) {
+    OutMsg *m = update_msg_new(id, &dst, image, rect->x, rect->y);
+
+    if (backing) {
+      m->backing = vgpu_backing_ref(backing);
+      m->offset = offset;
+      vgpu_backing_begin_read(backing);
+    } else {
+      vgpu_image_begin_read(image);
+    }
+    m->marked = TRUE;
+    g_queue_push_tail(&c->out, m);
+    g_cond_signal(&c->cond);
+  } else {
+    merged = add_damage(c, id, &dst);
+  }
+  g_mutex_unlock(&c->lock);
+  if (merged)
+    stats_add(qd, &qd->stats.coalesced, 1);
 }
 
 static void
 sink_update(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect, guint32 dst_x,
             guint32 dst_y)
 {
-  VgpuQemuDisplay *qd = sink;
-  OutMsg *m = update_msg_new(qd, id, rect, dst_x, dst_y);
-
-  if (!m)
-    return;
-  m->image = vgpu_image_ref(image);
-  vgpu_image_begin_read(image);
-  send_msg(qd, m);
+  queue_update(sink, id, image, NULL, 0, rect, dst_x, dst_y);
 }
 
 static void
 sink_update_guest(gpointer sink, guint id, VgpuImage *image, VgpuBacking *backing, guint64 offset,
                   const VgpuRect *rect, guint32 dst_x, guint32 dst_y)
 {
-  VgpuQemuDisplay *qd = sink;
-  OutMsg *m = update_msg_new(qd, id, rect, dst_x, dst_y);
-
-  if (!m)
-    return;
-  m->image = vgpu_image_ref(image);
-  m->backing = vgpu_backing_ref(backing);
-  vgpu_backing_begin_read(backing);
-  m->offset = offset;
-  send_msg(qd, m);
+  queue_update(sink, id, image, backing, offset, rect, dst_x, dst_y);
 }
 
 static void
@@ -1187,7 +1354,7 @@ sink_query_edid(gpointer sink, guint id, VgpuQuery *query)
   VgpuQemuDisplay *qd = sink;
   Conn *c = qd->conn;
 
-  if (!c || c->expects.length >= MAX_EXPECTED)
+  if (!c || c->expects.length + c->deferred.length >= MAX_EXPECTED)
     return FALSE;
   if (c->negotiated) {
     if (!(c->features & (1ull << VHU_DISPLAY_PF_EDID)))
@@ -1218,17 +1385,20 @@ static const VgpuSinkIface sink_iface = {
 VgpuQemuDisplay *
 vgpu_qemu_display_new(VgpuDevice *dev, const VgpuQemuDisplayOptions *options)
 {
-  VgpuQemuDisplay *qd = g_new0(VgpuQemuDisplay, 1);
+  VgpuQemuDisplay *qd;
 
   g_return_val_if_fail(options->context && options->lock && options->unlock, NULL);
+  qd = g_new0(VgpuQemuDisplay, 1);
   qd->dev = dev;
   qd->options = *options;
   g_main_context_ref(qd->options.context);
   if (qd->options.reply_timeout_ms == 0)
     qd->options.reply_timeout_ms = DEFAULT_REPLY_TIMEOUT_MS;
   if (qd->options.write_timeout_ms == 0)
-    qd->options.write_timeout_ms = DEFAULT_WRITE_TIMEOUT_MS;
+    qd->options.write_timeout_ms = DEFAULT_HOLD_MS;
   g_mutex_init(&qd->stats_lock);
+  g_mutex_init(&qd->writers_lock);
+  g_cond_init(&qd->writers_cond);
   vgpu_device_add_sink(dev, &sink_iface, qd);
   return qd;
 }
@@ -1238,7 +1408,12 @@ vgpu_qemu_display_free(VgpuQemuDisplay *qd)
 {
   if (!qd)
     return;
-  conn_close(qd, NULL);
+  if (qd->conn) {
+    qd->options.lock(qd->options.lock_data);
+    conn_close(qd, NULL);
+    qd->options.unlock(qd->options.lock_data);
+  }
+  vgpu_qemu_display_wait_writers(qd);
   vgpu_device_remove_sink(qd->dev, qd);
   for (guint i = 0; i < VGPU_MAX_SCANOUTS; i++) {
     g_clear_pointer(&qd->scanouts[i].image, vgpu_image_unref);
@@ -1246,6 +1421,8 @@ vgpu_qemu_display_free(VgpuQemuDisplay *qd)
   }
   g_main_context_unref(qd->options.context);
   g_mutex_clear(&qd->stats_lock);
+  g_mutex_clear(&qd->writers_lock);
+  g_cond_clear(&qd->writers_cond);
   g_free(qd);
 }
 

@@ -1,13 +1,18 @@
 /* Tests of the QEMU display-socket client (gpu/vgpu-qemu-display.c) against a
  * scripted peer on a real socketpair: feature negotiation, replies matched to
- * requests, reply timeouts, a display that stops reading, replay on a new
- * socket and a misbehaving display. */
+ * requests, reply timeouts, a display that stops reading for seconds while the
+ * guest keeps going, replay on a new socket, sockets of the wrong kind and a
+ * misbehaving display.  Every wait is for an event (a response, a message, a
+ * wake of the device when the display lets go of a resource), bounded by
+ * WAIT_US; no verdict depends on how fast the machine is. */
 #include <errno.h>
+#include <fcntl.h>
 #include <gio/gio.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "gpu-test-util.h"
@@ -179,9 +184,10 @@ wait_wakes(Fixture *f, gint n)
   g_mutex_unlock(&f->wake_lock);
 }
 
-/* Submits a control request under the device lock; returns submit's result. */
+/* Submits a request to queue @qidx under the device lock; returns submit's
+ * result. */
 static gboolean
-submit(Fixture *f, const void *req, gsize len)
+submit_q(Fixture *f, guint qidx, const void *req, gsize len)
 {
   TElem *t = g_new0(TElem, 1);
   gboolean taken;
@@ -197,13 +203,19 @@ submit(Fixture *f, const void *req, gsize len)
   t->elem.in_len = sizeof t->resp;
   t->elem.mem = f->mem;
   g_mutex_lock(&f->lock);
-  taken = vgpu_device_submit(f->dev, VGPU_CTRL_QUEUE, &t->elem);
+  taken = vgpu_device_submit(f->dev, qidx, &t->elem);
   g_mutex_unlock(&f->lock);
   if (!taken) {
     g_free(t->req);
     g_free(t);
   }
   return taken;
+}
+
+static gboolean
+submit(Fixture *f, const void *req, gsize len)
+{
+  return submit_q(f, VGPU_CTRL_QUEUE, req, len);
 }
 
 /* Waits until @n responses are done; returns the last one's header type. */
@@ -310,6 +322,47 @@ negotiate(int fd, guint64 offered)
   expect_set_features(fd, offered);
 }
 
+/* The next message but SET_PROTOCOL_FEATURES, which may come at any point
+ * after the features were answered (it is queued when the reply is read):
+ * checked against @offered and counted in *@features_seen. */
+static Hdr
+peer_msg_skip_features(int fd, guint8 **payload, guint64 offered, guint *features_seen)
+{
+  while (TRUE) {
+    guint8 *p = NULL;
+    Hdr h = peer_msg(fd, &p);
+
+    if (h.request != VHU_DISPLAY_SET_PROTOCOL_FEATURES) {
+      if (payload)
+        *payload = p;
+      else
+        g_free(p);
+      return h;
+    }
+    g_assert_cmpuint(h.size, ==, 8);
+    g_assert_cmphex(*(guint64 *)(void *)p, ==, offered & 3);
+    (*features_seen)++;
+    g_free(p);
+  }
+}
+
+/* Checks the @w x @h X8R8G8B8 pixels at @px against pattern @seed at (@x0, @y0). */
+static void
+check_pattern(const guint8 *px, guint x0, guint y0, guint w, guint h, guint seed)
+{
+  for (guint y = 0; y < h; y++) {
+    for (guint x = 0; x < w; x++) {
+      guint32 v;
+      guint8 r, g, b;
+
+      memcpy(&v, px + ((gsize)y * w + x) * 4, 4);
+      gpu_pattern(x0 + x, y0 + y, seed, &r, &g, &b);
+      if ((v & 0xffffff) != ((guint32)r << 16 | (guint32)g << 8 | b))
+        g_error("pattern %u pixel (%u,%u): %06x", seed, x0 + x, y0 + y, v & 0xffffff);
+    }
+  }
+}
+
 /* --- tests ----------------------------------------------------------------- */
 
 static void
@@ -390,80 +443,6 @@ test_reply_timeout(Fixture *f, gconstpointer data)
   }
 }
 
-/* Shows a 1024x1024 resource with backing; returns nothing. */
-static void
-show_resource(Fixture *f)
-{
-  struct virtio_gpu_resource_create_2d c
-      = gpu_create_2d(1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 1024, 1024);
-  struct virtio_gpu_mem_entry e = { GPA, 1024 * 1024 * 4, 0 };
-  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, 1024, 1024);
-  gsize len;
-  g_autofree guint8 *a = gpu_attach(1, &e, 1, 1, &len);
-
-  CTRL_OK(f, c);
-  ctrl_ok(f, a, len);
-  CTRL_OK(f, s);
-}
-
-/* A display that stops reading: a transfer into the image being sent waits,
- * the connection is dropped after the write timeout, the image is released
- * and the transfer goes through. */
-static void
-test_stalled_display(Fixture *f, gconstpointer data)
-{
-  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 1024, 1024);
-  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 1024, 1024, 0);
-  VgpuQemuDisplayStats st;
-  gint64 t0;
-
-  negotiate(f->peer, 3);
-  show_resource(f);
-  CTRL_OK(f, fl); /* a 4 MiB UPDATE nobody reads */
-  t0 = g_get_monotonic_time();
-  g_assert_false(submit(f, &t, sizeof t));
-  {
-    /* The writer gives up after 300 ms: it releases the image (wake), then
-     * shuts the socket down. */
-    struct pollfd p = { f->peer, POLLRDHUP, 0 };
-
-    g_assert_cmpint(poll(&p, 1, 5000), ==, 1);
-    g_assert_true(p.revents & POLLRDHUP);
-  }
-  g_assert_cmpint(g_atomic_int_get(&f->wakes), >=, 1);
-  g_assert_cmpint(g_get_monotonic_time() - t0, >=, 250 * 1000);
-  CTRL_OK(f, t);
-  vgpu_qemu_display_get_stats(f->qd, &st);
-  g_assert_cmpuint(st.dropped, ==, 1);
-  /* the socket went (EOF after what was sent) and stays gone */
-  {
-    guint8 buf[65536];
-    ssize_t r;
-
-    while ((r = recv(f->peer, buf, sizeof buf, MSG_DONTWAIT)) > 0)
-      ;
-    g_assert_cmpint(r, ==, 0);
-  }
-  /* a new socket is accepted and gets the scanout again */
-  close(f->peer);
-  f->peer = new_peer(f);
-  g_mutex_lock(&f->lock);
-  vgpu_qemu_display_replay(f->qd);
-  g_mutex_unlock(&f->lock);
-  /* the replay is queued at once, before the features are known */
-  answer_features(f->peer, 3);
-  {
-    Hdr h = peer_msg(f->peer, NULL);
-    g_autofree guint8 *p = NULL;
-
-    g_assert_cmpuint(h.request, ==, VHU_DISPLAY_SCANOUT);
-    h = peer_msg(f->peer, &p);
-    g_assert_cmpuint(h.request, ==, VHU_DISPLAY_UPDATE);
-    g_assert_cmpuint(h.size, ==, 20 + 1024 * 1024 * 4);
-  }
-  expect_set_features(f->peer, 3);
-}
-
 /* A new socket replaces the old one and gets the current scanout replayed;
  * converted formats arrive as X8R8G8B8 too. */
 static void
@@ -500,14 +479,15 @@ test_replay(Fixture *f, gconstpointer data)
   answer_features(f->peer, 3);
   {
     g_autofree guint8 *p = NULL;
-    Hdr h = peer_msg(f->peer, &p);
+    guint features_seen = 0;
+    Hdr h = peer_msg_skip_features(f->peer, &p, 3, &features_seen);
     VhuDisplayUpdate u;
     const guint32 *px;
 
     g_assert_cmpuint(h.request, ==, VHU_DISPLAY_SCANOUT);
     g_assert_cmpuint(((VhuDisplayScanout *)(void *)p)->width, ==, 5);
     g_clear_pointer(&p, g_free);
-    h = peer_msg(f->peer, &p);
+    h = peer_msg_skip_features(f->peer, &p, 3, &features_seen);
     g_assert_cmpuint(h.request, ==, VHU_DISPLAY_UPDATE);
     memcpy(&u, p, sizeof u);
     g_assert_cmpuint(u.width, ==, 5);
@@ -517,8 +497,9 @@ test_replay(Fixture *f, gconstpointer data)
     /* pixel (0,0) of the update is (2,1) of the resource: index 10 */
     g_assert_cmphex(px[0] & 0xffffff, ==, 0x0a1122);
     g_assert_cmphex(px[5 * 2 + 4] & 0xffffff, ==, (guint32)(3 * 8 + 6) << 16 | 0x1122);
+    if (!features_seen)
+      expect_set_features(f->peer, 3);
   }
-  expect_set_features(f->peer, 3);
 }
 
 /* Pixels flushed right after their transfer are sent from guest memory:
@@ -565,11 +546,15 @@ test_guest_pixels(Fixture *f, gconstpointer data)
       const VgpuRect *r = &rects[k];
       struct virtio_gpu_resource_flush fl = gpu_flush(id, r->x, r->y, r->width, r->height);
       g_autofree guint8 *p = NULL;
+      gint wakes = g_atomic_int_get(&f->wakes);
       VhuDisplayUpdate u;
       Hdr hdr;
 
       CTRL_OK(f, fl);
       hdr = peer_msg(f->peer, &p);
+      /* The next flush goes straight from guest memory too once the writer
+       * let go of this one (it wakes the device then). */
+      wait_wakes(f, wakes + 1);
       g_assert_cmpuint(hdr.request, ==, VHU_DISPLAY_UPDATE);
       memcpy(&u, p, sizeof u);
       /* the first flush after SET_SCANOUT is the whole scanout */
@@ -596,52 +581,202 @@ test_guest_pixels(Fixture *f, gconstpointer data)
   g_assert_cmpuint(st.materializations, ==, 0);
 }
 
-/* Creates resource @id (@w x @h B8G8R8X8, pattern @seed) with its backing at
+/* Paints pattern @seed into the guest backing of a @w-wide @format resource
+ * at GPA, rectangle (@x0, @y0, @rw, @rh). */
+static void
+paint(Fixture *f, guint32 format, guint w, guint x0, guint y0, guint rw, guint rh, guint seed)
+{
+  for (guint y = y0; y < y0 + rh; y++) {
+    for (guint x = x0; x < x0 + rw; x++) {
+      guint8 r, g, b;
+
+      gpu_pattern(x, y, seed, &r, &g, &b);
+      gpu_put_pixel(f->guest + ((gsize)y * w + x) * 4, format, r, g, b, 0xff);
+    }
+  }
+}
+
+/* Creates resource @id (@w x @h @format, pattern @seed) with its backing at
  * GPA, transferred and shown on scanout 0. */
 static void
-show_guest_resource(Fixture *f, guint32 id, guint w, guint h, guint seed)
+show_guest_resource_fmt(Fixture *f, guint32 id, guint32 format, guint w, guint h, guint seed)
 {
-  struct virtio_gpu_resource_create_2d c
-      = gpu_create_2d(id, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, w, h);
+  struct virtio_gpu_resource_create_2d c = gpu_create_2d(id, format, w, h);
   struct virtio_gpu_mem_entry e = { GPA, w * h * 4, 0 };
   struct virtio_gpu_set_scanout s = gpu_set_scanout(0, id, 0, 0, w, h);
   struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(id, 0, 0, w, h, 0);
   gsize len;
   g_autofree guint8 *a = gpu_attach(id, &e, 1, 1, &len);
 
-  for (guint y = 0; y < h; y++) {
-    for (guint x = 0; x < w; x++) {
-      guint8 r, g, b;
-
-      gpu_pattern(x, y, seed, &r, &g, &b);
-      gpu_put_pixel(f->guest + (y * w + x) * 4, c.format, r, g, b, 0);
-    }
-  }
+  paint(f, format, w, 0, 0, w, h, seed);
   CTRL_OK(f, c);
   ctrl_ok(f, a, len);
   CTRL_OK(f, s);
   CTRL_OK(f, t);
 }
 
-/* Guest pages spliced into the socket stay lent until the display has read
- * them: the guest does not get them back (DETACH_BACKING waits) before.  A
- * display that leaves them unread past the write timeout is dropped, which
- * ends the loan.  A display that shuts its end while pages are being
- * spliced costs the connection, not the process (SIGPIPE). */
 static void
-test_lent_pages(Fixture *f, gconstpointer data)
+show_guest_resource(Fixture *f, guint32 id, guint w, guint h, guint seed)
+{
+  show_guest_resource_fmt(f, id, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, w, h, seed);
+}
+
+/* Transfers and flushes (@x, @y, @w, @h) of resource 1 (@rw wide) as @mode
+ * makes the device show it: straight from guest memory, or from the image
+ * (two transfers, the second materialises the first, the flush the second). */
+typedef enum { FROM_GUEST, FROM_IMAGE } ShowMode;
+
+static void
+transfer_flush(Fixture *f, ShowMode mode, guint rw, guint x, guint y, guint w, guint h,
+               guint32 fence_id)
+{
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, x, y, w, h);
+  guint n;
+
+  if (mode == FROM_IMAGE && h >= 2) {
+    struct virtio_gpu_transfer_to_host_2d t1 = gpu_transfer(1, x, y, w, h / 2, (y * rw + x) * 4);
+    struct virtio_gpu_transfer_to_host_2d t2
+        = gpu_transfer(1, x, y + h / 2, w, h - h / 2, ((y + h / 2) * rw + x) * 4);
+
+    CTRL_OK(f, t1);
+    CTRL_OK(f, t2);
+  } else {
+    struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, x, y, w, h, (y * rw + x) * 4);
+
+    CTRL_OK(f, t);
+  }
+  if (!fence_id) {
+    CTRL_OK(f, fl);
+    return;
+  }
+  /* fenced: completes (in order) with its fence */
+  {
+    const struct virtio_gpu_ctrl_hdr *r;
+
+    fl.hdr.flags = VIRTIO_GPU_FLAG_FENCE;
+    fl.hdr.fence_id = fence_id;
+    n = f->done->len;
+    g_assert_true(submit(f, &fl, sizeof fl));
+    g_assert_cmphex(wait_done(f, n + 1, (const guint8 **)&r), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    g_assert_true(r->flags & VIRTIO_GPU_FLAG_FENCE);
+    g_assert_cmpuint(r->fence_id, ==, fence_id);
+  }
+}
+
+typedef struct {
+  guint32 format;
+  ShowMode mode;
+} StallCase;
+
+static const StallCase stall_guest = { VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, FROM_GUEST };
+static const StallCase stall_image = { VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, FROM_IMAGE };
+static const StallCase stall_converted = { VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM, FROM_GUEST };
+
+/* A display that stops reading in the middle of a 4 MiB UPDATE (twice what
+ * the socket buffer holds) for at least two seconds: the guest's transfers,
+ * flushes, fenced flushes and cursor moves keep completing, none is held
+ * back, the connection stays, and once the display reads again it gets the
+ * frame it was sent, then the cursor's last position and one UPDATE with the
+ * current picture, pixels exact. */
+static void
+test_stalled_display(Fixture *f, gconstpointer data)
+{
+  const StallCase *sc = data;
+  const guint w = 1024, h = 1024, seed0 = 1, final_seed = 99;
+  struct virtio_gpu_update_cursor mv = gpu_cursor(VIRTIO_GPU_CMD_MOVE_CURSOR, 0, 0, 0, 0, 0, 0);
+  VgpuQemuDisplayStats st;
+  VgpuDeviceStats ds;
+  g_autofree guint8 *p = NULL;
+  guint rounds = 0, features_seen = 0;
+  gint64 t0;
+  gint wakes;
+  Hdr hdr;
+
+  negotiate(f->peer, 3);
+  show_guest_resource_fmt(f, 1, sc->format, w, h, seed0);
+  wakes = g_atomic_int_get(&f->wakes);
+  transfer_flush(f, sc->mode, w, 0, 0, w, h, 0);
+  /* The writer lets go of the resource (copying the rest of the frame) once
+   * the display has taken nothing for the hold time. */
+  wait_wakes(f, wakes + 1);
+
+  t0 = g_get_monotonic_time();
+  while (rounds < 100 || g_get_monotonic_time() - t0 < 2 * G_USEC_PER_SEC) {
+    guint x = (rounds * 37) % (w - 64), y = (rounds * 53) % (h - 64);
+    guint n = f->done->len;
+
+    paint(f, sc->format, w, x, y, 64, 64, 100 + rounds);
+    transfer_flush(f, sc->mode, w, x, y, 64, 64, rounds % 10 == 9 ? rounds + 1 : 0);
+    mv.pos.x = rounds;
+    mv.pos.y = 2 * rounds;
+    g_assert_true(submit_q(f, VGPU_CURSOR_QUEUE, &mv, sizeof mv));
+    wait_done(f, n + 2, NULL);
+    rounds++;
+  }
+  paint(f, sc->format, w, 0, 0, w, h, final_seed);
+  transfer_flush(f, sc->mode, w, 0, 0, w, h, 0);
+
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_true(st.connected);
+  g_assert_cmpuint(st.dropped, ==, 0);
+  g_assert_cmpuint(st.updates, ==, 0);
+  g_assert_cmpuint(st.coalesced, >=, rounds);
+  g_assert_cmpuint(st.copied, ==, sc->format == VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM ? 1 : 0);
+  g_mutex_lock(&f->lock);
+  vgpu_device_get_stats(f->dev, &ds);
+  g_mutex_unlock(&f->lock);
+  g_assert_cmpuint(ds.stalls, ==, 0);
+
+  /* The display reads again: the frame it was being sent, as flushed. */
+  g_assert_cmpuint(peer_msg_skip_features(f->peer, NULL, 3, &features_seen).request, ==,
+                   VHU_DISPLAY_SCANOUT);
+  hdr = peer_msg_skip_features(f->peer, &p, 3, &features_seen);
+  g_assert_cmpuint(hdr.request, ==, VHU_DISPLAY_UPDATE);
+  g_assert_cmpuint(hdr.size, ==, 20 + w * h * 4);
+  check_pattern(p + 20, 0, 0, w, h, seed0);
+  g_clear_pointer(&p, g_free);
+  /* the cursor where the guest left it */
+  hdr = peer_msg_skip_features(f->peer, &p, 3, &features_seen);
+  g_assert_cmpuint(hdr.request, ==, VHU_DISPLAY_CURSOR_POS_HIDE);
+  g_assert_cmpuint(((VhuDisplayCursorPos *)(void *)p)->x, ==, rounds - 1);
+  g_assert_cmpuint(((VhuDisplayCursorPos *)(void *)p)->y, ==, 2 * (rounds - 1));
+  g_clear_pointer(&p, g_free);
+  /* every flush made meanwhile, in one UPDATE of the current picture */
+  hdr = peer_msg_skip_features(f->peer, &p, 3, &features_seen);
+  g_assert_cmpuint(hdr.request, ==, VHU_DISPLAY_UPDATE);
+  g_assert_cmpuint(hdr.size, ==, 20 + w * h * 4);
+  check_pattern(p + 20, 0, 0, w, h, final_seed);
+  g_clear_pointer(&p, g_free);
+  g_assert_cmpuint(features_seen, ==, 0); /* negotiate() read it */
+
+  /* and the display keeps up again: a flush goes out as it comes */
+  paint(f, sc->format, w, 10, 20, 30, 40, 7);
+  transfer_flush(f, sc->mode, w, 10, 20, 30, 40, 0);
+  hdr = peer_msg(f->peer, &p);
+  g_assert_cmpuint(hdr.request, ==, VHU_DISPLAY_UPDATE);
+  g_assert_cmpuint(hdr.size, ==, 20 + 30 * 40 * 4);
+  check_pattern(p + 20, 10, 20, 30, 40, 7);
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_true(st.connected);
+  g_assert_cmpuint(st.connections, ==, 1);
+  g_assert_cmpuint(st.dropped, ==, 0);
+}
+
+/* Guest memory is never lent to the socket: once the writer let go of it
+ * (the device's wake), DETACH_BACKING is answered at once although the
+ * display has read nothing, and what the display reads later is what was
+ * flushed, not what the guest wrote there after getting it back.  A display
+ * that shuts its end in the middle of an update costs the connection, not
+ * the process (SIGPIPE). */
+static void
+test_guest_memory_released(Fixture *f, gconstpointer data)
 {
   struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 64, 32);
   struct virtio_gpu_resource_detach_backing d = gpu_detach(1);
-  struct virtio_gpu_attach_again {
-    struct virtio_gpu_resource_attach_backing a;
-    struct virtio_gpu_mem_entry e;
-  } again = { { GPU_HDR(VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING), 1, 1 }, { GPA, 64 * 32 * 4, 0 } };
-  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 64, 32, 0);
   VgpuQemuDisplayStats st;
   g_autofree guint8 *p = NULL;
   gint wakes;
-  guint n;
+  Hdr hdr;
 
   negotiate(f->peer, 3);
   show_guest_resource(f, 1, 64, 32, 1);
@@ -649,57 +784,90 @@ test_lent_pages(Fixture *f, gconstpointer data)
   wakes = g_atomic_int_get(&f->wakes);
   CTRL_OK(f, fl);
   wait_wakes(f, wakes + 1); /* written: the read mark ended */
+  CTRL_OK(f, d);
+  paint(f, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 64, 0, 0, 64, 32, 2);
+  hdr = peer_msg(f->peer, &p);
+  g_assert_cmpuint(hdr.request, ==, VHU_DISPLAY_UPDATE);
+  check_pattern(p + 20, 0, 0, 64, 32, 1);
   vgpu_qemu_display_get_stats(f->qd, &st);
   g_assert_cmpuint(st.updates, ==, 1);
-  g_assert_false(submit(f, &d, sizeof d));
-  g_assert_cmpuint(peer_msg(f->peer, &p).request, ==, VHU_DISPLAY_UPDATE);
-  wait_wakes(f, wakes + 2); /* read: the loan ended */
-  CTRL_OK(f, d);
 
-  /* a display that stops reading */
-  CTRL_OK(f, again);
-  CTRL_OK(f, t);
-  wakes = g_atomic_int_get(&f->wakes);
-  CTRL_OK(f, fl);
-  wait_wakes(f, wakes + 1);
-  g_assert_false(submit(f, &d, sizeof d));
-  wait_wakes(f, wakes + 2); /* dropped after the write timeout */
-  CTRL_OK(f, d);
-  vgpu_qemu_display_get_stats(f->qd, &st);
-  g_assert_cmpuint(st.dropped, ==, 1);
-  close(f->peer);
-
-  /* A display that stops taking data in the middle of a 4 MiB update: EPIPE
-   * for the writer, and SIGPIPE unless it blocks that (when the shutdown
-   * finds the writer between two splices, about one round in four; sixteen
-   * rounds make that all but certain). */
+  /* A display that stops taking data in the middle of a 4 MiB update. */
   show_guest_resource(f, 2, 1024, 1024, 2);
   fl = gpu_flush(2, 0, 0, 1024, 1024);
   for (guint round = 0; round < 16; round++) {
-    Hdr h;
     VhuDisplayUpdate u;
 
-    if (f->peer >= 0)
-      close(f->peer);
+    close(f->peer);
     f->peer = new_peer(f);
     negotiate(f->peer, 3);
     wakes = g_atomic_int_get(&f->wakes);
     CTRL_OK(f, fl);
     g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_SCANOUT);
-    peer_read(f->peer, &h, sizeof h);
+    peer_read(f->peer, &hdr, sizeof hdr);
     peer_read(f->peer, &u, sizeof u);
-    g_assert_cmpuint(h.request, ==, VHU_DISPLAY_UPDATE);
+    g_assert_cmpuint(hdr.request, ==, VHU_DISPLAY_UPDATE);
     g_assert_cmpuint(u.width, ==, 1024);
     g_assert_cmpint(shutdown(f->peer, SHUT_RD), ==, 0);
-    wait_wakes(f, wakes + 1); /* the writer gave up the update */
+    wait_wakes(f, wakes + 1); /* the writer gave up the update, or copied it */
   }
-  /* the detach goes through once the loan ended too (each mark and loan
-   * that ends wakes the device) */
   d = gpu_detach(2);
-  n = f->done->len;
-  while (!submit(f, &d, sizeof d))
-    wait_wakes(f, ++wakes);
-  g_assert_cmphex(wait_done(f, n + 1, NULL), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  CTRL_OK(f, d);
+}
+
+/* GPU_SET_SOCKET with anything but a connected stream socket is refused with
+ * a clear error, and the connection in use stays. */
+static void
+test_not_stream_socket(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_ctrl_hdr di = GPU_HDR(VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+  struct virtio_gpu_resp_display_info info = { .hdr.type = VIRTIO_GPU_RESP_OK_DISPLAY_INFO };
+  const struct virtio_gpu_resp_display_info *got;
+  const int types[] = { SOCK_DGRAM, SOCK_SEQPACKET };
+  VgpuQemuDisplayStats st;
+  int fds[2];
+
+  negotiate(f->peer, 3);
+  for (guint i = 0; i < G_N_ELEMENTS(types) + 2; i++) {
+    g_autoptr(GError) error = NULL;
+    gboolean ok;
+    int keep = -1;
+
+    if (i < G_N_ELEMENTS(types)) {
+      g_assert_cmpint(socketpair(AF_UNIX, types[i] | SOCK_CLOEXEC, 0, fds), ==, 0);
+      keep = fds[0];
+    } else if (i == G_N_ELEMENTS(types)) {
+      g_assert_cmpint(pipe2(fds, O_CLOEXEC), ==, 0);
+      keep = fds[0];
+      fds[0] = fds[1];
+    } else {
+      fds[0] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      g_assert_cmpint(fds[0], >=, 0);
+      struct sockaddr_un any = { .sun_family = AF_UNIX };
+
+      /* bound to an abstract address of the kernel's choice */
+      g_assert_cmpint(bind(fds[0], (struct sockaddr *)&any, sizeof(sa_family_t)), ==, 0);
+      g_assert_cmpint(listen(fds[0], 1), ==, 0);
+    }
+    g_mutex_lock(&f->lock);
+    ok = vgpu_qemu_display_set_socket(f->qd, i < G_N_ELEMENTS(types) ? fds[1] : fds[0], &error);
+    g_mutex_unlock(&f->lock);
+    g_assert_false(ok);
+    g_assert_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT);
+    g_assert_nonnull(strstr(error->message, i == G_N_ELEMENTS(types) ? "not a socket" : "stream"));
+    if (keep >= 0)
+      close(keep);
+  }
+  vgpu_qemu_display_get_stats(f->qd, &st);
+  g_assert_true(st.connected);
+  g_assert_cmpuint(st.connections, ==, 1);
+  /* the display in use still answers */
+  g_assert_true(submit(f, &di, sizeof di));
+  g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_GET_DISPLAY_INFO);
+  info.pmodes[0] = (struct virtio_gpu_display_one){ { 0, 0, 1234, 567 }, 1, 0 };
+  peer_reply(f->peer, VHU_DISPLAY_GET_DISPLAY_INFO, &info, sizeof info);
+  g_assert_cmphex(wait_done(f, 1, (const guint8 **)&got), ==, VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
+  g_assert_cmpuint(got->pmodes[0].r.width, ==, 1234);
 }
 
 /* A display sending garbage: unknown replies and requests are ignored, an
@@ -741,10 +909,16 @@ main(int argc, char **argv)
 #define ADD(name, fn) g_test_add("/gpu/qemu-display/" name, Fixture, NULL, setup, fn, teardown)
   ADD("negotiation-and-replies", test_negotiation_and_replies);
   ADD("reply-timeout", test_reply_timeout);
-  ADD("stalled-display", test_stalled_display);
   ADD("replay", test_replay);
   ADD("guest-pixels", test_guest_pixels);
-  ADD("lent-pages", test_lent_pages);
+  ADD("guest-memory-released", test_guest_memory_released);
+  ADD("not-stream-socket", test_not_stream_socket);
+  g_test_add("/gpu/qemu-display/stalled-display/guest", Fixture, &stall_guest, setup,
+             test_stalled_display, teardown);
+  g_test_add("/gpu/qemu-display/stalled-display/image", Fixture, &stall_image, setup,
+             test_stalled_display, teardown);
+  g_test_add("/gpu/qemu-display/stalled-display/converted", Fixture, &stall_converted, setup,
+             test_stalled_display, teardown);
   ADD("bad-display", test_bad_display);
   return g_test_run();
 }
