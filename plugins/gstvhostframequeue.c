@@ -536,11 +536,11 @@ gst_vhost_frame_queue_pop(GstVhostFrameQueue *q, gint64 not_before, gint64 deadl
       res = GST_VHOST_FRAME_FLUSHING;
       break;
     }
-    if (q->eos) {
+    if (q->eos && !(q->ready && q->enabled && q->cur)) {
       res = GST_VHOST_FRAME_EOS;
       break;
     }
-    if (q->ready && q->enabled && now >= not_before) {
+    if (q->ready && q->enabled && (now >= not_before || q->eos)) {
       /* The newest pixels may still be only in the shadow. */
       if (!pixman_region32_not_empty(&q->shadow_region)
           || target_for(q, &none, q->max_frames * STREAMING_FRAMES_FACTOR)) {
@@ -559,7 +559,7 @@ gst_vhost_frame_queue_pop(GstVhostFrameQueue *q, gint64 not_before, gint64 deadl
       }
       until = now + RELEASE_POLL_US;
     } else if (q->ready && q->enabled) {
-      until = not_before;
+      until = q->eos ? now : not_before; /* the last frame goes out at once */
     }
     if (deadline >= 0 && now >= deadline) {
       res = GST_VHOST_FRAME_TIMEOUT;

@@ -94,7 +94,8 @@ GstVhostFrameResult gst_vhost_frame_queue_pop(GstVhostFrameQueue *q, gint64 not_
  * when there is none or the scanout is disabled. */
 gboolean gst_vhost_frame_queue_repeat(GstVhostFrameQueue *q, GstVhostFrame *frame);
 void gst_vhost_frame_queue_set_flushing(GstVhostFrameQueue *q, gboolean flushing);
-/* pop() returns EOS from now on (the frontend of an --fd backend left). */
+/* pop() returns the frame that is ready, if any, then EOS from now on
+ * (end of stream asked for, or the frontend of an --fd backend left). */
 void gst_vhost_frame_queue_set_eos(GstVhostFrameQueue *q);
 void gst_vhost_frame_queue_get_stats(GstVhostFrameQueue *q, GstVhostFrameQueueStats *stats);
 

@@ -128,10 +128,12 @@ on_frontend_gone(gpointer data)
 {
   GstVhostGpuSrc *self = data;
 
-  if (!vhu_backend_is_serving(vgpu_vhost_get_backend(self->vhost))) {
+  GST_OBJECT_LOCK(self);
+  if (self->vhost && self->queue && !vhu_backend_is_serving(vgpu_vhost_get_backend(self->vhost))) {
     GST_INFO_OBJECT(self, "the frontend left and no other will be served: EOS");
     gst_vhost_frame_queue_set_eos(self->queue);
   }
+  GST_OBJECT_UNLOCK(self);
 }
 
 static gboolean
@@ -202,6 +204,7 @@ gst_vhost_gpu_src_start(GstBaseSrc *bsrc)
 {
   GstVhostGpuSrc *self = GST_VHOST_GPU_SRC(bsrc);
   g_autoptr(GError) error = NULL;
+  GstVhostFrameQueue *queue;
   gboolean qemu_display;
   guint scanout;
 
@@ -209,7 +212,10 @@ gst_vhost_gpu_src_start(GstBaseSrc *bsrc)
   scanout = self->scanout;
   qemu_display = self->qemu_display;
   GST_OBJECT_UNLOCK(self);
-  self->queue = gst_vhost_frame_queue_new(scanout, FRAMES_PER_SCANOUT);
+  queue = gst_vhost_frame_queue_new(scanout, FRAMES_PER_SCANOUT);
+  GST_OBJECT_LOCK(self);
+  self->queue = queue;
+  GST_OBJECT_UNLOCK(self);
   self->geometry = 0;
   self->last_push_us = 0;
   self->keepalives = 0;
@@ -224,7 +230,10 @@ gst_vhost_gpu_src_start(GstBaseSrc *bsrc)
                       ("Cannot serve vhost-user: %s", error->message), (NULL));
     g_clear_pointer(&self->vhost, vgpu_vhost_free);
     g_clear_pointer(&self->context, g_main_context_unref);
-    g_clear_pointer(&self->queue, gst_vhost_frame_queue_free);
+    GST_OBJECT_LOCK(self);
+    self->queue = NULL;
+    GST_OBJECT_UNLOCK(self);
+    gst_vhost_frame_queue_free(queue);
     return FALSE;
   }
   attach_sink(self, qemu_display);
@@ -241,16 +250,22 @@ gst_vhost_gpu_src_stop(GstBaseSrc *bsrc)
 {
   GstVhostGpuSrc *self = GST_VHOST_GPU_SRC(bsrc);
   GstStructure *stats = make_stats(self);
+  GstVhostFrameQueue *queue;
+  VgpuVhost *vhost;
 
+  /* Others (stats, send_event) see the element stopped from here on. */
   GST_OBJECT_LOCK(self);
   if (self->last_stats)
     gst_structure_free(self->last_stats);
   self->last_stats = stats;
+  queue = g_steal_pointer(&self->queue);
+  vhost = g_steal_pointer(&self->vhost);
+  gst_clear_caps(&self->caps);
   GST_OBJECT_UNLOCK(self);
-  if (self->vhost) {
-    vgpu_vhost_lock(self->vhost);
-    vgpu_device_remove_sink(vgpu_vhost_get_device(self->vhost), self->queue);
-    vgpu_vhost_unlock(self->vhost);
+  if (vhost) {
+    vgpu_vhost_lock(vhost);
+    vgpu_device_remove_sink(vgpu_vhost_get_device(vhost), queue);
+    vgpu_vhost_unlock(vhost);
   }
   if (self->thread) {
     g_main_loop_quit(self->loop);
@@ -258,15 +273,11 @@ gst_vhost_gpu_src_stop(GstBaseSrc *bsrc)
     self->thread = NULL;
   }
   if (self->own_vhost)
-    vgpu_vhost_free(self->vhost);
-  self->vhost = NULL;
+    vgpu_vhost_free(vhost);
   self->own_vhost = FALSE;
   g_clear_pointer(&self->loop, g_main_loop_unref);
   g_clear_pointer(&self->context, g_main_context_unref);
-  g_clear_pointer(&self->queue, gst_vhost_frame_queue_free);
-  GST_OBJECT_LOCK(self);
-  gst_clear_caps(&self->caps);
-  GST_OBJECT_UNLOCK(self);
+  gst_vhost_frame_queue_free(queue);
   return TRUE;
 }
 
@@ -501,6 +512,30 @@ gst_vhost_gpu_src_unlock_stop(GstBaseSrc *bsrc)
   return TRUE;
 }
 
+/* EOS sent to the element: the frame already flushed goes out first, so a
+ * recording ends with what the guest showed last. */
+static gboolean
+gst_vhost_gpu_src_send_event(GstElement *element, GstEvent *event)
+{
+  GstVhostGpuSrc *self = GST_VHOST_GPU_SRC(element);
+  gboolean drained = FALSE;
+
+  if (GST_EVENT_TYPE(event) == GST_EVENT_EOS) {
+    GST_OBJECT_LOCK(self);
+    if (self->queue) {
+      gst_vhost_frame_queue_set_eos(self->queue);
+      drained = TRUE;
+    }
+    GST_OBJECT_UNLOCK(self);
+  }
+  if (drained) {
+    GST_INFO_OBJECT(self, "end of stream after the pending frame");
+    gst_event_unref(event);
+    return TRUE;
+  }
+  return GST_ELEMENT_CLASS(gst_vhost_gpu_src_parent_class)->send_event(element, event);
+}
+
 /* Buffers are stamped when the flush arrived and pushed as soon as possible;
  * with max-framerate they may wait up to one interval. */
 static gboolean
@@ -612,11 +647,14 @@ gst_vhost_gpu_src_get_property(GObject *object, guint prop_id, GValue *value, GP
   if (prop_id == PROP_STATS) {
     GstStructure *s = NULL;
 
+    /* The object lock keeps the queue and the device from going away. */
     GST_OBJECT_LOCK(self);
     if (!self->queue && self->last_stats)
       s = gst_structure_copy(self->last_stats);
+    else
+      s = make_stats(self);
     GST_OBJECT_UNLOCK(self);
-    g_value_take_boxed(value, s ? s : make_stats(self));
+    g_value_take_boxed(value, s);
     return;
   }
   GST_OBJECT_LOCK(self);
@@ -783,6 +821,7 @@ gst_vhost_gpu_src_class_init(GstVhostGpuSrcClass *klass)
       "Serves a virtio-gpu to a VM over vhost-user and streams its scanout",
       "gst-vhost developers");
 
+  element_class->send_event = GST_DEBUG_FUNCPTR(gst_vhost_gpu_src_send_event);
   basesrc_class->start = GST_DEBUG_FUNCPTR(gst_vhost_gpu_src_start);
   basesrc_class->stop = GST_DEBUG_FUNCPTR(gst_vhost_gpu_src_stop);
   basesrc_class->get_caps = GST_DEBUG_FUNCPTR(gst_vhost_gpu_src_get_caps);

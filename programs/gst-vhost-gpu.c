@@ -13,10 +13,20 @@
 
 #include "config.h"
 #include "vgpu-vhost.h"
+#ifdef HAVE_GST_PIPELINE
+#include "gstvhostgpusrc.h"
+#endif
 
 #define EXIT_USAGE 2
+#ifdef HAVE_GST_PIPELINE
+typedef GstElement *GstElementPtr;
+#else
+typedef gpointer GstElementPtr;
+#endif
 /* fds kept free for sockets, eventfds and memory regions */
 #define FD_RESERVE 256u
+/* How long SIGTERM/SIGINT wait for the pipeline to finish after EOS. */
+#define EOS_TIMEOUT_S 5u
 
 typedef struct {
   char *socket_path;
@@ -25,6 +35,8 @@ typedef struct {
   gint width, height, scanouts;
   guint64 max_hostmem;
   gint verbosity;
+  char *pipeline;
+  gint pipeline_scanout;
 } Options;
 
 static Options opts = {
@@ -109,6 +121,14 @@ static const GOptionEntry entries[] = {
     "Number of scanouts (outputs), 1..16, default 1; match QEMU's max_outputs", "N" },
   { "max-hostmem", 0, 0, G_OPTION_ARG_CALLBACK, parse_size,
     "Host memory the guest may use for resources, with K/M/G suffixes (default 256M)", "SIZE" },
+#ifdef HAVE_GST_PIPELINE
+  { "pipeline", 'p', 0, G_OPTION_ARG_STRING, &opts.pipeline,
+    "Also feed a scanout into a GStreamer pipeline (gst-launch-1.0 syntax, without the "
+    "source)",
+    "DESCRIPTION" },
+  { "pipeline-scanout", 0, 0, G_OPTION_ARG_INT, &opts.pipeline_scanout,
+    "The scanout fed to --pipeline (default 0)", "N" },
+#endif
   { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, parse_verbose,
     "Log more (-v: informational messages, -vv: debugging)", NULL },
   { "quiet", 'q', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, parse_quiet,
@@ -122,7 +142,8 @@ static const char description[]
       "sends at every device start).  Exactly one of --socket-path and --fd is required.\n"
       "With --socket-path the backend keeps serving: after a frontend leaves, the next one\n"
       "is served from scratch.  With --fd it exits when that connection closes.\n"
-      "SIGTERM and SIGINT end it cleanly (exit status 0).\n"
+      "SIGTERM and SIGINT end it cleanly (exit status 0); with --pipeline they first send\n"
+      "end-of-stream and wait (at most 5 s) so that recorded files are complete.\n"
       "\n"
       "Example (QEMU 8.0 or later; older QEMU requires KVM for vhost-user-gpu):\n"
       "  gst-vhost-gpu --socket-path /tmp/gpu.sock &\n"
@@ -132,7 +153,11 @@ static const char description[]
       "    -chardev socket,id=gpu,path=/tmp/gpu.sock \\\n"
       "    -device vhost-user-gpu-pci,chardev=gpu,xres=1280,yres=800 ...\n"
       "\n"
-      "Guest memory must be shared (memory-backend-memfd with share=on).";
+      "Guest memory must be shared (memory-backend-memfd with share=on).\n"
+      "\n"
+      "Recording the VM's screen while QEMU's window keeps working:\n"
+      "  gst-vhost-gpu --socket-path /tmp/gpu.sock \\\n"
+      "    --pipeline 'videoconvert ! vp8enc deadline=1 ! webmmux ! filesink location=vm.webm'";
 
 static int log_threshold = G_LOG_LEVEL_MESSAGE;
 
@@ -170,26 +195,111 @@ raise_fd_limit(void)
   return rl.rlim_cur > 2 * FD_RESERVE ? (guint)rl.rlim_cur - FD_RESERVE : FD_RESERVE;
 }
 
-static gboolean
-on_signal(gpointer data)
-{
-  g_main_loop_quit(data);
-  return G_SOURCE_CONTINUE;
-}
-
 typedef struct {
   GMainLoop *loop;
   VhuBackend *backend;
-} DisconnectData;
+  GstElementPtr pipeline; /* --pipeline, or NULL */
+  gboolean ending;        /* EOS sent, waiting for it to come out */
+} Daemon;
+
+static gboolean
+on_eos_timeout(gpointer data)
+{
+  Daemon *d = data;
+
+  g_warning("pipeline: no end-of-stream after %u s; stopping it anyway", EOS_TIMEOUT_S);
+  g_main_loop_quit(d->loop);
+  return G_SOURCE_REMOVE;
+}
+
+/* Ends the daemon; a pipeline first gets EOS (bounded wait) so that what it
+ * records is complete.  A second request ends at once. */
+static void
+daemon_end(Daemon *d)
+{
+#ifdef HAVE_GST_PIPELINE
+  if (d->pipeline && !d->ending) {
+    d->ending = TRUE;
+    g_info("pipeline: sending end-of-stream");
+    gst_element_send_event(d->pipeline, gst_event_new_eos());
+    g_timeout_add_seconds(EOS_TIMEOUT_S, on_eos_timeout, d);
+    return;
+  }
+#endif
+  g_main_loop_quit(d->loop);
+}
+
+static gboolean
+on_signal(gpointer data)
+{
+  daemon_end(data);
+  return G_SOURCE_CONTINUE;
+}
 
 static void
 on_frontend_gone(gpointer data)
 {
-  DisconnectData *d = data;
+  Daemon *d = data;
 
   if (!vhu_backend_is_serving(d->backend))
-    g_main_loop_quit(d->loop);
+    daemon_end(d);
 }
+
+#ifdef HAVE_GST_PIPELINE
+/* The pipeline's trouble never stops the device: QEMU's display keeps
+ * working; it is logged and the pipeline stopped. */
+static gboolean
+on_bus_message(GstBus *bus, GstMessage *msg, gpointer data)
+{
+  Daemon *d = data;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *dbg = NULL;
+
+  switch (GST_MESSAGE_TYPE(msg)) {
+    case GST_MESSAGE_EOS:
+      g_info("pipeline: end-of-stream");
+      if (d->ending)
+        g_main_loop_quit(d->loop);
+      break;
+    case GST_MESSAGE_ERROR:
+      gst_message_parse_error(msg, &error, &dbg);
+      g_warning("pipeline: %s (%s); the pipeline stops, the device goes on", error->message,
+                dbg ? dbg : "no details");
+      gst_element_set_state(d->pipeline, GST_STATE_NULL);
+      if (d->ending)
+        g_main_loop_quit(d->loop);
+      break;
+    case GST_MESSAGE_WARNING:
+      gst_message_parse_warning(msg, &error, &dbg);
+      g_warning("pipeline: %s", error->message);
+      break;
+    default:
+      break;
+  }
+  return G_SOURCE_CONTINUE;
+}
+
+/* vhostgpusrc on our device, linked to the user's description. */
+static GstElement *
+pipeline_new(VgpuVhost *vgpu, const char *desc, guint scanout, GError **error)
+{
+  g_autoptr(GstElement) pipeline = gst_pipeline_new("gst-vhost-gpu");
+  GstElement *src, *bin;
+
+  bin = gst_parse_bin_from_description(desc, TRUE, error);
+  if (!bin)
+    return NULL;
+  src = g_object_new(GST_TYPE_VHOST_GPU_SRC, "name", "vhostgpusrc", "scanout", scanout, NULL);
+  gst_vhost_gpu_src_set_vhost(GST_VHOST_GPU_SRC(src), vgpu);
+  gst_bin_add_many(GST_BIN(pipeline), src, bin, NULL);
+  if (!gst_element_link(src, bin)) {
+    g_set_error(error, GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION,
+                "the pipeline does not take raw video (video/x-raw) as its input");
+    return NULL;
+  }
+  return g_steal_pointer(&pipeline);
+}
+#endif
 
 static int usage_error(GOptionContext *ctx, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
@@ -215,7 +325,7 @@ main(int argc, char **argv)
   g_autoptr(GMainLoop) loop = NULL;
   g_autoptr(VgpuVhost) vgpu = NULL;
   VgpuVhostConfig config = { 0 };
-  DisconnectData dd;
+  Daemon dd = { 0 };
 
   /* A peer that goes away is an error return, never the end of us. */
   signal(SIGPIPE, SIG_IGN);
@@ -256,6 +366,9 @@ main(int argc, char **argv)
   config.device.max_hostmem = opts.max_hostmem;
   if (!vgpu_device_config_validate(&config.device, &error))
     return usage_error(ctx, "%s", error->message);
+  if (opts.pipeline_scanout < 0 || (guint)opts.pipeline_scanout >= config.device.num_scanouts)
+    return usage_error(ctx, "--pipeline-scanout: %d is not one of the %u scanouts",
+                       opts.pipeline_scanout, config.device.num_scanouts);
   config.device.max_resources = raise_fd_limit();
 
   loop = g_main_loop_new(NULL, FALSE);
@@ -273,9 +386,23 @@ main(int argc, char **argv)
   }
   dd.loop = loop;
   dd.backend = vgpu_vhost_get_backend(vgpu);
+#ifdef HAVE_GST_PIPELINE
+  if (opts.pipeline) {
+    gst_init(NULL, NULL);
+    dd.pipeline = pipeline_new(vgpu, opts.pipeline, (guint)opts.pipeline_scanout, &error);
+    if (!dd.pipeline)
+      return usage_error(ctx, "--pipeline: %s", error->message);
+    gst_bus_add_watch(GST_ELEMENT_BUS(dd.pipeline), on_bus_message, &dd);
+    if (gst_element_set_state(dd.pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE) {
+      g_printerr("%s: --pipeline: the pipeline does not start\n", g_get_prgname());
+      return EXIT_FAILURE;
+    }
+    g_message("pipeline: scanout %d into '%s'", opts.pipeline_scanout, opts.pipeline);
+  }
+#endif
   vgpu_vhost_set_disconnect_func(vgpu, on_frontend_gone, &dd);
-  g_unix_signal_add(SIGTERM, on_signal, loop);
-  g_unix_signal_add(SIGINT, on_signal, loop);
+  g_unix_signal_add(SIGTERM, on_signal, &dd);
+  g_unix_signal_add(SIGINT, on_signal, &dd);
   if (opts.socket_path)
     g_message("%s %s: listening on %s", g_get_prgname(), PACKAGE_VERSION, opts.socket_path);
   else
@@ -284,6 +411,14 @@ main(int argc, char **argv)
          config.device.num_scanouts, config.device.width, config.device.height,
          config.device.max_hostmem, config.device.max_resources);
   g_main_loop_run(loop);
+#ifdef HAVE_GST_PIPELINE
+  if (dd.pipeline) {
+    gst_element_set_state(dd.pipeline, GST_STATE_NULL);
+    gst_bus_remove_watch(GST_ELEMENT_BUS(dd.pipeline));
+    gst_clear_object(&dd.pipeline);
+  }
+  g_free(opts.pipeline);
+#endif
   g_clear_pointer(&vgpu, vgpu_vhost_free);
   g_free(opts.socket_path);
   return EXIT_SUCCESS;

@@ -8,6 +8,7 @@
 #include <gst/gst.h>
 #include <gst/video/video.h>
 #include <linux/virtio_gpu.h>
+#include <signal.h>
 #include <string.h>
 
 #include "gpu-test-frontend.h"
@@ -701,6 +702,88 @@ test_qemu_display(Fixture *f, gconstpointer data)
   vhu_display_server_free(ds);
 }
 
+/* gst-vhost-gpu --pipeline records to WebM while QEMU's display keeps
+ * working; SIGTERM ends the recording cleanly: the file decodes. */
+static void
+test_daemon_pipeline(void)
+{
+  g_autofree char *dir = tu_make_tmpdir("vhostgpusrc-XXXXXX");
+  g_autofree char *path = g_build_filename(dir, "gpu.sock", NULL);
+  g_autofree char *webm = g_build_filename(dir, "vm.webm", NULL);
+  g_autofree char *desc
+      = g_strdup_printf("videoconvert ! vp8enc deadline=1 ! webmmux ! filesink location=%s", webm);
+  g_autofree char *check = g_strdup_printf(
+      "filesrc location=%s ! matroskademux ! vp8dec ! videoconvert ! video/x-raw,format=BGRx ! "
+      "appsink name=sink sync=false",
+      webm);
+  const char *argv[] = { GST_VHOST_GPU, "--socket-path", path, "--pipeline", desc, NULL };
+  VhuDisplayConfig cfg = { 1, 1024, 768, 0x3, FALSE };
+  const guint sizes[2] = { 64, 16 };
+  g_autoptr(GSubprocessLauncher) launcher
+      = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDERR_SILENCE);
+  g_autoptr(GSubprocess) proc = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GstElement) play = NULL;
+  g_autofree guint32 *fb = NULL;
+  VhuDisplayServer *ds;
+  GstElement *sink;
+  VhuFrontend *fe;
+  guint fw = 0, fh = 0, frames = 0;
+  Res r;
+
+  if (g_test_verbose())
+    g_subprocess_launcher_set_flags(launcher, G_SUBPROCESS_FLAGS_NONE);
+  proc = g_subprocess_launcher_spawnv(launcher, argv, &error);
+  g_assert_no_error(error);
+  fe = vhu_frontend_connect_wait(path, WAIT_MS, tu_proc_alive, proc, &error);
+  g_assert_no_error(error);
+  g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
+  g_assert_true(vhu_frontend_add_region(fe, GUEST_GPA, GUEST_SIZE, &error));
+  ds = vhu_display_server_new(&cfg);
+  g_assert_true(vhu_display_server_attach(ds, fe, &error));
+  g_assert_true(vhu_frontend_start(fe, BIT(VIRTIO_GPU_F_EDID), sizes, 2, &error));
+  g_assert_no_error(error);
+  r = res_create(fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 160, 96);
+  scanout(fe, &r);
+  for (guint seed = 0; seed < 10; seed++) {
+    res_paint(&r, seed);
+    show(fe, &r, 0, 0, r.w, r.h);
+  }
+  /* QEMU's display got the last frame. */
+  g_assert_true(vhu_display_server_wait_updates(ds, 10, WAIT_MS));
+  fb = vhu_display_server_get_frame(ds, 0, &fw, &fh);
+  g_assert_cmpuint(fw, ==, r.w);
+  g_assert_cmpmem(fb, r.w * r.h * 4, r.pixels, r.w * r.h * 4);
+  g_subprocess_send_signal(proc, SIGTERM);
+  g_assert_cmpint(tu_wait_exit(proc, 3 * WAIT_MS), ==, 0);
+  vhu_frontend_free(fe);
+  vhu_display_server_free(ds);
+
+  /* The recording plays back: frames of the scanout's size, then EOS. */
+  play = gst_parse_launch(check, &error);
+  g_assert_no_error(error);
+  sink = gst_bin_get_by_name(GST_BIN(play), "sink");
+  g_assert_cmpint(gst_element_set_state(play, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
+  for (;;) {
+    g_autoptr(GstSample) s = gst_app_sink_try_pull_sample(GST_APP_SINK(sink), WAIT_NS);
+    GstVideoInfo info;
+
+    if (!s)
+      break;
+    g_assert_true(gst_video_info_from_caps(&info, gst_sample_get_caps(s)));
+    g_assert_cmpuint(GST_VIDEO_INFO_WIDTH(&info), ==, r.w);
+    g_assert_cmpuint(GST_VIDEO_INFO_HEIGHT(&info), ==, r.h);
+    frames++;
+  }
+  g_assert_true(gst_app_sink_is_eos(GST_APP_SINK(sink)));
+  g_assert_cmpuint(frames, >=, 1);
+  gst_element_set_state(play, GST_STATE_NULL);
+  gst_object_unref(sink);
+  g_unlink(webm);
+  g_unlink(path);
+  g_rmdir(dir);
+}
+
 static void
 setup_blocked(Fixture *f, gconstpointer data)
 {
@@ -738,6 +821,7 @@ main(int argc, char **argv)
   ADD("eos-latency", test_eos_latency, "qemu-display=false max-framerate=50", setup);
   ADD("keepalive", test_keepalive, "qemu-display=false keepalive-time=30", setup);
   ADD("qemu-display", test_qemu_display, "qemu-display=true", setup);
+  g_test_add_func("/vhostgpusrc/daemon-pipeline", test_daemon_pipeline);
   ret = g_test_run();
   gst_deinit();
   return ret;
