@@ -1306,7 +1306,8 @@ vsnd_device_queue_stopped(VsndDevice *dev, guint qidx)
   VhuElem *elem;
 
   if (qidx == VSND_EVENT_QUEUE) {
-    while ((elem = g_queue_pop_head(&dev->event_bufs)))
+    /* Newest first: the caller can put them back on the ring in order. */
+    while ((elem = g_queue_pop_tail(&dev->event_bufs)))
       dev->ops.discard(dev->ops_data, qidx, elem);
     return;
   }

@@ -214,7 +214,8 @@ void vsnd_device_get_config(VsndDevice *dev, guint8 *config, gsize size);
 void vsnd_device_submit(VsndDevice *dev, guint qidx, VhuElem *elem);
 /* Queue @qidx stops handing out requests: tx buffers held complete with
  * IO_ERR (counted), rx buffers with the frames they hold, event buffers go
- * back through ops->discard. */
+ * back through ops->discard, newest first (so they can be put back on the
+ * ring: a VM pause keeps the guest's event buffers). */
 void vsnd_device_queue_stopped(VsndDevice *dev, guint qidx);
 /* The guest reset the device or the frontend left: streams closed and back
  * to the initial state, held requests discarded, pending events dropped.
