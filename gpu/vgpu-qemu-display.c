@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "vhu-display-proto.h"
+#include "vhu-guard.h"
 
 #define DEFAULT_REPLY_TIMEOUT_MS 1000u
 #define DEFAULT_HOLD_MS          20u
@@ -600,6 +601,8 @@ write_msg(Conn *c, OutMsg *m, const char **why)
       wait_writable(c, marked ? deadline : -1);
       continue;
     } else if (err == EFAULT && is_update(m) && !m->data) {
+      /* Retires the truncated region (vhu-guard.h), so the rings report it. */
+      vhu_guard_probe_iov(iov, (guint)mh.msg_iovlen);
       g_warning("display socket: the guest memory of an update went away; sending black");
       lost = TRUE;
     } else {

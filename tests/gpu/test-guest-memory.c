@@ -5,7 +5,8 @@
  * the frontend driver's memfds, truncated by the test at the worst moment
  * for each path that reads or writes guest memory: the rings, a backing
  * copied into the resource on the queue thread, a backing converted by the
- * display writer thread.  Each time the daemon must survive (no SIGBUS),
+ * display writer thread, a backing the kernel reads as the writer sends it
+ * to the display socket.  Each time the daemon must survive (no SIGBUS),
  * answer with an error or mark the device NEEDS_RESET, and serve the next
  * frontend as if nothing had happened. */
 #include <gio/gio.h>
@@ -395,6 +396,35 @@ test_backing_display_read(void)
   daemon_stop(&f->d);
 }
 
+/* A backing the display writer sends straight from guest memory (sendmsg:
+ * the kernel reads the pages) after its region was truncated: the kernel
+ * reports EFAULT, not SIGBUS; the writer probes the pages, which retires
+ * the region, and sends black.  The display keeps its connection. */
+static void
+test_backing_sent(void)
+{
+  Fixture fx = { 0 }, *f = &fx;
+  Res r = { 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 128, 96, EXTRA_GPA };
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, r.w, r.h);
+  struct virtio_gpu_ctrl_hdr di = GPU_HDR(VIRTIO_GPU_CMD_GET_DISPLAY_INFO);
+  VhuDisplayStats st;
+
+  daemon_start(&f->d);
+  session_start(f, TRUE);
+  res_setup(f->fe, &r, 4);
+  transfer(f->fe, &r);
+  truncate_region(f->fe, EXTRA_GPA);
+  vhu_display_server_get_stats(f->ds, &st);
+  cmd_nowait(f->fe, &fl, sizeof fl);
+  g_assert_true(vhu_display_server_wait_updates(f->ds, st.updates + 1, WAIT_MS));
+  check_frame(f->ds, &r, -1);
+  cmd_nowait(f->fe, &di, sizeof di);
+  assert_needs_reset(f);
+  g_assert_cmpuint(daemon_count_log(&f->d, "dropping the connection"), ==, 0);
+  next_frontend_served(f);
+  daemon_stop(&f->d);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -406,5 +436,6 @@ main(int argc, char **argv)
   g_test_add_func("/gpu/guest-memory/rings", test_rings);
   g_test_add_func("/gpu/guest-memory/backing-copy", test_backing_copy);
   g_test_add_func("/gpu/guest-memory/backing-display-read", test_backing_display_read);
+  g_test_add_func("/gpu/guest-memory/backing-sent", test_backing_sent);
   return g_test_run();
 }
