@@ -541,6 +541,18 @@ copy_rest(OutMsg *m, gsize sent, gboolean lost)
   return head + (gsize)y0 * row;
 }
 
+/* Converts all pixels of UPDATE @m into a buffer of its own.  The mark stays
+ * until the message is written or the hold time is over, as for the other
+ * formats: whoever sees the mark end (a wake of the device) sees the writer
+ * done with the message. */
+static void
+convert_all(OutMsg *m)
+{
+  m->data_len = (gsize)m->body.update.height * update_row_bytes(m);
+  m->data = g_malloc(m->data_len);
+  copy_rows(m, 0, m->data);
+}
+
 /* Waits until the socket takes more, until @deadline (-1: no limit).  A
  * writer about to wait without limit first turns the queued UPDATE into
  * damage so that it does not keep its resource from the guest. */
@@ -577,7 +589,7 @@ write_msg(Conn *c, OutMsg *m, const char **why)
   guint n;
 
   if (is_update(m) && !vgpu_format_is_xrgb(m->image->format))
-    copy_rest(m, 0, FALSE); /* converted whole: the resource is free at once */
+    convert_all(m);
   build_iov(m, 0, arr);
   iov = (struct iovec *)(void *)arr->data;
   n = arr->len;
@@ -597,6 +609,10 @@ write_msg(Conn *c, OutMsg *m, const char **why)
       continue;
     if ((err == EAGAIN || err == EWOULDBLOCK) && marked && g_get_monotonic_time() >= deadline) {
       stats_add(c->stats, &c->stats->stats.copied, 1);
+      if (m->data) {
+        out_msg_unmark(m); /* converted: the copy exists already */
+        continue;
+      }
     } else if (err == EAGAIN || err == EWOULDBLOCK) {
       wait_writable(c, marked ? deadline : -1);
       continue;
@@ -1224,8 +1240,8 @@ sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect
 }
 
 /* Hands a flush of scanout @id at (@dst_x, @dst_y) to the writer: as a
- * message that reads its pixels where they are when the writer is free to
- * take it at once, as damage otherwise (the writer reads the newest pixels
+ * message that reads its pixels where they are when the writer is idle, as
+ * damage otherwise (the writer reads the newest pixels
  * when it gets there, merged with later flushes).  @backing: the pixels are
  * in guest memory at @offset. */
 static void
@@ -1254,7 +1270,10 @@ queue_update(VgpuQemuDisplay *qd, guint id, VgpuImage *image, VgpuBacking *backi
     g_mutex_unlock(&c->lock);
     return;
   }
-  if (c->blocked || c->n_damaged)
+  /* Only to an idle writer: one busy with a message may block on it at any
+   * moment, and this one would then keep its resource until it turns it
+   * into damage. */
+  if (c->current || c->blocked || c->n_damaged)
     direct = FALSE;
   for (GList *l = c->out.head; l && direct; l = l->next)
     direct = !is_update(l->data);

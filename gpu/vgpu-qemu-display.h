@@ -17,7 +17,7 @@
  * comes, after reply_timeout_ms, or when the connection goes, whichever is
  * first.
  *
- * Backpressure: a flush the writer can take at once is sent from where its
+ * Backpressure: a flush that finds the writer idle is sent from where its
  * pixels are (the resource image, or guest memory), holding a read mark on
  * that image or backing while it is written.  A flush that comes while the
  * writer is busy becomes damage of its scanout: later flushes merge into it

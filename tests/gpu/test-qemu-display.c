@@ -513,7 +513,7 @@ test_guest_pixels(Fixture *f, gconstpointer data)
   const guint64 gpa2 = GPA + (1u << 20); /* not adjacent: two pieces */
   struct virtio_gpu_mem_entry e[2] = { { GPA, split, 0 }, { gpa2, stride * h - split, 0 } };
   const VgpuRect rects[] = { { 0, 0, w, h }, { 3, 20, 50, 11 } };
-  VgpuDeviceStats st;
+  VgpuDeviceStats st, before;
   gsize len;
   g_autofree guint8 *a = NULL;
 
@@ -542,6 +542,22 @@ test_guest_pixels(Fixture *f, gconstpointer data)
     CTRL_OK(f, s);
     if (i == 0)
       g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_SCANOUT);
+    {
+      /* A first flush, by whichever path, and its wake: the writer is idle
+       * after that, so the flushes below find it so (one that finds it busy
+       * is read later, from the image).  The transfer makes the pixels
+       * pending again in case that flush copied them into the image. */
+      struct virtio_gpu_resource_flush all = gpu_flush(id, 0, 0, w, h);
+      gint wakes = g_atomic_int_get(&f->wakes);
+
+      CTRL_OK(f, all);
+      g_assert_cmpuint(peer_msg(f->peer, NULL).request, ==, VHU_DISPLAY_UPDATE);
+      wait_wakes(f, wakes + 1);
+      CTRL_OK(f, t);
+      g_mutex_lock(&f->lock);
+      vgpu_device_get_stats(f->dev, &before);
+      g_mutex_unlock(&f->lock);
+    }
     for (guint k = 0; k < G_N_ELEMENTS(rects); k++) {
       const VgpuRect *r = &rects[k];
       struct virtio_gpu_resource_flush fl = gpu_flush(id, r->x, r->y, r->width, r->height);
@@ -573,12 +589,12 @@ test_guest_pixels(Fixture *f, gconstpointer data)
         }
       }
     }
+    g_mutex_lock(&f->lock);
+    vgpu_device_get_stats(f->dev, &st);
+    g_mutex_unlock(&f->lock);
+    g_assert_cmpuint(st.guest_updates - before.guest_updates, ==, G_N_ELEMENTS(rects));
+    g_assert_cmpuint(st.materializations, ==, before.materializations);
   }
-  g_mutex_lock(&f->lock);
-  vgpu_device_get_stats(f->dev, &st);
-  g_mutex_unlock(&f->lock);
-  g_assert_cmpuint(st.guest_updates, ==, 4);
-  g_assert_cmpuint(st.materializations, ==, 0);
 }
 
 /* Paints pattern @seed into the guest backing of a @w-wide @format resource
@@ -721,13 +737,14 @@ test_stalled_display(Fixture *f, gconstpointer data)
   g_assert_cmpuint(st.dropped, ==, 0);
   g_assert_cmpuint(st.updates, ==, 0);
   g_assert_cmpuint(st.coalesced, >=, rounds);
-  g_assert_cmpuint(st.copied, ==, sc->format == VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM ? 1 : 0);
+  g_assert_cmpuint(st.copied, ==, 1);
   g_mutex_lock(&f->lock);
   vgpu_device_get_stats(f->dev, &ds);
   g_mutex_unlock(&f->lock);
   g_assert_cmpuint(ds.stalls, ==, 0);
 
   /* The display reads again: the frame it was being sent, as flushed. */
+  wakes = g_atomic_int_get(&f->wakes);
   g_assert_cmpuint(peer_msg_skip_features(f->peer, NULL, 3, &features_seen).request, ==,
                    VHU_DISPLAY_SCANOUT);
   hdr = peer_msg_skip_features(f->peer, &p, 3, &features_seen);
@@ -749,7 +766,9 @@ test_stalled_display(Fixture *f, gconstpointer data)
   g_clear_pointer(&p, g_free);
   g_assert_cmpuint(features_seen, ==, 0); /* negotiate() read it */
 
-  /* and the display keeps up again: a flush goes out as it comes */
+  /* and the display keeps up again: a flush goes out as it comes (once the
+   * writer let go of the image it read the current picture from) */
+  wait_wakes(f, wakes + 1);
   paint(f, sc->format, w, 10, 20, 30, 40, 7);
   transfer_flush(f, sc->mode, w, 10, 20, 30, 40, 0);
   hdr = peer_msg(f->peer, &p);
