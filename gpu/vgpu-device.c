@@ -62,6 +62,7 @@ typedef struct {
 typedef enum {
   QUERY_DISPLAY_INFO,
   QUERY_EDID,
+  QUERY_EXT, /* held by the command extension */
 } QueryKind;
 
 typedef struct _Pending Pending;
@@ -89,6 +90,7 @@ struct _Pending {
   VgpuQuery *query;
   Response resp;
   gsize resp_len;
+  gsize payload_len; /* written by the extension after the header */
 };
 
 typedef struct {
@@ -108,6 +110,8 @@ struct _VgpuDevice {
   GQueue pending; /* Pending, in submission order */
   guint64 features;
   guint32 events_read;
+  const VgpuDeviceExt *ext;
+  gpointer ext_data;
   VgpuDeviceStats stats;
   gint64 last_log[GE_N_KINDS];
   guint64 suppressed[GE_N_KINDS];
@@ -338,9 +342,10 @@ resp_init(Response *resp, const struct virtio_gpu_ctrl_hdr *req, guint32 type)
   }
 }
 
+/* @payload bytes after the header were written by the extension. */
 static void
-complete_ctrl(VgpuDevice *dev, VhuElem *elem, const struct virtio_gpu_ctrl_hdr *req,
-              const Response *resp, gsize len)
+complete_ctrl_payload(VgpuDevice *dev, VhuElem *elem, const struct virtio_gpu_ctrl_hdr *req,
+                      const Response *resp, gsize len, gsize payload)
 {
   gsize written = vhu_elem_write(elem, 0, resp, len);
 
@@ -352,7 +357,16 @@ complete_ctrl(VgpuDevice *dev, VhuElem *elem, const struct virtio_gpu_ctrl_hdr *
     dev->stats.errors++;
   if (req->flags & VIRTIO_GPU_FLAG_FENCE)
     dev->stats.fences++;
+  if (written == len)
+    written += payload;
   dev->ops.complete(dev->ops_data, VGPU_CTRL_QUEUE, elem, (guint32)written);
+}
+
+static void
+complete_ctrl(VgpuDevice *dev, VhuElem *elem, const struct virtio_gpu_ctrl_hdr *req,
+              const Response *resp, gsize len)
+{
+  complete_ctrl_payload(dev, elem, req, resp, len, 0);
 }
 
 /* A held request's record, charged with what holding it costs (the record,
@@ -400,7 +414,7 @@ drain_pending(VgpuDevice *dev)
 
     if (p->ready && (!p->fenced || !blocked)) {
       g_queue_unlink(&dev->pending, l);
-      complete_ctrl(dev, p->elem, &p->req, &p->resp, p->resp_len);
+      complete_ctrl_payload(dev, p->elem, &p->req, &p->resp, p->resp_len, p->payload_len);
       pending_free(dev, p);
     } else {
       blocked = TRUE;
@@ -446,7 +460,9 @@ fill_edid(VgpuDevice *dev, Response *resp, guint32 scanout, const struct virtio_
 static void
 pending_answer(VgpuDevice *dev, Pending *p, const void *reply, gsize size)
 {
-  if (p->kind == QUERY_DISPLAY_INFO) {
+  if (p->kind == QUERY_EXT) {
+    /* its answer was set when it was held */
+  } else if (p->kind == QUERY_DISPLAY_INFO) {
     const struct virtio_gpu_resp_display_info *info = reply;
 
     if (reply && (size < sizeof *info || info->hdr.type != VIRTIO_GPU_RESP_OK_DISPLAY_INFO)) {
@@ -987,6 +1003,44 @@ answer_query_now(VgpuDevice *dev, VhuElem *elem, const Request *req)
   complete_ctrl(dev, elem, &req->hdr, &resp, len);
 }
 
+/* Offers the request to the extension; TRUE when it took it. */
+static gboolean
+submit_ext(VgpuDevice *dev, VhuElem *elem, const struct virtio_gpu_ctrl_hdr *hdr)
+{
+  gsize payload = 0;
+  gboolean hold = FALSE;
+  guint32 type = dev->ext->command(dev->ext_data, elem, hdr, &payload, &hold);
+  Response resp;
+  Pending *p;
+
+  if (type == VGPU_EXT_PASS)
+    return FALSE;
+  resp_init(&resp, hdr, type);
+  if (hold || ((hdr->flags & VIRTIO_GPU_FLAG_FENCE) && !g_queue_is_empty(&dev->pending))) {
+    p = pending_new(dev, elem, hdr);
+    if (p) {
+      p->kind = QUERY_EXT;
+      p->ready = !hold;
+      p->resp = resp;
+      p->resp_len = sizeof resp.hdr;
+      p->payload_len = payload;
+      g_queue_push_tail_link(&dev->pending, &p->link);
+      if (hold) {
+        p->query = g_new0(VgpuQuery, 1);
+        p->query->pending = p;
+        dev->ext->hold(dev->ext_data, p->query);
+      }
+      drain_pending(dev);
+      return TRUE;
+    }
+    if (hold)
+      dev->ext->hold(dev->ext_data, NULL);
+    vgpu_device_flush(dev);
+  }
+  complete_ctrl_payload(dev, elem, hdr, &resp, sizeof resp.hdr, payload);
+  return TRUE;
+}
+
 static gboolean
 submit_ctrl(VgpuDevice *dev, VhuElem *elem)
 {
@@ -1007,6 +1061,8 @@ submit_ctrl(VgpuDevice *dev, VhuElem *elem)
     return TRUE;
   }
   dev->stats.commands++;
+  if (dev->ext && submit_ext(dev, elem, &req.hdr))
+    return TRUE;
   need = command_size(req.hdr.type);
   if (need == 0) {
     guest_error(dev, GE_UNKNOWN_COMMAND, "unsupported control command 0x%x", req.hdr.type);
@@ -1272,6 +1328,8 @@ clear_state(VgpuDevice *dev)
   }
   g_hash_table_remove_all(dev->resources);
   dev->events_read = 0;
+  if (dev->ext && dev->ext->reset)
+    dev->ext->reset(dev->ext_data);
 }
 
 void
@@ -1328,7 +1386,7 @@ vgpu_device_get_config(VgpuDevice *dev, guint8 *config, gsize size)
     .events_read = dev->events_read,
     .events_clear = 0,
     .num_scanouts = dev->config.num_scanouts,
-    .num_capsets = 0,
+    .num_capsets = dev->ext ? dev->ext->num_capsets : 0,
   };
 
   memset(config, 0, size);
@@ -1361,6 +1419,19 @@ vgpu_device_submit(VgpuDevice *dev, guint qidx, VhuElem *elem)
       dev->ops.complete(dev->ops_data, qidx, elem, 0);
       return TRUE;
   }
+}
+
+void
+vgpu_device_set_ext(VgpuDevice *dev, const VgpuDeviceExt *ext, gpointer data)
+{
+  dev->ext = ext;
+  dev->ext_data = data;
+}
+
+gboolean
+vgpu_device_has_resource(VgpuDevice *dev, guint32 id)
+{
+  return find_resource(dev, id) != NULL;
 }
 
 void

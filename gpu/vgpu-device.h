@@ -112,6 +112,26 @@ typedef struct {
   guint64 guest_updates;      /* flushes sinks read straight from guest memory */
 } VgpuDeviceStats;
 
+/* A command set beyond 2D (3D: vgpu-virgl.h), plugged into the device. */
+#define VGPU_EXT_PASS 0u /* not a response type: the 2D model handles the command */
+typedef struct {
+  guint32 num_capsets; /* reported in the config space */
+  /* Sees every control request first (whole header in @hdr), with whatever
+   * serialises the device held.  Returns VGPU_EXT_PASS to leave it to the
+   * 2D model, or the response type.  A payload after the header is written
+   * by the extension into @elem at offset sizeof *hdr, its size in
+   * *payload_len; the device writes the header and completes the request in
+   * its completion order.  Setting *hold means it is not done yet: the
+   * device holds it and calls hold() with the handle the extension finishes
+   * it with (vgpu_device_query_done(dev, query, NULL, 0), exactly once), or
+   * with NULL when it could not be held and was answered at once. */
+  guint32 (*command)(gpointer data, VhuElem *elem, const struct virtio_gpu_ctrl_hdr *hdr,
+                     gsize *payload_len, gboolean *hold);
+  void (*hold)(gpointer data, VgpuQuery *query);
+  /* The device was reset: every context and resource of the extension goes. */
+  void (*reset)(gpointer data);
+} VgpuDeviceExt;
+
 /* Checks @config; fills @error with a message for the user. */
 gboolean vgpu_device_config_validate(const VgpuDeviceConfig *config, GError **error);
 VgpuDevice *vgpu_device_new(const VgpuDeviceConfig *config, const VgpuDeviceOps *ops,
@@ -146,6 +166,11 @@ void vgpu_device_reset(VgpuDevice *dev);
  * virtio_gpu_resp_display_info or virtio_gpu_resp_edid as the display sent
  * it (size checked here), or NULL on failure/timeout. */
 void vgpu_device_query_done(VgpuDevice *dev, VgpuQuery *query, const void *reply, gsize size);
+
+/* Plugs @ext in (NULL: none), before the first request. */
+void vgpu_device_set_ext(VgpuDevice *dev, const VgpuDeviceExt *ext, gpointer data);
+/* TRUE when the 2D model has resource @id (ids are shared with the extension). */
+gboolean vgpu_device_has_resource(VgpuDevice *dev, guint32 id);
 
 void vgpu_device_get_stats(VgpuDevice *dev, VgpuDeviceStats *stats);
 VgpuHostmem *vgpu_device_get_hostmem(VgpuDevice *dev);
