@@ -15,9 +15,10 @@
  * remove() never frees a RETIRING slot, so a mapping is never unmapped (and
  * its address range reused) while the handler maps zero pages over it.
  *
- * Everything the handler does is async-signal-safe: atomics, mmap(),
- * sigaction(), raise(); it allocates nothing and logs nothing (the owners
- * of the memory log, outside signal context). */
+ * The handler uses only atomics and plain system calls (mmap, sched_yield
+ * while another thread's handler finishes the same mapping, sigaction,
+ * raise); it allocates nothing and logs nothing (the owners of the memory
+ * log, outside signal context). */
 #include "vhu-guard.h"
 
 #include <errno.h>
