@@ -169,9 +169,10 @@ on_ring_broken(gpointer data, VhuVring *vring, const char *reason)
 {
   VhuBackend *b = data;
 
+  /* Status first: whoever sees the line can read NEEDS_RESET already. */
+  g_atomic_int_or(&b->status, VHU_STATUS_NEEDS_RESET);
   g_warning("%s: queue %u broken: %s; device needs reset", b->iface.name, vhu_vring_index(vring),
             reason);
-  g_atomic_int_or(&b->status, VHU_STATUS_NEEDS_RESET);
   vhu_vring_signal_error(vring);
   notify_config_change(b);
 }

@@ -948,6 +948,9 @@ pop_locked(VhuVring *vring, GError **error)
 
   if (!can_process(vring))
     return NULL;
+  /* Before the avail index is judged: a truncated ring reads as zeros. */
+  if (!memory_intact(vring, error))
+    return NULL;
   if (vring->resubmit->len > 0)
     return pop_resubmit(vring, error);
 
