@@ -96,7 +96,46 @@ static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE(
                     ", width = (int) [ 16, 4095 ], height = (int) [ 16, 4095 ]"
                     ", framerate = (fraction) 0/1, pixel-aspect-ratio = (fraction) 1/1"));
 
-G_DEFINE_TYPE(GstVhostGpuSrc, gst_vhost_gpu_src, GST_TYPE_PUSH_SRC)
+/* The plugin registers "GstVhostGpuSrc"; gst-vhost-gpu links its own copy of
+ * the element under another type name, so that the plugin can still be
+ * loaded into the daemon (a registry scan in-process, a pipeline naming
+ * vhostgpusrc) without two registrations of one name. */
+#ifndef GST_VHOST_GPU_SRC_TYPE_NAME
+#define GST_VHOST_GPU_SRC_TYPE_NAME "GstVhostGpuSrc"
+#endif
+
+static void gst_vhost_gpu_src_init(GstVhostGpuSrc *self);
+static void gst_vhost_gpu_src_class_init(GstVhostGpuSrcClass *klass);
+static gpointer gst_vhost_gpu_src_parent_class = NULL;
+
+static void
+gst_vhost_gpu_src_class_intern_init(gpointer klass, gpointer data)
+{
+  gst_vhost_gpu_src_parent_class = g_type_class_peek_parent(klass);
+  gst_vhost_gpu_src_class_init(klass);
+}
+
+static void
+gst_vhost_gpu_src_instance_init(GTypeInstance *instance, gpointer klass)
+{
+  gst_vhost_gpu_src_init((GstVhostGpuSrc *)instance);
+}
+
+GType
+gst_vhost_gpu_src_get_type(void)
+{
+  static gsize type = 0;
+
+  if (g_once_init_enter(&type)) {
+    GType t = g_type_register_static_simple(
+        GST_TYPE_PUSH_SRC, g_intern_static_string(GST_VHOST_GPU_SRC_TYPE_NAME),
+        sizeof(GstVhostGpuSrcClass), gst_vhost_gpu_src_class_intern_init, sizeof(GstVhostGpuSrc),
+        gst_vhost_gpu_src_instance_init, 0);
+
+    g_once_init_leave(&type, t);
+  }
+  return type;
+}
 GST_ELEMENT_REGISTER_DEFINE(vhostgpusrc, "vhostgpusrc", GST_RANK_NONE, GST_TYPE_VHOST_GPU_SRC)
 
 static guint64
