@@ -10,6 +10,8 @@
 #include <linux/virtio_gpu.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "gpu-test-frontend.h"
 #include "test-util.h"
@@ -784,6 +786,74 @@ test_daemon_pipeline(void)
   g_rmdir(dir);
 }
 
+/* fd: one connected frontend; its leaving ends the stream. */
+static void
+test_fd(void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GstElement) pipeline = NULL;
+  g_autoptr(GstBus) bus = NULL;
+  g_autoptr(GstMessage) m = NULL;
+  const guint sizes[2] = { 64, 16 };
+  g_autofree char *desc = NULL;
+  GstElement *sink;
+  VhuFrontend *fe;
+  int sv[2];
+
+  g_assert_cmpint(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+  desc = g_strdup_printf("vhostgpusrc fd=%d qemu-display=false ! appsink name=sink sync=false",
+                         sv[1]);
+  pipeline = gst_parse_launch(desc, &error);
+  g_assert_no_error(error);
+  g_assert_cmpint(gst_element_set_state(pipeline, GST_STATE_PLAYING), !=, GST_STATE_CHANGE_FAILURE);
+  close(sv[1]); /* the element serves its own duplicate */
+  fe = vhu_frontend_new_from_fd(sv[0]);
+  g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
+  g_assert_true(vhu_frontend_add_region(fe, GUEST_GPA, GUEST_SIZE, &error));
+  g_assert_true(vhu_frontend_start(fe, BIT(VIRTIO_GPU_F_EDID), sizes, 2, &error));
+  g_assert_no_error(error);
+  {
+    Res r = res_create(fe, 1, VIRTIO_GPU_FORMAT_X8B8G8R8_UNORM, W, H);
+    g_autoptr(GstSample) s = NULL;
+
+    sink = gst_bin_get_by_name(GST_BIN(pipeline), "sink");
+    res_paint(&r, 7);
+    scanout(fe, &r);
+    show(fe, &r, 0, 0, W, H);
+    s = gst_app_sink_try_pull_sample(GST_APP_SINK(sink), WAIT_NS);
+    g_assert_nonnull(s);
+    check_sample(s, &r, r.pixels);
+  }
+  vhu_frontend_free(fe);
+  bus = gst_element_get_bus(pipeline);
+  m = gst_bus_timed_pop_filtered(bus, WAIT_NS, GST_MESSAGE_EOS | GST_MESSAGE_ERROR);
+  g_assert_nonnull(m);
+  g_assert_cmpint(GST_MESSAGE_TYPE(m), ==, GST_MESSAGE_EOS);
+  gst_element_set_state(pipeline, GST_STATE_NULL);
+  gst_object_unref(sink);
+}
+
+/* scanout=1 of two: the other scanout's flushes never show up. */
+static void
+test_second_scanout(Fixture *f, gconstpointer data)
+{
+  Res a = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+  Res b = res_create(f->fe, 2, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W + 16, H);
+  struct virtio_gpu_set_scanout s0 = gpu_set_scanout(0, a.id, 0, 0, a.w, a.h);
+  struct virtio_gpu_set_scanout s1 = gpu_set_scanout(1, b.id, 0, 0, b.w, b.h);
+  g_autoptr(GstSample) s = NULL;
+
+  res_paint(&a, 1);
+  res_paint(&b, 2);
+  g_assert_cmphex(CMD(f->fe, s0), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CMD(f->fe, s1), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  show(f->fe, &a, 0, 0, a.w, a.h);
+  show(f->fe, &b, 0, 0, b.w, b.h);
+  s = pull(f);
+  check_sample(s, &b, b.pixels);
+  g_assert_cmpuint(stat_of(f, "flushes"), ==, 1);
+}
+
 static void
 setup_blocked(Fixture *f, gconstpointer data)
 {
@@ -821,6 +891,8 @@ main(int argc, char **argv)
   ADD("eos-latency", test_eos_latency, "qemu-display=false max-framerate=50", setup);
   ADD("keepalive", test_keepalive, "qemu-display=false keepalive-time=30", setup);
   ADD("qemu-display", test_qemu_display, "qemu-display=true", setup);
+  ADD("second-scanout", test_second_scanout, "qemu-display=false scanouts=2 scanout=1", setup);
+  g_test_add_func("/vhostgpusrc/fd", test_fd);
   g_test_add_func("/vhostgpusrc/daemon-pipeline", test_daemon_pipeline);
   ret = g_test_run();
   gst_deinit();
