@@ -1379,6 +1379,12 @@ vgpu_device_set_features(VgpuDevice *dev, guint64 features)
   dev->features = features;
 }
 
+guint64
+vgpu_device_get_features(VgpuDevice *dev)
+{
+  return dev->features;
+}
+
 void
 vgpu_device_get_config(VgpuDevice *dev, guint8 *config, gsize size)
 {

@@ -145,6 +145,7 @@ void vgpu_device_remove_sink(VgpuDevice *dev, gpointer sink);
 /* The virtio features the driver acknowledged (none after new and reset):
  * GET_EDID and RESOURCE_ASSIGN_UUID are answered only with theirs. */
 void vgpu_device_set_features(VgpuDevice *dev, guint64 features);
+guint64 vgpu_device_get_features(VgpuDevice *dev);
 /* struct virtio_gpu_config; @size bytes from offset 0 (at most 16). */
 void vgpu_device_get_config(VgpuDevice *dev, guint8 *config, gsize size);
 void vgpu_device_set_config(VgpuDevice *dev, guint32 offset, const guint8 *data, gsize size);

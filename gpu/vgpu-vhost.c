@@ -12,6 +12,7 @@ struct _VgpuVhost {
   VhuBackend *backend;
   VgpuDevice *dev;
   VgpuQemuDisplay *display;
+  VgpuVirgl *virgl; /* 3D, or NULL; used on the queue thread only */
   gboolean batching[VGPU_NUM_QUEUES]; /* inside queue_kick */
   gboolean used_device;               /* requests served since the last reset */
   gboolean replay_pending;            /* a display socket came before the start */
@@ -254,18 +255,91 @@ unlock_device(gpointer data)
   vgpu_vhost_unlock(data);
 }
 
+/* virglrenderer's GL context belongs to the thread that starts it: the 3D
+ * renderer is started, used and stopped on the queue thread. */
+typedef struct {
+  VgpuVhost *v;
+  const VgpuVirglConfig *config;
+  GError *error;
+  gboolean done;
+  GMutex mutex;
+  GCond cond;
+} VirglCall;
+
+static gboolean
+virgl_call_idle(gpointer data)
+{
+  VirglCall *c = data;
+  VgpuVhost *v = c->v;
+
+  g_mutex_lock(&v->lock);
+  if (c->config) {
+    VgpuVirglOptions vopts = {
+      .context = vhu_backend_get_queue_context(v->backend),
+      .lock = lock_device,
+      .unlock = unlock_device,
+      .lock_data = v,
+    };
+
+    v->virgl = vgpu_virgl_new(c->config, &vopts, v->dev, &c->error);
+  } else {
+    g_clear_pointer(&v->virgl, vgpu_virgl_free);
+  }
+  g_mutex_unlock(&v->lock);
+  g_mutex_lock(&c->mutex);
+  c->done = TRUE;
+  g_cond_signal(&c->cond);
+  g_mutex_unlock(&c->mutex);
+  return G_SOURCE_REMOVE;
+}
+
+/* Starts (@config) or stops (NULL) the renderer on the queue thread. */
+static gboolean
+virgl_call(VgpuVhost *v, const VgpuVirglConfig *config, GError **error)
+{
+  VirglCall c = { .v = v, .config = config };
+  GSource *s = g_idle_source_new();
+
+  g_mutex_init(&c.mutex);
+  g_cond_init(&c.cond);
+  g_source_set_callback(s, virgl_call_idle, &c, NULL);
+  g_source_attach(s, vhu_backend_get_queue_context(v->backend));
+  g_source_unref(s);
+  g_mutex_lock(&c.mutex);
+  while (!c.done)
+    g_cond_wait(&c.cond, &c.mutex);
+  g_mutex_unlock(&c.mutex);
+  g_mutex_clear(&c.mutex);
+  g_cond_clear(&c.cond);
+  if (c.error) {
+    g_propagate_error(error, c.error);
+    return FALSE;
+  }
+  return TRUE;
+}
+
 VgpuVhost *
 vgpu_vhost_new(const VgpuVhostConfig *config, GMainContext *context, GError **error)
 {
   VgpuVhost *v;
   VgpuQemuDisplayOptions dopts = { 0 };
+  VhuDeviceIface iface = gpu_iface;
 
   if (!vgpu_device_config_validate(&config->device, error))
     return NULL;
   v = g_new0(VgpuVhost, 1);
   g_mutex_init(&v->lock);
   v->dev = vgpu_device_new(&config->device, &device_ops, v);
-  v->backend = vhu_backend_new(&gpu_iface, v, context, &config->backend);
+  if (config->virgl)
+    iface.features |= VGPU_VIRGL_FEATURES;
+  v->backend = vhu_backend_new(&iface, v, context, &config->backend);
+  if (config->virgl && !virgl_call(v, config->virgl, error)) {
+    vhu_backend_free(v->backend);
+    vgpu_device_free(v->dev);
+    g_mutex_clear(&v->lock);
+    g_free(v);
+    return NULL;
+  }
   dopts.context = vhu_backend_get_queue_context(v->backend);
   dopts.lock = lock_device;
   dopts.unlock = unlock_device;
@@ -295,6 +369,8 @@ vgpu_vhost_free(VgpuVhost *v)
   g_mutex_lock(&v->lock);
   vgpu_qemu_display_close(v->display);
   g_mutex_unlock(&v->lock);
+  if (v->virgl)
+    virgl_call(v, NULL, NULL);
   vhu_backend_free(v->backend);
   vgpu_qemu_display_free(v->display);
   vgpu_device_free(v->dev);
@@ -330,4 +406,10 @@ VgpuQemuDisplay *
 vgpu_vhost_get_display(VgpuVhost *v)
 {
   return v->display;
+}
+
+VgpuVirgl *
+vgpu_vhost_get_virgl(VgpuVhost *v)
+{
+  return v->virgl;
 }

@@ -22,6 +22,7 @@
 
 #include "vgpu-device.h"
 #include "vgpu-qemu-display.h"
+#include "vgpu-virgl.h"
 #include "vhu-backend.h"
 
 G_BEGIN_DECLS
@@ -33,6 +34,9 @@ typedef struct {
   guint display_reply_timeout_ms; /* 0: 1000 */
   guint display_write_timeout_ms; /* 0: 5000 */
   VhuBackendOptions backend;
+  /* 3D through virglrenderer (NULL: 2D only), started on the queue thread:
+   * vgpu_vhost_new fails when it cannot start. */
+  const VgpuVirglConfig *virgl;
 } VgpuVhostConfig;
 
 /* Messages are handled on @context (the caller iterates it). */
@@ -53,5 +57,7 @@ void vgpu_vhost_unlock(VgpuVhost *vgpu);
 VhuBackend *vgpu_vhost_get_backend(VgpuVhost *vgpu);
 VgpuDevice *vgpu_vhost_get_device(VgpuVhost *vgpu);
 VgpuQemuDisplay *vgpu_vhost_get_display(VgpuVhost *vgpu);
+/* NULL without 3D. */
+VgpuVirgl *vgpu_vhost_get_virgl(VgpuVhost *vgpu);
 
 G_END_DECLS

@@ -37,6 +37,8 @@ typedef struct {
   gint verbosity;
   char *pipeline;
   gint pipeline_scanout;
+  gboolean virgl, gles;
+  char *render_node;
 } Options;
 
 static Options opts = {
@@ -129,6 +131,15 @@ static const GOptionEntry entries[] = {
   { "pipeline-scanout", 0, 0, G_OPTION_ARG_INT, &opts.pipeline_scanout,
     "The scanout fed to --pipeline (default 0)", "N" },
 #endif
+  { "virgl", 0, 0, G_OPTION_ARG_NONE, &opts.virgl,
+    "Offer 3D (VIRTIO_GPU_F_VIRGL) through virglrenderer; without --render-node it renders "
+    "on the CPU (EGL surfaceless, llvmpipe)",
+    NULL },
+  { "render-node", 0, 0, G_OPTION_ARG_FILENAME, &opts.render_node,
+    "With --virgl, render on the GPU of this DRM render node (e.g. /dev/dri/renderD128)",
+    "PATH" },
+  { "gles", 0, 0, G_OPTION_ARG_NONE, &opts.gles,
+    "With --virgl, render through OpenGL ES rather than desktop OpenGL", NULL },
   { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, parse_verbose,
     "Log more (-v: informational messages, -vv: debugging)", NULL },
   { "quiet", 'q', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, parse_quiet,
@@ -173,8 +184,12 @@ log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpoint
 static void
 print_capabilities(void)
 {
-  /* No render node and no virgl: no optional gpu features. */
-  printf("{\n  \"type\": \"gpu\",\n  \"features\": [\n  ]\n}\n");
+  /* The options QEMU may pass: --virgl and --render-node when built with 3D. */
+  if (vgpu_virgl_supported())
+    printf("{\n  \"type\": \"gpu\",\n  \"features\": [\n    \"render-node\",\n"
+           "    \"virgl\"\n  ]\n}\n");
+  else
+    printf("{\n  \"type\": \"gpu\",\n  \"features\": [\n  ]\n}\n");
 }
 
 /* More fds allow more resources (one memfd each). */
@@ -325,6 +340,7 @@ main(int argc, char **argv)
   g_autoptr(GMainLoop) loop = NULL;
   g_autoptr(VgpuVhost) vgpu = NULL;
   VgpuVhostConfig config = { 0 };
+  VgpuVirglConfig virgl = { 0 };
   Daemon dd = { 0 };
 
   /* A peer that goes away is an error return, never the end of us. */
@@ -370,11 +386,25 @@ main(int argc, char **argv)
     return usage_error(ctx, "--pipeline-scanout: %d is not one of the %u scanouts",
                        opts.pipeline_scanout, config.device.num_scanouts);
   config.device.max_resources = raise_fd_limit();
+  if ((opts.render_node || opts.gles) && !opts.virgl)
+    return usage_error(ctx, "--render-node and --gles need --virgl");
+  if (opts.virgl) {
+    virgl.render_node = opts.render_node;
+    virgl.gles = opts.gles;
+    config.virgl = &virgl;
+  }
 
   loop = g_main_loop_new(NULL, FALSE);
   vgpu = vgpu_vhost_new(&config, NULL, &error);
+  if (!vgpu && opts.virgl) {
+    /* Not a usage error: the machine cannot render. */
+    g_printerr("%s: %s\n", g_get_prgname(), error->message);
+    return EXIT_FAILURE;
+  }
   if (!vgpu)
     return usage_error(ctx, "%s", error->message);
+  if (opts.virgl)
+    g_message("virgl: 3D through %s", vgpu_virgl_get_renderer(vgpu_vhost_get_virgl(vgpu)));
   if (opts.socket_path) {
     if (!vhu_backend_listen(vgpu_vhost_get_backend(vgpu), opts.socket_path, &error)) {
       g_printerr("%s: %s\n", g_get_prgname(), error->message);
@@ -421,5 +451,6 @@ main(int argc, char **argv)
 #endif
   g_clear_pointer(&vgpu, vgpu_vhost_free);
   g_free(opts.socket_path);
+  g_free(opts.render_node);
   return EXIT_SUCCESS;
 }
