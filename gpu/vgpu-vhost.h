@@ -32,7 +32,7 @@ typedef struct _VgpuVhost VgpuVhost;
 typedef struct {
   VgpuDeviceConfig device;
   guint display_reply_timeout_ms; /* 0: 1000 */
-  guint display_write_timeout_ms; /* 0: 5000 */
+  guint display_write_timeout_ms; /* longest a display write reads a resource; 0: 20 */
   VhuBackendOptions backend;
   /* 3D through virglrenderer (NULL: 2D only), started on the queue thread:
    * vgpu_vhost_new fails when it cannot start. */
