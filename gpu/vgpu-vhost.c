@@ -369,6 +369,8 @@ vgpu_vhost_free(VgpuVhost *v)
   g_mutex_lock(&v->lock);
   vgpu_qemu_display_close(v->display);
   g_mutex_unlock(&v->lock);
+  /* A writer still exiting may take the device lock or kick the backend. */
+  vgpu_qemu_display_wait_writers(v->display);
   if (v->virgl)
     virgl_call(v, NULL, NULL);
   vhu_backend_free(v->backend);
