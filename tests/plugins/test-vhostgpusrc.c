@@ -5,6 +5,7 @@
 #include <glib/gstdio.h>
 #include <gst/allocators/allocators.h>
 #include <gst/app/gstappsink.h>
+#include <gst/check/gstharness.h>
 #include <gst/gst.h>
 #include <gst/video/video.h>
 #include <linux/virtio_gpu.h>
@@ -786,6 +787,47 @@ test_daemon_pipeline(void)
   g_rmdir(dir);
 }
 
+/* The element alone in a GstHarness (no pipeline, no bus): the caps event
+ * and the buffer downstream sees. */
+static void
+test_harness(void)
+{
+  g_autofree char *dir = tu_make_tmpdir("vhostgpusrc-XXXXXX");
+  g_autofree char *path = g_build_filename(dir, "gpu.sock", NULL);
+  GstHarness *h = gst_harness_new_with_padnames("vhostgpusrc", NULL, "src");
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GstCaps) caps = NULL;
+  const guint sizes[2] = { 64, 16 };
+  GstBuffer *buf;
+  VhuFrontend *fe;
+  GstMapInfo map;
+  Res r;
+
+  g_object_set(h->element, "socket-path", path, "qemu-display", FALSE, NULL);
+  gst_harness_play(h);
+  fe = vhu_frontend_connect_wait(path, WAIT_MS, NULL, NULL, &error);
+  g_assert_no_error(error);
+  g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
+  g_assert_true(vhu_frontend_add_region(fe, GUEST_GPA, GUEST_SIZE, &error));
+  g_assert_true(vhu_frontend_start(fe, BIT(VIRTIO_GPU_F_EDID), sizes, 2, &error));
+  g_assert_no_error(error);
+  r = res_create(fe, 1, VIRTIO_GPU_FORMAT_A8R8G8B8_UNORM, W, H);
+  res_paint(&r, 4);
+  scanout(fe, &r);
+  show(fe, &r, 0, 0, W, H);
+  buf = gst_harness_pull(h);
+  g_assert_nonnull(buf);
+  caps = gst_pad_get_current_caps(h->sinkpad);
+  g_assert_cmpstr(gst_structure_get_string(gst_caps_get_structure(caps, 0), "format"), ==, "ARGB");
+  g_assert_true(gst_buffer_map(buf, &map, GST_MAP_READ));
+  g_assert_cmpmem(map.data, map.size, r.pixels, (gsize)W * H * 4);
+  gst_buffer_unmap(buf, &map);
+  gst_buffer_unref(buf);
+  vhu_frontend_free(fe);
+  gst_harness_teardown(h);
+  g_rmdir(dir);
+}
+
 /* fd: one connected frontend; its leaving ends the stream. */
 static void
 test_fd(void)
@@ -893,6 +935,7 @@ main(int argc, char **argv)
   ADD("qemu-display", test_qemu_display, "qemu-display=true", setup);
   ADD("second-scanout", test_second_scanout, "qemu-display=false scanouts=2 scanout=1", setup);
   g_test_add_func("/vhostgpusrc/fd", test_fd);
+  g_test_add_func("/vhostgpusrc/harness", test_harness);
   g_test_add_func("/vhostgpusrc/daemon-pipeline", test_daemon_pipeline);
   ret = g_test_run();
   gst_deinit();
