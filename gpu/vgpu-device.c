@@ -105,6 +105,7 @@ struct _VgpuDevice {
   VgpuHostmem *hostmem;
   VgpuNotify *idle_notify;
   GHashTable *resources; /* id -> Resource */
+  Resource *last_found;  /* guests address one resource many times in a row */
   Scanout scanouts[VGPU_MAX_SCANOUTS];
   GArray *sinks;  /* Sink */
   GQueue pending; /* Pending, in submission order */
@@ -164,7 +165,16 @@ resource_free(gpointer data)
 static Resource *
 find_resource(VgpuDevice *dev, guint32 id)
 {
-  return id ? g_hash_table_lookup(dev->resources, GUINT_TO_POINTER(id)) : NULL;
+  Resource *res;
+
+  if (id == 0)
+    return NULL;
+  if (dev->last_found && dev->last_found->id == id)
+    return dev->last_found;
+  res = g_hash_table_lookup(dev->resources, GUINT_TO_POINTER(id));
+  if (res)
+    dev->last_found = res;
+  return res;
 }
 
 static void
@@ -665,6 +675,8 @@ cmd_unref(VgpuDevice *dev, const struct virtio_gpu_resource_unref *c)
     if (dev->scanouts[i].resource_id == res->id)
       disable_scanout(dev, i);
   }
+  if (dev->last_found == res)
+    dev->last_found = NULL;
   g_hash_table_remove(dev->resources, GUINT_TO_POINTER(res->id));
   return VIRTIO_GPU_RESP_OK_NODATA;
 }
@@ -1326,6 +1338,7 @@ clear_state(VgpuDevice *dev)
     }
     s->cursor_x = s->cursor_y = 0;
   }
+  dev->last_found = NULL;
   g_hash_table_remove_all(dev->resources);
   dev->events_read = 0;
   if (dev->ext && dev->ext->reset)
