@@ -125,9 +125,11 @@ struct _VgpuVirgl {
   guint32 capset_ver[VGPU_VIRGL_NUM_CAPSETS + 1], capset_size[VGPU_VIRGL_NUM_CAPSETS + 1];
   guint8 *capset_data[VGPU_VIRGL_NUM_CAPSETS + 1];
   GSource *poll_source; /* THREAD_SYNC's eventfd, or a timer */
+  int poll_fd;          /* -1: no eventfd, a timer while fences wait */
   gboolean timer;
-  gboolean reset_pending; /* renderer to reset before its next use */
+  gboolean reset_pending; /* renderer to clear before its next use */
   GPtrArray *graveyard;   /* Resources dropped by a reset from another thread */
+  GArray *dead_contexts;  /* guint32 ids, likewise */
   char *renderer;
   VgpuVirglStats stats;
   gint64 last_log[VE_N_KINDS];
@@ -205,17 +207,21 @@ find_context(VgpuVirgl *v, guint32 id)
   return id ? g_hash_table_lookup(v->contexts, GUINT_TO_POINTER(id)) : NULL;
 }
 
-/* A reset asked for from another thread, done before the renderer is used. */
+/* A reset asked for from another thread, done before the renderer is used:
+ * every context and resource of the guest goes.  (Not virgl_renderer_reset,
+ * which also stops the fence thread for good.) */
 static void
 finish_reset(VgpuVirgl *v)
 {
   if (!v->reset_pending)
     return;
   v->reset_pending = FALSE;
-  virgl_renderer_reset();
+  for (guint i = 0; i < v->dead_contexts->len; i++)
+    virgl_renderer_context_destroy(g_array_index(v->dead_contexts, guint32, i));
+  g_array_set_size(v->dead_contexts, 0);
   /* Only now may the guest memory virglrenderer was given go. */
   for (guint i = 0; i < v->graveyard->len; i++)
-    resource_release(v, v->graveyard->pdata[i]);
+    resource_destroy(v, v->graveyard->pdata[i]);
   g_ptr_array_set_size(v->graveyard, 0);
   v->stats.resets++;
 }
@@ -309,6 +315,31 @@ static gboolean
 on_poll_fd(gint fd, GIOCondition cond, gpointer data)
 {
   return on_poll(data);
+}
+
+static void
+poll_source_clear(VgpuVirgl *v)
+{
+  if (v->poll_source) {
+    g_source_destroy(v->poll_source);
+    g_clear_pointer(&v->poll_source, g_source_unref);
+  }
+}
+
+/* Watches the renderer's eventfd (THREAD_SYNC), if it has one now. */
+static void
+poll_source_setup(VgpuVirgl *v)
+{
+  poll_source_clear(v);
+  v->poll_fd = virgl_renderer_get_poll_fd();
+  v->timer = v->poll_fd < 0;
+  if (v->timer) {
+    fence_source_update(v);
+    return;
+  }
+  v->poll_source = g_unix_fd_source_new(v->poll_fd, G_IO_IN);
+  g_source_set_callback(v->poll_source, G_SOURCE_FUNC(on_poll_fd), v, NULL);
+  g_source_attach(v->poll_source, v->opts.context);
 }
 
 /* Without a poll fd (no THREAD_SYNC), a timer runs while fences wait. */
@@ -1011,6 +1042,9 @@ ext_reset(gpointer data)
   }
   vgpu_hostmem_credit(v->hostmem,
                       (guint64)g_hash_table_size(v->contexts) * VGPU_VIRGL_CONTEXT_CHARGE);
+  g_hash_table_iter_init(&it, v->contexts);
+  while (g_hash_table_iter_next(&it, &res, NULL))
+    g_array_append_val(v->dead_contexts, (guint32){ GPOINTER_TO_UINT(res) });
   g_hash_table_remove_all(v->contexts);
   v->reset_pending = TRUE;
 }
@@ -1087,6 +1121,7 @@ vgpu_virgl_new(const VgpuVirglConfig *config, const VgpuVirglOptions *options, V
   v->resources = g_hash_table_new(NULL, NULL);
   v->contexts = g_hash_table_new_full(NULL, NULL, NULL, g_free);
   v->graveyard = g_ptr_array_new();
+  v->dead_contexts = g_array_new(FALSE, FALSE, sizeof(guint32));
   g_queue_init(&v->fences);
   v->renderer = g_strdup(config->render_node); /* for get_drm_fd, replaced below */
   virgl_set_debug_callback(debug_cb);
@@ -1101,6 +1136,7 @@ vgpu_virgl_new(const VgpuVirglConfig *config, const VgpuVirglOptions *options, V
     g_hash_table_unref(v->resources);
     g_hash_table_unref(v->contexts);
     g_ptr_array_unref(v->graveyard);
+    g_array_unref(v->dead_contexts);
     g_free(v);
     return NULL;
   }
@@ -1115,14 +1151,8 @@ vgpu_virgl_new(const VgpuVirglConfig *config, const VgpuVirglOptions *options, V
     if (v->capset_size[id])
       virgl_renderer_fill_caps(id, v->capset_ver[id], v->capset_data[id]);
   }
-  fd = virgl_renderer_get_poll_fd();
-  if (fd >= 0) {
-    v->poll_source = g_unix_fd_source_new(fd, G_IO_IN);
-    g_source_set_callback(v->poll_source, G_SOURCE_FUNC(on_poll_fd), v, NULL);
-    g_source_attach(v->poll_source, v->opts.context);
-  } else {
-    v->timer = TRUE;
-  }
+  poll_source_setup(v);
+  g_debug("virgl: fences %s", v->timer ? "polled every millisecond" : "signalled by an eventfd");
   vgpu_device_set_ext(dev, &virgl_ext, v);
   return v;
 }
@@ -1130,27 +1160,17 @@ vgpu_virgl_new(const VgpuVirglConfig *config, const VgpuVirglOptions *options, V
 void
 vgpu_virgl_free(VgpuVirgl *v)
 {
-  GHashTableIter it;
-  gpointer res;
-
   if (!v)
     return;
   vgpu_device_set_ext(v->dev, NULL, NULL);
   ext_reset(v);
-  if (v->poll_source) {
-    g_source_destroy(v->poll_source);
-    g_source_unref(v->poll_source);
-  }
-  v->reset_pending = FALSE;
+  poll_source_clear(v);
+  finish_reset(v);
   virgl_renderer_cleanup(v);
-  for (guint i = 0; i < v->graveyard->len; i++)
-    resource_release(v, v->graveyard->pdata[i]);
-  g_hash_table_iter_init(&it, v->resources);
-  while (g_hash_table_iter_next(&it, NULL, &res))
-    resource_release(v, res);
   g_hash_table_unref(v->resources);
   g_hash_table_unref(v->contexts);
   g_ptr_array_unref(v->graveyard);
+  g_array_unref(v->dead_contexts);
   for (guint id = 0; id <= VGPU_VIRGL_NUM_CAPSETS; id++)
     g_free(v->capset_data[id]);
   g_free(v->renderer);

@@ -344,7 +344,7 @@ check_frame(VhuDisplayServer *ds, guint id, Res *r, guint seed, guint sx, guint 
 static void
 test_capabilities(void)
 {
-  g_autofree char *out = NULL;
+  g_autofree char *out = NULL, *help = NULL;
   g_autoptr(GError) error = NULL;
   int status;
   const char *argv[] = { daemon_binary(), "--print-capabilities", NULL };
@@ -355,7 +355,11 @@ test_capabilities(void)
   g_assert_true(g_spawn_check_wait_status(status, NULL));
   g_assert_nonnull(strstr(out, "\"type\": \"gpu\""));
   g_assert_nonnull(strstr(out, "\"features\": ["));
-  g_assert_null(strstr(out, "virgl")); /* only what we support */
+  /* only what we support: virgl exactly when built with it (--virgl exists) */
+  argv[1] = "--help";
+  g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &help, NULL,
+                             &status, &error));
+  g_assert_cmpint(strstr(out, "\"virgl\"") != NULL, ==, strstr(help, "--virgl") != NULL);
 }
 
 /* The installed descriptor names the daemon; the man page documents every
