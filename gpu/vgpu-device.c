@@ -38,7 +38,7 @@ typedef enum {
 
 typedef struct {
   guint32 id;
-  VgpuHostmem *hostmem; /* charged RESOURCE_CHARGE for this record */
+  VgpuHostmem *hostmem; /* charged VGPU_RESOURCE_OVERHEAD for the records */
   VgpuImage *image;
   VgpuBacking *backing;
   /* A transfer not copied into the image yet: inside @pending the resource's
