@@ -11,8 +11,13 @@
 #include "config.h"
 #include "vsnd-null-output.h"
 #include "vsnd-vhost.h"
+#ifdef HAVE_GST_PIPELINE
+#include "gstvhostsndstream.h"
+#endif
 
 #define EXIT_USAGE 2
+/* How long SIGTERM/SIGINT wait for playback pipelines to finish after EOS. */
+#define EOS_TIMEOUT_MS 3000
 
 typedef struct {
   char *socket_path;
@@ -21,6 +26,7 @@ typedef struct {
   gint outputs, inputs;
   char *channels, *formats, *rates;
   gboolean no_controls;
+  char **output_pipelines, **input_pipelines;
   gint verbosity;
 } Options;
 
@@ -62,6 +68,16 @@ static const GOptionEntry entries[] = {
     "Frame rates offered in Hz, comma-separated (default every rate from 8000 to 192000)", "LIST" },
   { "no-controls", 0, 0, G_OPTION_ARG_NONE, &opts.no_controls,
     "Do not offer the volume and switch controls (VIRTIO_SND_F_CTLS)", NULL },
+#ifdef HAVE_GST_PIPELINE
+  { "output-pipeline", 'o', 0, G_OPTION_ARG_STRING_ARRAY, &opts.output_pipelines,
+    "Play guest output into this GStreamer pipeline (gst-launch-1.0 syntax, taking raw audio; "
+    "default autoaudiosink).  N:DESCRIPTION for output stream N only; repeatable",
+    "[N:]DESCRIPTION" },
+  { "input-pipeline", 'i', 0, G_OPTION_ARG_STRING_ARRAY, &opts.input_pipelines,
+    "Feed guest input from this GStreamer pipeline (gst-launch-1.0 syntax, producing raw "
+    "audio; default autoaudiosrc).  N:DESCRIPTION for input stream N only; repeatable",
+    "[N:]DESCRIPTION" },
+#endif
   { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, parse_verbose,
     "Log more (-v: informational messages, -vv: debugging)", NULL },
   { "quiet", 'q', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, parse_quiet,
@@ -76,7 +92,14 @@ static const char description[]
       "one of --socket-path and --fd is required.  With --socket-path the backend keeps\n"
       "serving: after a frontend leaves, the next one is served (volume and switch\n"
       "settings are kept).  With --fd it exits when that connection closes.  SIGTERM and\n"
-      "SIGINT end it cleanly (exit status 0).\n"
+      "SIGINT end it cleanly (exit status 0), after end-of-stream went through the output\n"
+      "pipelines (at most 3 s), so that the files they write are complete.\n"
+      "\n"
+      "Each stream has its own pipeline, with conversion and resampling in front of it\n"
+      "(output) or behind it (input), so any guest format and rate works with any\n"
+      "pipeline; an output pipeline keeps the format it first negotiated.  Without a\n"
+      "sound server the default pipelines are headless: playback is consumed at the\n"
+      "clock's pace, capture is silence.\n"
       "\n"
       "Example (QEMU 9.0 or later):\n"
       "  gst-vhost-sound --socket-path /tmp/snd.sock &\n"
@@ -85,6 +108,10 @@ static const char description[]
       "\\\n"
       "    -chardev socket,id=snd,path=/tmp/snd.sock \\\n"
       "    -device vhost-user-snd-pci,chardev=snd ...\n"
+      "\n"
+      "Recording the guest's playback into a WAV file:\n"
+      "  gst-vhost-sound --socket-path /tmp/snd.sock \\\n"
+      "    --output-pipeline 'wavenc ! filesink location=guest.wav'\n"
       "\n"
       "Guest memory must be shared (memory-backend-memfd with share=on).";
 
@@ -227,6 +254,44 @@ jack_for(guint8 direction, guint index)
                            caps, TRUE, TRUE };
 }
 
+#ifdef HAVE_GST_PIPELINE
+/* Values of --output-pipeline or --input-pipeline (@option) for @n streams:
+ * "N:DESCRIPTION" is stream N's, a plain "DESCRIPTION" every other's; NULL
+ * in @descs is the default. */
+static gboolean
+parse_pipelines(char **values, const char *option, gint n, const char **descs, GError **error)
+{
+  const char *rest = NULL;
+
+  for (guint i = 0; values && values[i]; i++) {
+    const char *colon = strchr(values[i], ':');
+    g_autofree char *num = colon ? g_strndup(values[i], (gsize)(colon - values[i])) : NULL;
+    guint64 k;
+
+    if (num && g_ascii_string_to_unsigned(num, 10, 0, G_MAXINT, &k, NULL)) {
+      if (k >= (guint64)n || descs[k]) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    k >= (guint64)n ? "%s %s: there is no stream %s (%d configured)"
+                                    : "%s %s: stream %s has a pipeline already",
+                    option, values[i], num, n);
+        return FALSE;
+      }
+      descs[k] = colon + 1;
+    } else if (rest) {
+      g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                  "%s given twice for every stream (use N:DESCRIPTION per stream)", option);
+      return FALSE;
+    } else {
+      rest = values[i];
+    }
+  }
+  for (gint k = 0; k < n; k++)
+    if (!descs[k])
+      descs[k] = rest;
+  return TRUE;
+}
+#endif
+
 static int usage_error(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
 static int
@@ -277,7 +342,12 @@ main(int argc, char **argv)
   g_autoptr(GArray) chmaps = g_array_new(FALSE, TRUE, sizeof(VsndChmapConfig));
   VsndStreamConfig sc = { 0 };
   VsndVhostConfig config = { 0 };
+#ifdef HAVE_GST_PIPELINE
+  g_autofree const char **descs = NULL;
+  GstVhostSndStream *pipelines;
+#else
   VsndNullOutput *output;
+#endif
   VsndVhost *vsnd;
   Daemon dd = { 0 };
 
@@ -313,6 +383,13 @@ main(int argc, char **argv)
                                    "96000,176400,192000",
                       &sc.rates, &error))
     return usage_error("%s", error ? error->message : "empty list");
+#ifdef HAVE_GST_PIPELINE
+  descs = g_new0(const char *, opts.outputs + opts.inputs);
+  if (!parse_pipelines(opts.output_pipelines, "--output-pipeline", opts.outputs, descs, &error)
+      || !parse_pipelines(opts.input_pipelines, "--input-pipeline", opts.inputs,
+                          descs + opts.outputs, &error))
+    return usage_error("%s", error->message);
+#endif
 
   log_threshold = opts.verbosity < 0    ? G_LOG_LEVEL_WARNING
                   : opts.verbosity == 0 ? G_LOG_LEVEL_MESSAGE
@@ -357,7 +434,19 @@ main(int argc, char **argv)
     vsnd_vhost_free(vsnd);
     return EXIT_FAILURE;
   }
+#ifdef HAVE_GST_PIPELINE
+  gst_init(NULL, NULL);
+  pipelines = gst_vhost_snd_stream_new(vsnd, NULL);
+  for (gint i = 0; i < opts.outputs + opts.inputs; i++)
+    gst_vhost_snd_stream_set_description(pipelines, (guint)i, descs[i]);
+  if (!gst_vhost_snd_stream_start(pipelines, &error)) {
+    gst_vhost_snd_stream_free(pipelines);
+    vsnd_vhost_free(vsnd);
+    return usage_error("%s", error->message);
+  }
+#else
   output = vsnd_null_output_new(vsnd);
+#endif
   dd.loop = loop;
   dd.backend = vsnd_vhost_get_backend(vsnd);
   vsnd_vhost_set_disconnect_func(vsnd, on_frontend_gone, &dd);
@@ -367,11 +456,23 @@ main(int argc, char **argv)
     g_message("%s %s: listening on %s", g_get_prgname(), PACKAGE_VERSION, opts.socket_path);
   else
     g_message("%s %s: serving fd %d", g_get_prgname(), PACKAGE_VERSION, opts.fd);
+#ifdef HAVE_GST_PIPELINE
+  g_message("%d output and %d input stream(s), %u-%u channels", opts.outputs, opts.inputs,
+            sc.channels_min, sc.channels_max);
+#else
   g_message("%d output and %d input stream(s), %u-%u channels; headless: playback is "
             "consumed and capture is silence, at real-time pace",
             opts.outputs, opts.inputs, sc.channels_min, sc.channels_max);
+#endif
   g_main_loop_run(loop);
+#ifdef HAVE_GST_PIPELINE
+  gst_vhost_snd_stream_finish(pipelines, EOS_TIMEOUT_MS);
+  gst_vhost_snd_stream_free(pipelines);
+  g_strfreev(opts.output_pipelines);
+  g_strfreev(opts.input_pipelines);
+#else
   vsnd_null_output_free(output);
+#endif
   vsnd_vhost_free(vsnd);
   g_free(opts.socket_path);
   g_free(opts.channels);

@@ -1352,6 +1352,13 @@ vsnd_device_get_state(VsndDevice *dev, guint stream)
   return dev->streams[stream].state;
 }
 
+guint8
+vsnd_device_get_direction(VsndDevice *dev, guint stream)
+{
+  g_return_val_if_fail(stream < dev->config.n_streams, VIRTIO_SND_D_OUTPUT);
+  return dev->streams[stream].config.direction;
+}
+
 gboolean
 vsnd_device_get_params(VsndDevice *dev, guint stream, VsndPcmParams *params)
 {

@@ -236,6 +236,8 @@ gsize vsnd_device_write(VsndDevice *dev, guint stream, const guint8 *buf, gsize 
  * left in queued buffers (rx). */
 gsize vsnd_device_get_queued(VsndDevice *dev, guint stream);
 VsndPcmState vsnd_device_get_state(VsndDevice *dev, guint stream);
+/* VIRTIO_SND_D_OUTPUT or _INPUT, as configured. */
+guint8 vsnd_device_get_direction(VsndDevice *dev, guint stream);
 /* The parameters of @stream; FALSE before its first SET_PARAMS. */
 gboolean vsnd_device_get_params(VsndDevice *dev, guint stream, VsndPcmParams *params);
 
