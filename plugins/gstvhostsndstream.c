@@ -61,6 +61,7 @@ typedef struct {
 struct _GstVhostSndStream {
   VsndVhost *vsnd;
   GMainContext *context;
+  GstClock *clock; /* for every pipeline, or NULL */
   guint n_streams;
   Stream *streams;
   gboolean started, finished;
@@ -763,6 +764,8 @@ stream_build(GstVhostSndStream *self, Stream *s, GError **error)
   if (!user)
     return FALSE;
   s->pipeline = gst_pipeline_new(name);
+  if (self->clock)
+    gst_pipeline_use_clock(GST_PIPELINE(s->pipeline), self->clock);
   ok = s->direction == VIRTIO_SND_D_OUTPUT ? build_output(s, user, error)
                                            : build_input(s, user, error);
   if (!ok)
@@ -819,6 +822,13 @@ gst_vhost_snd_stream_set_description(GstVhostSndStream *self, guint stream, cons
   g_return_if_fail(stream < self->n_streams && !self->started);
   g_free(self->streams[stream].desc);
   self->streams[stream].desc = g_strdup(description);
+}
+
+void
+gst_vhost_snd_stream_set_clock(GstVhostSndStream *self, GstClock *clock)
+{
+  g_return_if_fail(!self->started);
+  gst_object_replace((GstObject **)&self->clock, (GstObject *)clock);
 }
 
 gboolean
@@ -934,6 +944,7 @@ gst_vhost_snd_stream_free(GstVhostSndStream *self)
     g_cond_clear(&s->cond);
   }
   g_free(self->streams);
+  gst_clear_object(&self->clock);
   if (self->context)
     g_main_context_unref(self->context);
   g_free(self);

@@ -59,6 +59,10 @@ GstVhostSndStream *gst_vhost_snd_stream_new(VsndVhost *vsnd, GMainContext *conte
 void gst_vhost_snd_stream_set_description(GstVhostSndStream *self, guint stream,
                                           const char *description);
 
+/* Every pipeline runs on @clock instead of the one it would choose (a
+ * clock the application shares, or a test clock).  Before _start(). */
+void gst_vhost_snd_stream_set_clock(GstVhostSndStream *self, GstClock *clock);
+
 /* Builds every pipeline, starts the playback ones and becomes @vsnd's
  * output.  FALSE with @error (the stream and what is wrong) when a
  * description does not parse or a pipeline cannot start. */
