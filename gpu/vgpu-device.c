@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "vgpu-backing.h"
+#include "vgpu-blob.h"
 #include "vgpu-edid.h"
 
 G_STATIC_ASSERT(G_BYTE_ORDER == G_LITTLE_ENDIAN); /* virtio fields are used as host order */
@@ -31,6 +32,7 @@ typedef enum {
   GE_CURSOR,
   GE_DISPLAY_REPLY,
   GE_NOT_NEGOTIATED,
+  GE_BLOB,
   GE_N_KINDS
 } GuestError;
 
@@ -39,7 +41,7 @@ typedef enum {
 typedef struct {
   guint32 id;
   VgpuHostmem *hostmem; /* charged VGPU_RESOURCE_OVERHEAD for the records */
-  VgpuImage *image;
+  VgpuImage *image;     /* NULL: a blob not scanned out yet */
   VgpuBacking *backing;
   /* A transfer not copied into the image yet: inside @pending the resource's
    * pixels are the backing's, row y at pending_offset + (y - pending.y) *
@@ -48,6 +50,11 @@ typedef struct {
   guint64 pending_offset;
   gboolean has_uuid;
   guint8 uuid[16];
+  /* A guest-memory blob of that many bytes (0: a 2D resource): its backing
+   * is its pixels for good (pending never empties), its image has the
+   * geometry of its last SET_SCANOUT_BLOB and receives copies only for
+   * sinks that need them (vgpu-blob.h). */
+  guint64 blob_size;
 } Resource;
 
 typedef struct {
@@ -230,6 +237,21 @@ sinks_cursor_move(VgpuDevice *dev, guint id, gboolean visible)
 }
 
 static void
+sinks_scanout_blob(VgpuDevice *dev, guint id, Resource *res)
+{
+  Scanout *s = &dev->scanouts[id];
+  guint64 offset
+      = res->pending_offset + (guint64)s->rect.y * res->image->stride + (guint64)s->rect.x * 4u;
+
+  for (guint i = 0; i < dev->sinks->len; i++) {
+    Sink *k = &g_array_index(dev->sinks, Sink, i);
+
+    if (k->iface->scanout_blob)
+      k->iface->scanout_blob(k->sink, id, res->backing, offset, res->image->stride);
+  }
+}
+
+static void
 disable_scanout(VgpuDevice *dev, guint id)
 {
   Scanout *s = &dev->scanouts[id];
@@ -282,7 +304,8 @@ pending_offset_at(const Resource *res, guint32 x, guint32 y)
 static gboolean
 resource_busy(Resource *res)
 {
-  return vgpu_image_is_busy(res->image) || (res->backing && vgpu_backing_is_busy(res->backing));
+  return (res->image && vgpu_image_is_busy(res->image))
+         || (res->backing && vgpu_backing_is_busy(res->backing));
 }
 
 /* A sink still reads the guest memory, or lent its pages to a peer that may
@@ -313,7 +336,8 @@ materialize(VgpuDevice *dev, Resource *res)
                         img->data + (gsize)(r->y + h) * img->stride + (gsize)r->x * 4u,
                         (gsize)r->width * 4u);
   }
-  res->pending = (VgpuRect){ 0, 0, 0, 0 };
+  if (!res->blob_size)
+    res->pending = (VgpuRect){ 0, 0, 0, 0 };
   dev->stats.materializations++;
 }
 
@@ -598,6 +622,10 @@ typedef union {
   struct virtio_gpu_resource_detach_backing detach;
   struct virtio_gpu_cmd_get_edid get_edid;
   struct virtio_gpu_resource_assign_uuid assign_uuid;
+  struct virtio_gpu_resource_create_blob create_blob;
+  struct virtio_gpu_set_scanout_blob set_scanout_blob;
+  struct virtio_gpu_resource_map_blob map_blob;
+  struct virtio_gpu_resource_unmap_blob unmap_blob;
 } Request;
 
 #define RESULT_WAIT 0u /* not a response type: the request must wait */
@@ -706,6 +734,10 @@ cmd_set_scanout(VgpuDevice *dev, const struct virtio_gpu_set_scanout *c)
   res = find_resource(dev, c->resource_id);
   if (!res)
     return bad_resource(dev, "SET_SCANOUT", c->resource_id);
+  if (!res->image) {
+    guest_error(dev, GE_BLOB, "SET_SCANOUT: blob %u has no geometry (SET_SCANOUT_BLOB)", res->id);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
   if (r.width == 0 || r.height == 0
       || !vgpu_rect_inside(&r, res->image->width, res->image->height)) {
     guest_error(dev, GE_RECT, "SET_SCANOUT: rectangle %ux%u+%u+%u outside resource %u (%ux%u)",
@@ -739,6 +771,8 @@ cmd_flush(VgpuDevice *dev, const struct virtio_gpu_resource_flush *c)
 
   if (!res)
     return bad_resource(dev, "RESOURCE_FLUSH", c->resource_id);
+  if (!res->image)
+    return VIRTIO_GPU_RESP_OK_NODATA; /* a blob no scanout shows */
   if (!vgpu_rect_inside(&r, res->image->width, res->image->height)) {
     guest_error(dev, GE_RECT, "RESOURCE_FLUSH: rectangle %ux%u+%u+%u outside resource %u (%ux%u)",
                 r.width, r.height, r.x, r.y, res->id, res->image->width, res->image->height);
@@ -792,6 +826,8 @@ cmd_transfer(VgpuDevice *dev, const struct virtio_gpu_transfer_to_host_2d *c)
 
   if (!res)
     return bad_resource(dev, "TRANSFER_TO_HOST_2D", c->resource_id);
+  if (res->blob_size)
+    return VIRTIO_GPU_RESP_OK_NODATA; /* a blob's pixels are in guest memory already */
   img = res->image;
   if (!vgpu_rect_inside(&r, img->width, img->height)) {
     guest_error(dev, GE_RECT,
@@ -913,6 +949,11 @@ cmd_detach_backing(VgpuDevice *dev, const struct virtio_gpu_resource_detach_back
 
   if (!res)
     return bad_resource(dev, "RESOURCE_DETACH_BACKING", c->resource_id);
+  if (res->blob_size) {
+    guest_error(dev, GE_BLOB, "RESOURCE_DETACH_BACKING: %u is a blob (its memory goes with UNREF)",
+                res->id);
+    return VIRTIO_GPU_RESP_ERR_UNSPEC;
+  }
   /* The guest reuses the pages once answered: no sink may still read them,
    * and the image keeps what was transferred. */
   if ((res->backing && backing_in_use(res->backing))
@@ -947,6 +988,159 @@ cmd_assign_uuid(VgpuDevice *dev, const struct virtio_gpu_resource_assign_uuid *c
   }
   memcpy(resp->uuid.uuid, res->uuid, sizeof res->uuid);
   return VIRTIO_GPU_RESP_OK_RESOURCE_UUID;
+}
+
+/* Blob commands (vgpu-blob.h checks them). */
+
+static guint32
+blob_error(VgpuDevice *dev, guint32 type, char *message)
+{
+  guest_error(dev, GE_BLOB, "%s", message);
+  g_free(message);
+  return type;
+}
+
+static guint32
+cmd_create_blob(VgpuDevice *dev, VhuElem *elem, const struct virtio_gpu_resource_create_blob *c)
+{
+  guint max = dev->config.max_resources ? dev->config.max_resources : VGPU_DEFAULT_MAX_RESOURCES;
+  VgpuBacking *backing = NULL;
+  char *msg = NULL;
+  guint32 type;
+  Resource *res;
+
+  if (c->resource_id == 0)
+    return bad_resource(dev, "RESOURCE_CREATE_BLOB", 0);
+  if (find_resource(dev, c->resource_id)) {
+    guest_error(dev, GE_RESOURCE_EXISTS, "RESOURCE_CREATE_BLOB: resource %u already exists",
+                c->resource_id);
+    return VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID;
+  }
+  if (g_hash_table_size(dev->resources) >= max) {
+    guest_error(dev, GE_RESOURCE_COUNT, "RESOURCE_CREATE_BLOB: limit of %u resources reached", max);
+    return VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+  }
+  if (!vgpu_hostmem_charge(dev->hostmem, VGPU_RESOURCE_OVERHEAD)) {
+    guest_error(dev, GE_HOSTMEM, "RESOURCE_CREATE_BLOB %u: host memory budget exhausted",
+                c->resource_id);
+    return VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+  }
+  type = vgpu_blob_create(dev->hostmem, elem, c, &backing, &msg);
+  if (type != VIRTIO_GPU_RESP_OK_NODATA) {
+    vgpu_hostmem_credit(dev->hostmem, VGPU_RESOURCE_OVERHEAD);
+    return blob_error(dev, type, msg);
+  }
+  vgpu_backing_set_idle_notify(backing, dev->idle_notify);
+  res = g_new0(Resource, 1);
+  res->id = c->resource_id;
+  res->hostmem = dev->hostmem;
+  res->backing = backing;
+  res->blob_size = c->size;
+  g_hash_table_insert(dev->resources, GUINT_TO_POINTER(res->id), res);
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+/* Gives blob @res the image of geometry @b (format, stride / 4 x height),
+ * so the 2D paths see the blob's rows as a pending transfer of it. */
+static guint32
+blob_set_geometry(VgpuDevice *dev, Resource *res, const VgpuBlobScanout *b)
+{
+  g_autoptr(GError) error = NULL;
+  VgpuImage *img = res->image;
+
+  if (!img || img->format != b->format || img->width != b->stride / 4u
+      || img->height != b->height) {
+    img = vgpu_image_new(dev->hostmem, b->format, b->stride / 4u, b->height, &error);
+    if (!img) {
+      guest_error(dev, GE_BLOB, "SET_SCANOUT_BLOB %u: %s", res->id, error->message);
+      return g_error_matches(error, VGPU_IMAGE_ERROR, VGPU_IMAGE_ERROR_INVALID)
+                 ? VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER
+                 : VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+    }
+    vgpu_image_set_idle_notify(img, dev->idle_notify);
+  } else if (res->pending_offset == b->offset && res->pending.width == b->width) {
+    return VIRTIO_GPU_RESP_OK_NODATA;
+  } else {
+    vgpu_image_ref(img);
+  }
+  /* One geometry per blob: other scanouts showing it another way go dark. */
+  for (guint i = 0; i < dev->config.num_scanouts; i++) {
+    if (dev->scanouts[i].resource_id == res->id)
+      disable_scanout(dev, i);
+  }
+  vgpu_image_unref(res->image);
+  res->image = img;
+  res->pending = (VgpuRect){ 0, 0, b->width, b->height };
+  res->pending_offset = b->offset;
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static guint32
+cmd_set_scanout_blob(VgpuDevice *dev, const struct virtio_gpu_set_scanout_blob *c)
+{
+  VgpuBlobScanout b;
+  char *msg = NULL;
+  Resource *res;
+  Scanout *s;
+  guint32 type;
+
+  if (c->scanout_id >= dev->config.num_scanouts) {
+    guest_error(dev, GE_SCANOUT_ID, "SET_SCANOUT_BLOB: invalid scanout id %u", c->scanout_id);
+    return VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID;
+  }
+  if (c->resource_id == 0) {
+    disable_scanout(dev, c->scanout_id);
+    return VIRTIO_GPU_RESP_OK_NODATA;
+  }
+  res = find_resource(dev, c->resource_id);
+  if (!res)
+    return bad_resource(dev, "SET_SCANOUT_BLOB", c->resource_id);
+  if (!res->blob_size) {
+    guest_error(dev, GE_BLOB, "SET_SCANOUT_BLOB: resource %u is not a blob", res->id);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  type = vgpu_blob_check_scanout(c, res->blob_size, &b, &msg);
+  if (type != VIRTIO_GPU_RESP_OK_NODATA)
+    return blob_error(dev, type, msg);
+  type = blob_set_geometry(dev, res, &b);
+  if (type != VIRTIO_GPU_RESP_OK_NODATA)
+    return type;
+  s = &dev->scanouts[c->scanout_id];
+  if (s->resource_id == res->id && rect_equal(&s->rect, &b.rect))
+    return VIRTIO_GPU_RESP_OK_NODATA;
+  s->resource_id = res->id;
+  s->rect = b.rect;
+  s->full_pending = TRUE;
+  if (s->image != res->image) {
+    g_clear_pointer(&s->image, vgpu_image_unref);
+    s->image = vgpu_image_ref(res->image);
+  }
+  sinks_set_scanout(dev, c->scanout_id);
+  sinks_scanout_blob(dev, c->scanout_id, res);
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static guint32
+cmd_blob(VgpuDevice *dev, VhuElem *elem, const Request *req)
+{
+  Resource *res;
+  char *msg = NULL;
+
+  switch (req->hdr.type) {
+    case VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB:
+      return cmd_create_blob(dev, elem, &req->create_blob);
+    case VIRTIO_GPU_CMD_SET_SCANOUT_BLOB:
+      return cmd_set_scanout_blob(dev, &req->set_scanout_blob);
+    default:
+      /* map_blob and unmap_blob start alike */
+      res = find_resource(dev, req->map_blob.resource_id);
+      if (!res)
+        return bad_resource(dev, "RESOURCE_MAP_BLOB", req->map_blob.resource_id);
+      return blob_error(dev,
+                        vgpu_blob_map(res->id, res->blob_size != 0,
+                                      req->hdr.type == VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB, &msg),
+                        msg);
+  }
 }
 
 static gboolean
@@ -987,6 +1181,14 @@ command_size(guint32 type)
       return sizeof(struct virtio_gpu_cmd_get_edid);
     case VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID:
       return sizeof(struct virtio_gpu_resource_assign_uuid);
+    case VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB:
+      return sizeof(struct virtio_gpu_resource_create_blob);
+    case VIRTIO_GPU_CMD_SET_SCANOUT_BLOB:
+      return sizeof(struct virtio_gpu_set_scanout_blob);
+    case VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB:
+      return sizeof(struct virtio_gpu_resource_map_blob);
+    case VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB:
+      return sizeof(struct virtio_gpu_resource_unmap_blob);
     default:
       return 0;
   }
@@ -1153,6 +1355,15 @@ submit_ctrl(VgpuDevice *dev, VhuElem *elem)
       if (type == VIRTIO_GPU_RESP_OK_RESOURCE_UUID)
         resp_len = sizeof resp.uuid;
       break;
+    case VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB:
+    case VIRTIO_GPU_CMD_SET_SCANOUT_BLOB:
+    case VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB:
+    case VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB:
+      if (!has_feature(dev, VIRTIO_GPU_F_RESOURCE_BLOB))
+        type = not_negotiated(dev, "a blob command", "RESOURCE_BLOB");
+      else
+        type = cmd_blob(dev, elem, &req);
+      break;
     default:
       g_assert_not_reached();
   }
@@ -1209,6 +1420,11 @@ cursor_update(VgpuDevice *dev, const struct virtio_gpu_update_cursor *c)
     return;
   }
   img = res->image;
+  if (!img) {
+    guest_error(dev, GE_CURSOR, "UPDATE_CURSOR: blob %u has no geometry", res->id);
+    dev->stats.errors++;
+    return;
+  }
   if (img->width != VGPU_CURSOR_SIZE || img->height != VGPU_CURSOR_SIZE) {
     guest_error(dev, GE_CURSOR, "UPDATE_CURSOR: resource %u is %ux%u, not %ux%u", res->id,
                 img->width, img->height, VGPU_CURSOR_SIZE, VGPU_CURSOR_SIZE);
@@ -1472,7 +1688,7 @@ vgpu_device_get_resource_image(VgpuDevice *dev, guint32 resource_id)
 {
   Resource *res = find_resource(dev, resource_id);
 
-  if (!res)
+  if (!res || !res->image)
     return NULL;
   if (!vgpu_image_is_busy(res->image))
     materialize(dev, res);
@@ -1487,7 +1703,9 @@ vgpu_device_sync_images(VgpuDevice *dev)
 
   g_hash_table_iter_init(&it, dev->resources);
   while (g_hash_table_iter_next(&it, NULL, &res)) {
-    if (!vgpu_image_is_busy(((Resource *)res)->image))
+    VgpuImage *img = ((Resource *)res)->image;
+
+    if (img && !vgpu_image_is_busy(img))
       materialize(dev, res);
   }
 }

@@ -28,12 +28,26 @@
  *   INVALID_SCANOUT_ID   scanout id >= number of scanouts
  *   INVALID_PARAMETER    bad format or size, rectangle or offset outside the
  *                        resource or its backing, malformed backing entries
- *                        (too many, unmapped, truncated), cursor not 64x64
+ *                        (too many, unmapped, truncated), cursor not 64x64;
+ *                        blobs: see vgpu-blob.h (and SET_SCANOUT of a blob
+ *                        never given a geometry by SET_SCANOUT_BLOB)
  *   OUT_OF_MEMORY        host memory budget or resource count exhausted
  *   UNSPEC               short request, unknown or 3D command, transfer
  *                        without backing, backing attached twice, GET_EDID
  *                        without VIRTIO_GPU_F_EDID or RESOURCE_ASSIGN_UUID
- *                        without VIRTIO_GPU_F_RESOURCE_UUID negotiated
+ *                        without VIRTIO_GPU_F_RESOURCE_UUID negotiated, a
+ *                        blob command without VIRTIO_GPU_F_RESOURCE_BLOB,
+ *                        MAP/UNMAP_BLOB (nothing is mappable), DETACH_BACKING
+ *                        of a blob
+ *
+ * Blobs (VIRTIO_GPU_BLOB_MEM_GUEST): the entries are the blob's backing,
+ * charged like ATTACH_BACKING's; TRANSFER_TO_HOST_2D on a blob is a no-op
+ * (OK).  SET_SCANOUT_BLOB gives the blob an image of its geometry (stride /
+ * 4 pixels wide, charged like a 2D resource's, a sparse memfd) into which
+ * its pixels are copied only for sinks that need an image; sinks reading
+ * guest memory see its rows as a pending transfer, and scanout_blob() tells
+ * them the blob's pages can be shown as they are.  One geometry per blob:
+ * SET_SCANOUT_BLOB with another one disables the other scanouts showing it.
  * Each kind of guest error is logged once, then at most once a minute with a
  * count of the suppressed ones.
  *
@@ -86,6 +100,7 @@ typedef struct {
   guint32 width, height; /* mode reported for every scanout */
   guint64 max_hostmem;   /* bytes of host memory the guest may make us keep (see above) */
   guint max_resources;   /* 0: VGPU_DEFAULT_MAX_RESOURCES */
+  gboolean blob;         /* offer VIRTIO_GPU_F_RESOURCE_BLOB (read by the vhost glue) */
 } VgpuDeviceConfig;
 
 typedef struct {

@@ -58,6 +58,17 @@ typedef struct {
    * any attached sink lacks update_guest. */
   void (*update_guest)(gpointer sink, guint id, VgpuImage *image, VgpuBacking *backing,
                        guint64 offset, const VgpuRect *rect, guint32 dst_x, guint32 dst_y);
+
+  /* Optional: the scanout set_scanout() just gave @id is a guest-memory
+   * blob (vgpu-blob.h): its pixel (x, y) lies at @offset + y * @stride +
+   * x * 4 of @backing for as long as the scanout stays set, in the image's
+   * format.  update()/update_guest() then only say what changed; a sink may
+   * show the blob's pages themselves (scan-out: what the guest writes there
+   * shows through).  Such a sink takes a reference on @backing, which keeps
+   * the pages mapped, but no read mark: the device never waits for it, and
+   * the guest may reuse the pages once it unrefs the resource. */
+  void (*scanout_blob)(gpointer sink, guint id, VgpuBacking *backing, guint64 offset,
+                       guint32 stride);
 } VgpuSinkIface;
 
 G_END_DECLS

@@ -1,6 +1,8 @@
 /* vgpu-vhost.c: VgpuDevice + VgpuQemuDisplay behind a VhuBackend. */
 #include "vgpu-vhost.h"
 
+#include "vgpu-blob.h"
+
 #include <gio/gio.h>
 #include <unistd.h>
 
@@ -332,6 +334,8 @@ vgpu_vhost_new(const VgpuVhostConfig *config, GMainContext *context, GError **er
   v->dev = vgpu_device_new(&config->device, &device_ops, v);
   if (config->virgl)
     iface.features |= VGPU_VIRGL_FEATURES;
+  if (config->device.blob)
+    iface.features |= VGPU_BLOB_FEATURES;
   v->backend = vhu_backend_new(&iface, v, context, &config->backend);
   if (config->virgl && !virgl_call(v, config->virgl, error)) {
     vhu_backend_free(v->backend);

@@ -39,6 +39,7 @@ typedef struct {
   gint pipeline_scanout;
   gboolean virgl, gles;
   char *render_node;
+  gboolean no_blob;
 } Options;
 
 static Options opts = {
@@ -138,6 +139,9 @@ static const GOptionEntry entries[] = {
   { "render-node", 0, 0, G_OPTION_ARG_FILENAME, &opts.render_node,
     "With --virgl, render on the GPU of this DRM render node (e.g. /dev/dri/renderD128)",
     "PATH" },
+  { "no-blob", 0, 0, G_OPTION_ARG_NONE, &opts.no_blob,
+    "Do not offer guest-memory blob resources (VIRTIO_GPU_F_RESOURCE_BLOB, offered by default)",
+    NULL },
   { "gles", 0, 0, G_OPTION_ARG_NONE, &opts.gles,
     "With --virgl, render through OpenGL ES rather than desktop OpenGL", NULL },
   { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, parse_verbose,
@@ -380,6 +384,7 @@ main(int argc, char **argv)
   config.device.width = opts.width < 0 ? 0 : (guint32)opts.width;
   config.device.height = opts.height < 0 ? 0 : (guint32)opts.height;
   config.device.max_hostmem = opts.max_hostmem;
+  config.device.blob = !opts.no_blob;
   if (!vgpu_device_config_validate(&config.device, &error))
     return usage_error(ctx, "%s", error->message);
   if (opts.pipeline_scanout < 0 || (guint)opts.pipeline_scanout >= config.device.num_scanouts)
