@@ -55,6 +55,11 @@ struct _GstVhostFrameQueue {
   guint8 *shadow;                     /* newest pixels of shadow_region */
   pixman_region32_t shadow_region;
   gboolean overflowing;
+  /* A guest-memory blob scanout shown as it is: one memory wrapping its
+   * rows (holding a reference on the backing, so its mapping stays), shared
+   * by every frame; NULL while frames are copies. */
+  GstMemory *blob_mem;
+  GstVideoInfo blob_info; /* info with the blob's stride */
 
   /* What the next frame carries. */
   gboolean ready;
@@ -313,6 +318,7 @@ sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect
   if (id != q->scanout)
     return;
   g_mutex_lock(&q->lock);
+  g_clear_pointer(&q->blob_mem, gst_memory_unref);
   if (!image) {
     if (q->enabled)
       GST_INFO("scanout %u disabled", id);
@@ -353,8 +359,9 @@ flushed(GstVhostFrameQueue *q, const Source *src, guint32 w, guint32 h, guint32 
     d.height = MIN(h, fh - dst_y);
   }
   pixman_region32_init_rect(&incoming, (int)d.x, (int)d.y, d.width, d.height);
-  f = target_for(q, &incoming, q->max_frames);
-  if (f) {
+  if (q->blob_mem) {
+    /* The frame is the guest's memory: nothing to copy. */
+  } else if ((f = target_for(q, &incoming, q->max_frames))) {
     copy_in(q, f->data, src, &d);
     pixman_region32_union(&q->history[q->gen % HISTORY], &q->history[q->gen % HISTORY], &incoming);
   } else {
@@ -410,11 +417,54 @@ sink_update_guest(gpointer sink, guint id, VgpuImage *image, VgpuBacking *backin
   g_mutex_unlock(&q->lock);
 }
 
+/* Wraps the blob's rows when they are one contiguous host range with
+ * 4-byte aligned rows: GstVideoMeta describes the stride. */
+static void
+sink_scanout_blob(gpointer sink, guint id, VgpuBacking *backing, guint64 offset, guint32 stride)
+{
+  GstVhostFrameQueue *q = sink;
+  g_autoptr(GArray) iov = NULL;
+  guint32 h;
+  guint64 len;
+
+  if (id != q->scanout)
+    return;
+  g_mutex_lock(&q->lock);
+  h = GST_VIDEO_INFO_HEIGHT(&q->info);
+  len = (guint64)stride * h;
+  if (!q->enabled || stride % 4u != 0 || offset > vgpu_backing_get_size(backing)
+      || len > vgpu_backing_get_size(backing) - offset || len > G_MAXSIZE) {
+    GST_INFO("scanout %u: blob rows not whole in the blob; frames are copies", id);
+    goto out;
+  }
+  iov = g_array_new(FALSE, FALSE, sizeof(struct iovec));
+  vgpu_backing_append_iov(backing, offset, (gsize)len, iov);
+  if (iov->len != 1 || (guintptr)g_array_index(iov, struct iovec, 0).iov_base % 4u != 0) {
+    GST_INFO("scanout %u: blob in %u host pieces; frames are copies", id, iov->len);
+    goto out;
+  }
+  q->blob_mem = gst_memory_new_wrapped(
+      GST_MEMORY_FLAG_READONLY, g_array_index(iov, struct iovec, 0).iov_base, (gsize)len, 0,
+      (gsize)len, vgpu_backing_ref(backing), (GDestroyNotify)vgpu_backing_unref);
+  q->blob_info = q->info;
+  q->blob_info.stride[0] = (gint)stride;
+  q->blob_info.size = (gsize)len;
+  GST_INFO("scanout %u: a guest-memory blob, stride %u: frames without a copy", id, stride);
+out:
+  g_mutex_unlock(&q->lock);
+}
+
+static gboolean
+has_content(GstVhostFrameQueue *q)
+{
+  return q->cur || q->blob_mem;
+}
+
 static void
 cursor_changed(GstVhostFrameQueue *q)
 {
   q->stats.cursor_updates++;
-  if (!q->enabled || !q->cur)
+  if (!q->enabled || !has_content(q))
     return;
   q->flush_time = monotonic_ns();
   q->ready = TRUE;
@@ -472,6 +522,7 @@ static const VgpuSinkIface sink_iface = {
   .update_guest = sink_update_guest,
   .cursor_update = sink_cursor_update,
   .cursor_move = sink_cursor_move,
+  .scanout_blob = sink_scanout_blob,
 };
 
 const VgpuSinkIface *
@@ -491,8 +542,14 @@ fill_frame(GstVhostFrameQueue *q, GstVhostFrame *frame, gboolean with_damage)
 
   memset(frame, 0, sizeof *frame);
   frame->buffer = gst_buffer_new();
-  gst_buffer_append_memory(frame->buffer, gst_memory_ref(q->cur->mem));
-  frame->info = q->info;
+  if (q->blob_mem) {
+    gst_buffer_append_memory(frame->buffer, gst_memory_ref(q->blob_mem));
+    frame->info = q->blob_info;
+    q->stats.zero_copy_frames++;
+  } else {
+    gst_buffer_append_memory(frame->buffer, gst_memory_ref(q->cur->mem));
+    frame->info = q->info;
+  }
   frame->geometry = q->geometry;
   frame->number = ++q->number;
   frame->flush_time = with_damage ? q->flush_time : monotonic_ns();
@@ -536,7 +593,7 @@ gst_vhost_frame_queue_pop(GstVhostFrameQueue *q, gint64 not_before, gint64 deadl
       res = GST_VHOST_FRAME_FLUSHING;
       break;
     }
-    if (q->eos && !(q->ready && q->enabled && q->cur)) {
+    if (q->eos && !(q->ready && q->enabled && has_content(q))) {
       res = GST_VHOST_FRAME_EOS;
       break;
     }
@@ -544,7 +601,7 @@ gst_vhost_frame_queue_pop(GstVhostFrameQueue *q, gint64 not_before, gint64 deadl
       /* The newest pixels may still be only in the shadow. */
       if (!pixman_region32_not_empty(&q->shadow_region)
           || target_for(q, &none, q->max_frames * STREAMING_FRAMES_FACTOR)) {
-        if (q->cur) {
+        if (has_content(q)) {
           fill_frame(q, frame, TRUE);
           if (q->flushes > 1)
             q->stats.coalesced += q->flushes - 1;
@@ -583,7 +640,7 @@ gst_vhost_frame_queue_repeat(GstVhostFrameQueue *q, GstVhostFrame *frame)
   gboolean ok;
 
   g_mutex_lock(&q->lock);
-  ok = q->enabled && q->cur && !q->flushing;
+  ok = q->enabled && has_content(q) && !q->flushing;
   if (ok)
     fill_frame(q, frame, FALSE);
   g_mutex_unlock(&q->lock);
@@ -649,6 +706,7 @@ gst_vhost_frame_queue_free(GstVhostFrameQueue *q)
   if (!q)
     return;
   reset_content(q);
+  g_clear_pointer(&q->blob_mem, gst_memory_unref);
   g_ptr_array_unref(q->frames);
   for (guint i = 0; i < HISTORY; i++)
     pixman_region32_fini(&q->history[i]);

@@ -18,6 +18,16 @@
  * copy (counted as overflows) and are merged into a frame the consumer
  * finds or allocates (bounded) when it pops.
  *
+ * Guest-memory blobs (VgpuSinkIface.scanout_blob): when the scanout shows a
+ * blob whose rows are one contiguous host range, every frame is one
+ * read-only GstMemory wrapping those guest pages (no copy, frame memory
+ * unused); it holds a reference on the blob's backing, hence on the memory
+ * table mapping, for as long as any buffer holds it.  Scan-out semantics:
+ * the pages are the guest's, what it writes there later shows through in
+ * buffers still held downstream, and after the guest unrefs the resource
+ * they show whatever the guest reuses them for (never freed memory: the
+ * mapping stays).  Blobs in several host pieces are copied like 2D frames.
+ *
  * Coalescing: flushes that arrive before the consumer pops merge into one
  * frame: their damage is united, the newest pixels win, the count of flushes
  * is kept and the time stamp is that of the newest flush.
@@ -73,6 +83,7 @@ typedef struct {
   guint64 frames_allocated;
   guint64 geometry_changes;
   guint64 cursor_updates;
+  guint64 zero_copy_frames; /* frames that are the guest's blob memory itself */
 } GstVhostFrameQueueStats;
 
 /* Follows scanout @scanout.  Flushes use at most @max_frames frame

@@ -34,6 +34,7 @@ GST_DEBUG_CATEGORY_STATIC(gst_vhost_gpu_src_debug);
 #define DEFAULT_QEMU_DISPLAY TRUE
 #define DEFAULT_KEEPALIVE    0u
 #define DEFAULT_DRAW_CURSOR  FALSE
+#define DEFAULT_BLOB         TRUE
 #define MIN_SIDE             16u
 #define MAX_SIDE             4095u
 #define MAX_KEEPALIVE_MS     3600000u
@@ -51,6 +52,7 @@ enum {
   PROP_KEEPALIVE_TIME,
   PROP_MAX_FRAMERATE,
   PROP_DRAW_CURSOR,
+  PROP_BLOB,
   PROP_STATS,
 };
 
@@ -67,6 +69,7 @@ struct _GstVhostGpuSrc {
   guint keepalive_ms;
   gint max_fps_n, max_fps_d;
   gboolean draw_cursor;
+  gboolean blob;
 
   VgpuVhost *external; /* set_vhost: not owned */
 
@@ -188,6 +191,7 @@ serve(GstVhostGpuSrc *self, GError **error)
   cfg.device.width = self->width;
   cfg.device.height = self->height;
   cfg.device.max_hostmem = self->max_hostmem;
+  cfg.device.blob = self->blob;
   path = g_strdup(self->socket_path);
   fd = self->fd;
   GST_OBJECT_UNLOCK(self);
@@ -615,9 +619,9 @@ make_stats(GstVhostGpuSrc *self)
       "keepalives", G_TYPE_UINT64, self->keepalives, "bytes-copied", G_TYPE_UINT64, qs.bytes_copied,
       "bytes-synced", G_TYPE_UINT64, qs.bytes_synced, "frames-allocated", G_TYPE_UINT64,
       qs.frames_allocated, "geometry-changes", G_TYPE_UINT64, qs.geometry_changes, "cursor-updates",
-      G_TYPE_UINT64, qs.cursor_updates, "commands", G_TYPE_UINT64, ds.commands, "errors",
-      G_TYPE_UINT64, ds.errors, "resources", G_TYPE_UINT, ds.resources, "hostmem-used",
-      G_TYPE_UINT64, ds.hostmem_used, NULL);
+      G_TYPE_UINT64, qs.cursor_updates, "zero-copy-frames", G_TYPE_UINT64, qs.zero_copy_frames,
+      "commands", G_TYPE_UINT64, ds.commands, "errors", G_TYPE_UINT64, ds.errors, "resources",
+      G_TYPE_UINT, ds.resources, "hostmem-used", G_TYPE_UINT64, ds.hostmem_used, NULL);
 }
 
 void
@@ -670,6 +674,9 @@ gst_vhost_gpu_src_set_property(GObject *object, guint prop_id, const GValue *val
       break;
     case PROP_DRAW_CURSOR:
       self->draw_cursor = g_value_get_boolean(value);
+      break;
+    case PROP_BLOB:
+      self->blob = g_value_get_boolean(value);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
@@ -731,6 +738,9 @@ gst_vhost_gpu_src_get_property(GObject *object, guint prop_id, GValue *value, GP
     case PROP_DRAW_CURSOR:
       g_value_set_boolean(value, self->draw_cursor);
       break;
+    case PROP_BLOB:
+      g_value_set_boolean(value, self->blob);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
       break;
@@ -764,6 +774,7 @@ gst_vhost_gpu_src_init(GstVhostGpuSrc *self)
   self->max_fps_n = 0;
   self->max_fps_d = 1;
   self->draw_cursor = DEFAULT_DRAW_CURSOR;
+  self->blob = DEFAULT_BLOB;
   gst_base_src_set_live(GST_BASE_SRC(self), TRUE);
   gst_base_src_set_format(GST_BASE_SRC(self), GST_FORMAT_TIME);
 }
@@ -847,6 +858,12 @@ gst_vhost_gpu_src_class_init(GstVhostGpuSrcClass *klass)
                            "Draw the guest's cursor into a copy of each frame instead of "
                            "attaching it as an overlay composition meta",
                            DEFAULT_DRAW_CURSOR, PLAYING_FLAGS));
+  g_object_class_install_property(
+      gobject_class, PROP_BLOB,
+      g_param_spec_boolean("blob", "Blob resources",
+                           "Offer guest-memory blob resources (VIRTIO_GPU_F_RESOURCE_BLOB): a "
+                           "guest scanning out a blob has its frames sent without a copy",
+                           DEFAULT_BLOB, READY_FLAGS));
   g_object_class_install_property(
       gobject_class, PROP_STATS,
       g_param_spec_boxed("stats", "Statistics",

@@ -110,12 +110,14 @@ stat_of(Fixture *f, const char *name)
 
 /* --- frontend -------------------------------------------------------------- */
 
+/* A frontend that negotiated EDID and @extra features. */
 static VhuFrontend *
-frontend_new(Fixture *f)
+frontend_new_with(Fixture *f, guint64 extra)
 {
   g_autoptr(GError) error = NULL;
   const guint sizes[2] = { 64, 16 };
-  guint64 drv = BIT(VIRTIO_GPU_F_EDID) | BIT(VHU_F_RING_INDIRECT_DESC) | BIT(VHU_F_RING_EVENT_IDX);
+  guint64 drv
+      = BIT(VIRTIO_GPU_F_EDID) | BIT(VHU_F_RING_INDIRECT_DESC) | BIT(VHU_F_RING_EVENT_IDX) | extra;
   VhuFrontend *fe = vhu_frontend_connect_wait(f->path, WAIT_MS, NULL, NULL, &error);
 
   g_assert_no_error(error);
@@ -126,6 +128,12 @@ frontend_new(Fixture *f)
   g_assert_true(vhu_frontend_start(fe, drv, sizes, 2, &error));
   g_assert_no_error(error);
   return fe;
+}
+
+static VhuFrontend *
+frontend_new(Fixture *f)
+{
+  return frontend_new_with(f, 0);
 }
 
 static void
@@ -902,6 +910,233 @@ setup_blocked(Fixture *f, gconstpointer data)
   setup_with(f, NULL, "max-buffers=1 drop=false");
 }
 
+/* --- guest-memory blobs ----------------------------------------------------- */
+
+typedef struct {
+  guint32 id, format, w, h, stride;
+  guint8 *pixels; /* the blob in guest memory (the first piece when split) */
+  guint8 *second; /* the second piece, or NULL */
+  gsize first_len, size;
+} Blob;
+
+static void
+setup_blob(Fixture *f, gconstpointer data)
+{
+  f->dir = tu_make_tmpdir("vhostgpusrc-XXXXXX");
+  f->path = g_build_filename(f->dir, "gpu.sock", NULL);
+  pipeline_start(f, data, NULL);
+  f->fe = frontend_new_with(f, BIT(VIRTIO_GPU_F_RESOURCE_BLOB));
+}
+
+static guint8 *
+blob_at(Blob *b, gsize at)
+{
+  return b->second && at >= b->first_len ? b->second + (at - b->first_len) : b->pixels + at;
+}
+
+/* A blob of @w x @h pixels, rows @stride bytes apart, in one contiguous
+ * piece of guest memory or (@split) in two with a page between them; shown
+ * on scanout 0 with SET_SCANOUT_BLOB. */
+static Blob
+blob_show_new(VhuFrontend *fe, guint32 id, guint32 format, guint32 w, guint32 h, guint32 stride,
+              gboolean split)
+{
+  Blob b = { id, format, w, h, stride, NULL, NULL, 0, (gsize)stride * h };
+  struct virtio_gpu_mem_entry e[2];
+  struct virtio_gpu_resource_create_blob c = {
+    .hdr = GPU_HDR(VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB),
+    .resource_id = id,
+    .blob_mem = VIRTIO_GPU_BLOB_MEM_GUEST,
+    .blob_flags = VIRTIO_GPU_BLOB_FLAG_USE_SHAREABLE,
+    .nr_entries = split ? 2 : 1,
+    .size = b.size,
+  };
+  struct virtio_gpu_set_scanout_blob s = {
+    .hdr = GPU_HDR(VIRTIO_GPU_CMD_SET_SCANOUT_BLOB),
+    .r = { 0, 0, w, h },
+    .resource_id = id,
+    .width = w,
+    .height = h,
+    .format = format,
+    .strides = { stride },
+  };
+  guint8 req[sizeof c + sizeof e];
+  guint64 gpa;
+
+  b.first_len = split ? ((b.size / 2 + 4095) & ~(gsize)4095) : b.size;
+  gpa = vhu_frontend_alloc(fe, b.first_len, 4096);
+  g_assert_cmphex(gpa, !=, G_MAXUINT64);
+  b.pixels = vhu_frontend_gpa_to_ptr(fe, gpa, b.first_len);
+  e[0] = (struct virtio_gpu_mem_entry){ gpa, (guint32)b.first_len, 0 };
+  if (split) {
+    g_assert_cmphex(vhu_frontend_alloc(fe, 4096, 4096), !=, G_MAXUINT64);
+    gpa = vhu_frontend_alloc(fe, b.size - b.first_len, 4096);
+    g_assert_cmphex(gpa, !=, G_MAXUINT64);
+    b.second = vhu_frontend_gpa_to_ptr(fe, gpa, b.size - b.first_len);
+    e[1] = (struct virtio_gpu_mem_entry){ gpa, (guint32)(b.size - b.first_len), 0 };
+  }
+  memcpy(req, &c, sizeof c);
+  memcpy(req + sizeof c, e, sizeof e);
+  g_assert_cmphex(gpu_cmd(fe, req, sizeof c + c.nr_entries * sizeof e[0], NULL, 0), ==,
+                  VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CMD(fe, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  return b;
+}
+
+/* Paints pattern @seed into the blob, and the same rows packed into
+ * @packed (w * 4 bytes a row) for the comparison. */
+static void
+blob_paint(Blob *b, guint seed, guint8 *packed)
+{
+  for (guint y = 0; y < b->h; y++) {
+    for (guint x = 0; x < b->w; x++) {
+      guint8 cr, cg, cb, *p = packed + ((gsize)y * b->w + x) * 4;
+
+      gpu_pattern(x, y, seed, &cr, &cg, &cb);
+      gpu_put_pixel(p, b->format, cr, cg, cb, (guint8)(x + y));
+      for (guint i = 0; i < 4; i++)
+        *blob_at(b, (gsize)y * b->stride + (gsize)x * 4 + i) = p[i];
+    }
+  }
+}
+
+static void
+blob_flush(VhuFrontend *fe, Blob *b)
+{
+  struct virtio_gpu_resource_flush fl = gpu_flush(b->id, 0, 0, b->w, b->h);
+
+  g_assert_cmphex(CMD(fe, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+}
+
+static void
+check_blob_sample(GstSample *s, Blob *b, const guint8 *packed)
+{
+  Res r = { b->id, b->format, b->w, b->h, 0, NULL };
+
+  check_sample(s, &r, packed);
+}
+
+/* Every format, rows wider than the picture: each buffer is the guest's
+ * blob memory itself (no copy, counted), its GstVideoMeta carries the
+ * blob's stride, and the pixels are exact. */
+static void
+test_blob_zero_copy(Fixture *f, gconstpointer data)
+{
+  for (guint i = 0; i < G_N_ELEMENTS(gpu_all_formats); i++) {
+    Blob b = blob_show_new(f->fe, 10 + i, gpu_all_formats[i], W + 4 * i, H, (W + 4 * i) * 4 + 64,
+                           FALSE);
+    g_autofree guint8 *packed = g_malloc((gsize)b.w * b.h * 4);
+    g_autoptr(GstSample) s = NULL;
+    GstBuffer *buf;
+    GstMemory *mem;
+    GstVideoMeta *vm;
+    GstMapInfo map;
+
+    blob_paint(&b, i, packed);
+    blob_flush(f->fe, &b);
+    s = pull(f);
+    check_blob_sample(s, &b, packed);
+    buf = gst_sample_get_buffer(s);
+    g_assert_cmpuint(gst_buffer_n_memory(buf), ==, 1);
+    mem = gst_buffer_peek_memory(buf, 0);
+    g_assert_true(GST_MEMORY_IS_READONLY(mem));
+    g_assert_true(gst_memory_map(mem, &map, GST_MAP_READ));
+    /* The guest's pages, not a copy: a write there shows at once. */
+    b.pixels[1] ^= 0x5a;
+    g_assert_cmpuint(map.data[1], ==, b.pixels[1]);
+    b.pixels[1] ^= 0x5a;
+    gst_memory_unmap(mem, &map);
+    vm = gst_buffer_get_video_meta(buf);
+    g_assert_nonnull(vm);
+    g_assert_cmpint(vm->stride[0], ==, (gint)b.stride);
+  }
+  g_assert_cmpuint(stat_of(f, "zero-copy-frames"), ==, G_N_ELEMENTS(gpu_all_formats));
+  g_assert_cmpuint(stat_of(f, "bytes-copied"), ==, 0);
+}
+
+/* Scan-out semantics: a buffer shows the blob as the guest has it now, and
+ * keeps the pages mapped after the guest unrefs the blob (answered at once)
+ * and after the frontend is gone. */
+static void
+test_blob_lifetime(Fixture *f, gconstpointer data)
+{
+  Blob b = blob_show_new(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H, W * 4, FALSE);
+  g_autofree guint8 *packed = g_malloc((gsize)W * H * 4);
+  g_autofree guint8 *later = g_malloc((gsize)W * H * 4);
+  struct virtio_gpu_resource_unref u = gpu_unref(1);
+  g_autoptr(GstSample) s1 = NULL, s2 = NULL;
+
+  blob_paint(&b, 1, packed);
+  blob_flush(f->fe, &b);
+  s1 = pull(f);
+  check_blob_sample(s1, &b, packed);
+  /* The guest draws the next frame in place: the held buffer shows it too. */
+  blob_paint(&b, 2, later);
+  blob_flush(f->fe, &b);
+  s2 = pull(f);
+  check_blob_sample(s2, &b, later);
+  check_blob_sample(s1, &b, later);
+  /* Unref while buffers hold the blob: not delayed, the scanout goes. */
+  g_assert_cmphex(CMD(f->fe, u), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  /* The frontend leaves, its memory with it: the buffers still read the
+   * pages the backend keeps mapped. */
+  g_clear_pointer(&f->fe, vhu_frontend_free);
+  check_blob_sample(s1, &b, later);
+}
+
+/* A blob in two host pieces cannot be one GstMemory: one copy, exact. */
+static void
+test_blob_split(Fixture *f, gconstpointer data)
+{
+  Blob b = blob_show_new(f->fe, 1, VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM, W, H, W * 4 + 16, TRUE);
+  g_autofree guint8 *packed = g_malloc((gsize)W * H * 4);
+  g_autoptr(GstSample) s = NULL;
+
+  blob_paint(&b, 5, packed);
+  blob_flush(f->fe, &b);
+  s = pull(f);
+  check_blob_sample(s, &b, packed);
+  g_assert_true(gst_is_fd_memory(gst_buffer_peek_memory(gst_sample_get_buffer(s), 0)));
+  g_assert_cmpuint(stat_of(f, "zero-copy-frames"), ==, 0);
+  g_assert_cmpuint(stat_of(f, "bytes-copied"), ==, (guint64)W * H * 4);
+}
+
+/* With QEMU's display attached too, frames downstream still copy nothing. */
+static void
+test_blob_with_display(Fixture *f, gconstpointer data)
+{
+  g_autoptr(VhuDisplayServer) ds = NULL;
+  VhuDisplayConfig cfg = { 1, 1024, 768, 3, FALSE };
+  g_autoptr(GError) error = NULL;
+  Blob b;
+  g_autofree guint8 *packed = g_malloc((gsize)W * H * 4);
+  guint fw, fh;
+
+  ds = vhu_display_server_new(&cfg);
+  g_assert_true(vhu_display_server_attach(ds, f->fe, &error));
+  g_assert_no_error(error);
+  b = blob_show_new(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM, W, H, W * 4, FALSE);
+  blob_paint(&b, 7, packed);
+  blob_flush(f->fe, &b);
+  {
+    g_autoptr(GstSample) s = pull(f);
+
+    check_blob_sample(s, &b, packed);
+  }
+  g_assert_true(vhu_display_server_wait_updates(ds, 1, WAIT_MS));
+  {
+    g_autofree guint32 *fb = vhu_display_server_get_frame(ds, 0, &fw, &fh);
+
+    g_assert_nonnull(fb);
+    g_assert_cmpuint(fw, ==, W);
+    g_assert_cmpuint(fb[(H - 1) * W + 3] & 0xffffff, ==,
+                     *(guint32 *)(packed + ((gsize)(H - 1) * W + 3) * 4) & 0xffffff);
+  }
+  g_assert_cmpuint(stat_of(f, "zero-copy-frames"), ==, 1);
+  g_assert_cmpuint(stat_of(f, "bytes-copied"), ==, 0);
+  vhu_display_server_detach(ds);
+}
+
 /* The backend's own warnings about a peer that went away (a display socket
  * closed while written) are what it should say, not test failures. */
 static gboolean
@@ -934,6 +1169,10 @@ main(int argc, char **argv)
   ADD("keepalive", test_keepalive, "qemu-display=false keepalive-time=30", setup);
   ADD("qemu-display", test_qemu_display, "qemu-display=true", setup);
   ADD("second-scanout", test_second_scanout, "qemu-display=false scanouts=2 scanout=1", setup);
+  ADD("blob-zero-copy", test_blob_zero_copy, NULL, setup_blob);
+  ADD("blob-lifetime", test_blob_lifetime, NULL, setup_blob);
+  ADD("blob-split", test_blob_split, NULL, setup_blob);
+  ADD("blob-with-display", test_blob_with_display, "qemu-display=true", setup_blob);
   g_test_add_func("/vhostgpusrc/fd", test_fd);
   g_test_add_func("/vhostgpusrc/harness", test_harness);
   g_test_add_func("/vhostgpusrc/daemon-pipeline", test_daemon_pipeline);
