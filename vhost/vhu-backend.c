@@ -6,14 +6,16 @@
  *   vhost-user message are handled there, one message per dispatch.  A message
  *   that stalls half-way is abandoned after MSG_TIMEOUT_MS and the connection
  *   dropped, so the control context never hangs on a peer.
- * - Queue thread: owned by the backend, runs its own GMainContext.  It holds
- *   one fd watch per started ring (the kick eventfd; a polling timer for a
- *   ring started without one) and the idle sources that vhu_backend_kick
- *   schedules; both call iface->queue_kick with no lock held.  Devices may
- *   attach their own sources to that context.  A guest kick costs one poll,
- *   one read of the kick eventfd and (when the guest wants one) one write of
- *   the call eventfd: nothing else wakes the queue context on that path (see
- *   add_kick_watch).
+ * - Queue thread: owned by the backend, runs its own GMainContext through a
+ *   loop of ours (queue_loop_iterate) that polls the started rings' kick
+ *   eventfds beside the context's own fds.  A guest kick is handled in that
+ *   loop without a pass through GLib (prepare, query, check, dispatch cost
+ *   about as much as the wake-up itself): one poll, one read of the kick
+ *   eventfd, the ring's work and (when the guest wants one) one write of the
+ *   call eventfd.  A ring started without a kick fd is polled every
+ *   POLL_INTERVAL_MS.  The idle sources vhu_backend_kick schedules and any
+ *   source a device attaches run through the context as usual; all call
+ *   iface->queue_kick with no lock held.
  * - Locks: each VhuVring has its own, taken inside its functions.  Rings are
  *   started, stopped and reconfigured on the control thread only, so a check
  *   made there (is the ring started?) stays true until that thread changes
@@ -73,10 +75,9 @@ typedef struct {
   QueueRef ref;
   VhuVring *vring;
   /* watch_lock: */
-  int kick_fd;          /* owned by the watch; closed on the queue thread */
-  GSource *kick_source; /* on the queue context: the kick fd's watch or, for a
-                           ring started without a kick fd, a polling timer */
-  gint kick_pending;    /* atomic: a scheduled queue_kick is queued */
+  int kick_fd;       /* polled by the queue thread's loop; closed on that thread */
+  gboolean polled;   /* started without a kick fd: the loop polls the ring */
+  gint kick_pending; /* atomic: a scheduled queue_kick is queued */
 } VhuQueue;
 
 struct _VhuBackend {
@@ -117,8 +118,8 @@ struct _VhuBackend {
   gint status; /* atomic: virtio status byte, NEEDS_RESET included */
 
   GMainContext *qctx;
-  GMainLoop *qloop;
   GThread *qthread;
+  gint quit; /* atomic: the queue thread's loop ends */
 };
 
 typedef enum {
@@ -237,39 +238,42 @@ close_on_queue_thread(VhuBackend *b, int fd)
   g_source_unref(s);
 }
 
-/* watch_lock held.  Called from the queue thread only. */
-static void
-drop_kick_watch_here(VhuQueue *q)
-{
-  g_clear_pointer(&q->kick_source, g_source_unref);
-  if (q->kick_fd >= 0)
-    close(q->kick_fd);
-  q->kick_fd = -1;
-}
-
-/* Any thread but the queue thread's dispatch of that watch. */
+/* Stops watching @q's kick fd (any thread but the queue thread inside its
+ * poll): the number is closed on the queue thread, after its loop rebuilt
+ * the poll set without it, so it cannot be reused while still polled. */
 static void
 drop_kick_watch(VhuBackend *b, VhuQueue *q)
 {
   g_mutex_lock(&b->watch_lock);
-  if (q->kick_source != NULL) {
-    g_source_destroy(q->kick_source);
-    g_clear_pointer(&q->kick_source, g_source_unref);
-  }
   if (q->kick_fd >= 0)
     close_on_queue_thread(b, q->kick_fd);
   q->kick_fd = -1;
+  q->polled = FALSE;
   g_mutex_unlock(&b->watch_lock);
+}
+
+/* Watches @fd (or, when -1, polls the ring: SET_VRING_KICK's no-fd flag
+ * asks for that) from the queue thread's loop, which is woken to see it. */
+static void
+add_kick_watch(VhuBackend *b, guint qidx, int fd)
+{
+  VhuQueue *q = &b->queues[qidx];
+
+  g_mutex_lock(&b->watch_lock);
+  q->kick_fd = fd;
+  q->polled = fd < 0;
+  g_mutex_unlock(&b->watch_lock);
+  g_main_context_wakeup(b->qctx);
 }
 
 /* Empties the eventfd.  FALSE when the fd is unusable (EOF, error, hangup). */
 static gboolean
-drain_kick(int fd, GIOCondition cond)
+drain_kick(int fd, gushort revents)
 {
   guint64 count;
   ssize_t r;
 
-  if (!(cond & G_IO_IN))
+  if (!(revents & G_IO_IN))
     return FALSE;
   do
     r = read(fd, &count, sizeof count);
@@ -279,89 +283,177 @@ drain_kick(int fd, GIOCondition cond)
   return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
-static gboolean
-on_kick(int fd, GIOCondition cond, gpointer data)
-{
-  QueueRef *r = data;
-  VhuBackend *b = r->backend;
-  VhuQueue *q = &b->queues[r->qidx];
-  gboolean usable = drain_kick(fd, cond);
+/* The queue thread's view of the kick fds: the first n entries of its poll
+ * set, rebuilt whenever its GLib context is woken (a watch added or
+ * dropped wakes it). */
+typedef struct {
+  GPollFD *fds; /* kick fds, then the context's */
+  guint *qidx;  /* queue of each kick fd */
+  guint n_kicks, n_fds, alloc;
+  gboolean any_polled;
+} QueueLoop;
 
+static void
+collect_kicks(VhuBackend *b, QueueLoop *l)
+{
+  l->n_kicks = 0;
+  l->any_polled = FALSE;
   g_mutex_lock(&b->watch_lock);
-  /* Destroyed meanwhile by the control thread (a new kick fd, a stop). */
-  if (g_source_is_destroyed(g_main_current_source())) {
-    g_mutex_unlock(&b->watch_lock);
-    return G_SOURCE_REMOVE;
-  }
-  if (!usable) {
-    g_warning("%s: queue %u: kick fd hung up or unreadable; no longer watched", b->iface.name,
-              r->qidx);
-    drop_kick_watch_here(q);
-    g_mutex_unlock(&b->watch_lock);
-    return G_SOURCE_REMOVE;
+  for (guint i = 0; i < b->num_queues; i++) {
+    VhuQueue *q = &b->queues[i];
+
+    l->any_polled |= q->polled;
+    if (q->kick_fd < 0)
+      continue;
+    l->fds[l->n_kicks] = (GPollFD){ .fd = q->kick_fd, .events = G_IO_IN };
+    l->qidx[l->n_kicks++] = i;
   }
   g_mutex_unlock(&b->watch_lock);
-  run_queue(b, r->qidx);
-  return G_SOURCE_CONTINUE;
 }
 
-/* watch_lock held. */
+/* Queue thread.  A kick fd that is unusable is no longer watched. */
 static void
-add_kick_watch(VhuBackend *b, guint qidx, int fd)
+forget_kick_fd(VhuBackend *b, guint qidx, int fd)
 {
   VhuQueue *q = &b->queues[qidx];
-  GSource *s = g_unix_fd_source_new(fd, G_IO_IN);
 
-  /* GLib takes a non-recursive source's fds out of the poll set around each
-   * dispatch and puts them back after, and both steps write the context's
-   * wakeup eventfd: two writes, a read and an extra poll per kick.  Nothing
-   * iterates the queue context from inside on_kick, so there is no
-   * recursion to guard against. */
-  g_source_set_can_recurse(s, TRUE);
-  g_source_set_callback(s, G_SOURCE_FUNC(on_kick), &q->ref, NULL);
-  g_source_attach(s, b->qctx);
-  q->kick_source = s;
-  q->kick_fd = fd;
+  g_mutex_lock(&b->watch_lock);
+  if (q->kick_fd == fd) {
+    g_warning("%s: queue %u: kick fd hung up or unreadable; no longer watched", b->iface.name,
+              qidx);
+    close(fd);
+    q->kick_fd = -1;
+  }
+  g_mutex_unlock(&b->watch_lock);
 }
 
+/* Runs the rings whose kick fd fired; TRUE if any did. */
 static gboolean
-on_poll_timer(gpointer data)
+run_kicks(VhuBackend *b, QueueLoop *l)
 {
-  QueueRef *r = data;
+  gboolean any = FALSE;
 
-  run_queue(r->backend, r->qidx);
-  return G_SOURCE_CONTINUE;
+  for (guint i = 0; i < l->n_kicks; i++) {
+    GPollFD *f = &l->fds[i];
+
+    if (f->revents == 0)
+      continue;
+    any = TRUE;
+    if (!drain_kick(f->fd, f->revents)) {
+      forget_kick_fd(b, l->qidx[i], f->fd);
+      f->fd = -1; /* poll ignores it until the set is rebuilt */
+      continue;
+    }
+    run_queue(b, l->qidx[i]);
+  }
+  return any;
 }
 
-/* watch_lock held.  SET_VRING_KICK without an fd asks the backend to poll
- * the ring (vhost-user spec, "invalid FD flag"); a timer does, at
- * POLL_INTERVAL_MS, so such a ring costs little when idle. */
 static void
-add_poll_timer(VhuBackend *b, guint qidx)
+run_polled(VhuBackend *b)
 {
-  VhuQueue *q = &b->queues[qidx];
-  GSource *s = g_timeout_source_new(POLL_INTERVAL_MS);
+  for (guint i = 0; i < b->num_queues; i++) {
+    gboolean polled;
 
-  g_source_set_callback(s, on_poll_timer, &q->ref, NULL);
-  g_source_attach(s, b->qctx);
-  q->kick_source = s;
+    g_mutex_lock(&b->watch_lock);
+    polled = b->queues[i].polled;
+    g_mutex_unlock(&b->watch_lock);
+    if (polled)
+      run_queue(b, i);
+  }
 }
 
-static gboolean
-quit_loop_idle(gpointer data)
+static gint
+ms_until(gint64 deadline)
 {
-  g_main_loop_quit(data);
-  return G_SOURCE_REMOVE;
+  gint64 left = deadline - g_get_monotonic_time();
+
+  return left <= 0 ? 0 : (gint)MIN((left + 999) / 1000, G_MAXINT);
+}
+
+/* Polls the kick fds and the context's fds until something for the context
+ * happens (one of its fds, its timeout); kicks alone are handled here, so a
+ * guest kick costs a poll, a read and the ring's work, and no pass through
+ * GLib's prepare/query/check/dispatch. */
+static void
+poll_until_context(VhuBackend *b, QueueLoop *l, gint timeout)
+{
+  gint64 deadline = timeout < 0 ? -1 : g_get_monotonic_time() + (gint64)timeout * 1000;
+  gint64 next_poll = g_get_monotonic_time() + POLL_INTERVAL_MS * 1000;
+
+  for (;;) {
+    gint t = deadline < 0 ? -1 : ms_until(deadline);
+    gboolean kicked;
+    int r;
+
+    if (l->any_polled)
+      t = t < 0 ? ms_until(next_poll) : MIN(t, ms_until(next_poll));
+    r = g_poll(l->fds, l->n_fds, t);
+    if (r < 0 && errno != EINTR) {
+      g_critical("%s: queue thread poll: %s", b->iface.name, g_strerror(errno));
+      return;
+    }
+    if (r < 0)
+      continue;
+    kicked = run_kicks(b, l);
+    if (l->any_polled && g_get_monotonic_time() >= next_poll) {
+      run_polled(b);
+      next_poll = g_get_monotonic_time() + POLL_INTERVAL_MS * 1000;
+    }
+    if (r > 0 && !kicked)
+      return; /* a context fd */
+    for (guint i = l->n_kicks; i < l->n_fds; i++)
+      if (l->fds[i].revents != 0)
+        return;
+    if (deadline >= 0 && g_get_monotonic_time() >= deadline)
+      return;
+    for (guint i = 0; i < l->n_kicks; i++)
+      l->fds[i].revents = 0;
+  }
+}
+
+/* One pass of the queue context, as g_main_context_iteration would make,
+ * with the kick fds polled beside its own. */
+static void
+queue_loop_iterate(VhuBackend *b, QueueLoop *l)
+{
+  gint max_priority, timeout, n;
+
+  g_main_context_prepare(b->qctx, &max_priority);
+  for (;;) {
+    collect_kicks(b, l);
+    n = g_main_context_query(b->qctx, max_priority, &timeout, l->fds + l->n_kicks,
+                             (gint)(l->alloc - l->n_kicks));
+    if ((guint)n + l->n_kicks <= l->alloc)
+      break;
+    l->alloc = (guint)n + b->num_queues;
+    l->fds = g_renew(GPollFD, l->fds, l->alloc);
+  }
+  l->n_fds = l->n_kicks + (guint)n;
+  for (guint i = 0; i < l->n_fds; i++)
+    l->fds[i].revents = 0;
+  poll_until_context(b, l, timeout);
+  g_main_context_check(b->qctx, max_priority, l->fds + l->n_kicks, n);
+  g_main_context_dispatch(b->qctx);
 }
 
 static gpointer
 queue_thread_main(gpointer data)
 {
   VhuBackend *b = data;
+  QueueLoop l = { 0 };
 
+  l.alloc = b->num_queues + 8;
+  l.fds = g_new(GPollFD, l.alloc);
+  l.qidx = g_new(guint, b->num_queues);
+  g_main_context_acquire(b->qctx);
   g_main_context_push_thread_default(b->qctx);
-  g_main_loop_run(b->qloop);
+  while (!g_atomic_int_get(&b->quit))
+    queue_loop_iterate(b, &l);
   g_main_context_pop_thread_default(b->qctx);
+  g_main_context_release(b->qctx);
+  g_free(l.fds);
+  g_free(l.qidx);
   return NULL;
 }
 
@@ -855,12 +947,7 @@ handle_vring_kick(VhuBackend *b, VhuMsg *msg, GError **error)
       close(fd);
     return H_MALFORMED;
   }
-  g_mutex_lock(&b->watch_lock);
-  if (fd >= 0)
-    add_kick_watch(b, qidx, fd);
-  else
-    add_poll_timer(b, qidx);
-  g_mutex_unlock(&b->watch_lock);
+  add_kick_watch(b, qidx, fd);
   /* Requests may be pending already (or resubmitted from inflight). */
   schedule_kick(b, qidx);
   return H_OK;
@@ -1465,7 +1552,6 @@ backend_new(const VhuDeviceIface *iface, gpointer dev, GMainContext *context,
   }
 
   b->qctx = g_main_context_new();
-  b->qloop = g_main_loop_new(b->qctx, FALSE);
   if (queue_thread)
     b->qthread = g_thread_new("vhu-queue", queue_thread_main, b);
   return b;
@@ -1502,14 +1588,10 @@ vhu_backend_free(VhuBackend *b)
   g_free(b->socket_path);
 
   if (b->qthread != NULL) {
-    GSource *s = g_idle_source_new();
-
-    g_source_set_callback(s, quit_loop_idle, b->qloop, NULL);
-    g_source_attach(s, b->qctx);
-    g_source_unref(s);
+    g_atomic_int_set(&b->quit, 1);
+    g_main_context_wakeup(b->qctx);
     g_thread_join(b->qthread);
   }
-  g_main_loop_unref(b->qloop);
   /* Destroys pending idles: deferred closes run their notify here. */
   g_main_context_unref(b->qctx);
 
