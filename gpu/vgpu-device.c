@@ -826,6 +826,10 @@ cmd_transfer(VgpuDevice *dev, const struct virtio_gpu_transfer_to_host_2d *c)
 
   if (!res)
     return bad_resource(dev, "TRANSFER_TO_HOST_2D", c->resource_id);
+  if (res->blob_size && resource_busy(res)) {
+    dev->stats.stalls++; /* paced like a 2D transfer */
+    return RESULT_WAIT;
+  }
   if (res->blob_size)
     return VIRTIO_GPU_RESP_OK_NODATA; /* a blob's pixels are in guest memory already */
   img = res->image;

@@ -41,8 +41,14 @@
  *   [1] hold pattern (each sink call takes the next bit: keep the frame)
  *   [2] bits 0-1 mode (1280x800, 16x16, 4095x4095, 640x480); 2 sinks hold
  *       display queries; 3-5 first memory table
- *   [3] bit 0: no features negotiated (else VGPU_DEVICE_FEATURES); 1-7
- *       reserved
+ *   [3] bit 0: no features negotiated (else VGPU_DEVICE_FEATURES and
+ *       VGPU_BLOB_FEATURES); 1-7 reserved
+ *
+ * Blobs (RESOURCE_CREATE_BLOB, SET_SCANOUT_BLOB, MAP/UNMAP_BLOB) are
+ * generated like the 2D commands; their pixels are not modelled (they are
+ * the guest's memory), but every promise around them is checked: rows a
+ * sink is shown lie inside the blob, no answer without the feature, nothing
+ * is ever mapped.
  * Then operations until the input ends (at most MAX_OPS), see run_op().
  *
  * Guest memory: region A (1 MiB) and region B (64 KiB) right after it, in
@@ -57,6 +63,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "vgpu-blob.h"
 #include "vgpu-device.h"
 
 #define A_GPA     0x100000ull
@@ -202,7 +209,8 @@ typedef struct {
   guint64 fence_id;
   gboolean transfer_empty; /* TRANSFER_TO_HOST_2D of an empty rectangle */
   guint32 create_w, create_h, create_format;
-  struct virtio_gpu_rect rect; /* TRANSFER_TO_HOST_2D */
+  guint32 blob_mem, blob_flags; /* RESOURCE_CREATE_BLOB */
+  struct virtio_gpu_rect rect;  /* TRANSFER_TO_HOST_2D */
   guint64 offset;
   struct virtio_gpu_mem_entry *ents; /* ATTACH_BACKING, as the device reads them */
   guint n_ents;
@@ -434,7 +442,12 @@ ok_type(guint32 type)
     case VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D:
     case VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
     case VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING:
+    case VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB:
+    case VIRTIO_GPU_CMD_SET_SCANOUT_BLOB:
+    case VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB:
       return VIRTIO_GPU_RESP_OK_NODATA;
+    case VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB:
+      return VIRTIO_GPU_RESP_OK_MAP_INFO;
     default:
       return 0;
   }
@@ -479,7 +492,7 @@ model_of(guint32 res_id)
 {
   Shadow *sh = shadow_of(res_id);
 
-  return st.model_ok && sh && sh->live ? sh : NULL;
+  return st.model_ok && sh && sh->live && sh->pixels ? sh : NULL; /* blobs: not modelled */
 }
 
 /* Copies [@off, @off + @len) of the backing out of guest memory, the way
@@ -548,6 +561,13 @@ model_check_row(guint32 res_id, const VgpuRect *rect, guint32 h, const guint8 *r
          res_id, rect->y + h, rect->width, rect->height, rect->x, rect->y);
 }
 
+static gboolean
+is_blob_command(guint32 type)
+{
+  return type == VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB || type == VIRTIO_GPU_CMD_SET_SCANOUT_BLOB
+         || type == VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB || type == VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB;
+}
+
 /* Checks a visible response against what the sinks held when the request
  * was taken, and updates the shadow of the resources: sizes always (to aim
  * requests), pixels and backings only while the model holds (an answer seen
@@ -566,8 +586,13 @@ check_response(FElem *e, const struct virtio_gpu_ctrl_hdr *resp)
   if (t != VIRTIO_GPU_RESP_ERR_UNSPEC
       && ((e->type == VIRTIO_GPU_CMD_GET_EDID && !(e->features & 1ull << VIRTIO_GPU_F_EDID))
           || (e->type == VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID
-              && !(e->features & 1ull << VIRTIO_GPU_F_RESOURCE_UUID))))
+              && !(e->features & 1ull << VIRTIO_GPU_F_RESOURCE_UUID))
+          || (is_blob_command(e->type) && !(e->features & 1ull << VIRTIO_GPU_F_RESOURCE_BLOB))))
     fail("command 0x%x answered 0x%x without its feature negotiated", e->type, t);
+  if (t < VIRTIO_GPU_RESP_ERR_UNSPEC
+      && (e->type == VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB
+          || e->type == VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB))
+    fail("command 0x%x answered 0x%x with no host-visible memory", e->type, t);
   if (t != VIRTIO_GPU_RESP_OK_NODATA)
     return;
   switch (e->type) {
@@ -598,6 +623,23 @@ check_response(FElem *e, const struct virtio_gpu_ctrl_hdr *resp)
         fail("TRANSFER_TO_HOST_2D into resource %u while a sink read it", e->res_id);
       if (st.model_ok && sh && sh->pixels && sh->ents && !e->transfer_empty)
         model_transfer(sh, &e->rect, e->offset);
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB:
+      if (e->res_id == 0 || e->blob_mem != VIRTIO_GPU_BLOB_MEM_GUEST
+          || (e->blob_flags & VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE) || e->n_ents == 0
+          || e->n_ents > VGPU_MAX_BACKING_ENTRIES)
+        fail("RESOURCE_CREATE_BLOB %u (mem %u, flags 0x%x, %u entries) accepted", e->res_id,
+             e->blob_mem, e->blob_flags, e->n_ents);
+      if (sh) {
+        model_clear(sh);
+        *sh = (Shadow){ TRUE, DEFAULT_SIDE, DEFAULT_SIDE, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM };
+      }
+      break;
+    case VIRTIO_GPU_CMD_SET_SCANOUT_BLOB:
+      if (sh && sh->live && !sh->pixels) {
+        sh->w = e->create_w;
+        sh->h = e->create_h;
+      }
       break;
     case VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
       if (e->n_ents == 0 || e->n_ents > VGPU_MAX_BACKING_ENTRIES)
@@ -820,6 +862,32 @@ s_update_guest(gpointer sink, guint id, VgpuImage *image, VgpuBacking *backing, 
     add_hold(next_hold_bit() ? HOLD_BACKING_LOAN : HOLD_BACKING_READ, backing);
 }
 
+/* A blob scanout: every pixel of the scanout's rectangle lies in the
+ * blob, at offset + y * stride + x * 4; read its first and last rows. */
+static void
+s_scanout_blob(gpointer sink, guint id, VgpuBacking *backing, guint64 offset, guint32 stride)
+{
+  FSink *s = sink;
+  const VgpuRect *r = &s->scanout[id].rect;
+  guint64 end;
+  guint8 px[4];
+
+  check_scanout_id(id);
+  if (!s->scanout[id].image)
+    fail("scanout_blob for disabled scanout %u", id);
+  if (stride < (guint64)r->width * 4u
+      || !g_uint64_checked_add(&end, offset, (guint64)(r->height - 1) * stride)
+      || !g_uint64_checked_add(&end, end, (guint64)r->width * 4u)
+      || end > vgpu_backing_get_size(backing))
+    fail("blob scanout %ux%u, stride %u from offset %" G_GUINT64_FORMAT
+         " beyond a %" G_GUINT64_FORMAT "-byte blob",
+         r->width, r->height, stride, offset, vgpu_backing_get_size(backing));
+  vgpu_backing_read(backing, offset, px, sizeof px);
+  sink_sum += px[0];
+  vgpu_backing_read(backing, end - sizeof px, px, sizeof px);
+  sink_sum += px[3];
+}
+
 static void
 s_cursor_update(gpointer sink, guint id, const guint32 *pixels, guint32 hot_x, guint32 hot_y,
                 guint32 x, guint32 y)
@@ -880,7 +948,7 @@ static const VgpuSinkIface sparse_sink_iface = {
 
 static const VgpuSinkIface guest_sink_iface = {
   s_set_scanout,        s_update,     s_cursor_update, s_cursor_move,
-  s_query_display_info, s_query_edid, s_update_guest,
+  s_query_display_info, s_query_edid, s_update_guest,  s_scanout_blob,
 };
 
 /* Answers the oldest held query: nothing (a timeout), a good reply, or a
@@ -1215,6 +1283,35 @@ gen_attach(Input *in, guint32 res_id)
   return b;
 }
 
+/* RESOURCE_CREATE_BLOB with its entries: mostly a guest blob of the
+ * entries' size, sometimes other memory kinds, flags or sizes. */
+static Bytes
+gen_create_blob(Input *in, guint32 res_id)
+{
+  struct virtio_gpu_resource_create_blob c = { { VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB } };
+  struct virtio_gpu_mem_entry ents[4];
+  guint8 m = in_u8(in);
+  guint n = m & 0x40 ? in_u8(in) % 5u : 1u + in_u8(in) % 4u;
+  guint64 need = (guint64)gen_side(in) * gen_side(in) * 4u, size = 0;
+  Bytes b;
+
+  for (guint i = 0; i < n; i++) {
+    ents[i] = gen_entry(in, need, n, i ? &ents[i - 1] : NULL);
+    size += ents[i].length;
+  }
+  c.resource_id = res_id;
+  c.blob_mem = m & 1 ? in_u8(in) % 4u : VIRTIO_GPU_BLOB_MEM_GUEST;
+  c.blob_flags = m & 2 ? in_u8(in) % 8u : VIRTIO_GPU_BLOB_FLAG_USE_SHAREABLE;
+  c.blob_id = m & 4 ? in_u8(in) : 0;
+  c.size = m & 8 ? (m & 0x80 ? in_u64(in) : size + (gint8)in_u8(in)) : size;
+  c.nr_entries = m & 0x10 ? (m & 0x20 ? in_u32(in) : n + 1u) : n;
+  b.len = sizeof c + (gsize)n * sizeof *ents;
+  b.buf = g_malloc(b.len);
+  memcpy(b.buf, &c, sizeof c);
+  memcpy(b.buf + sizeof c, ents, (gsize)n * sizeof *ents);
+  return b;
+}
+
 /* The request body (after its header) for control command @type, built into
  * @req (zeroed, large enough for any fixed-size command). */
 static gsize
@@ -1276,6 +1373,33 @@ gen_ctrl_body(Input *in, guint32 type, guint8 *req)
     }
     case VIRTIO_GPU_CMD_GET_DISPLAY_INFO:
       return sizeof(struct virtio_gpu_ctrl_hdr);
+    case VIRTIO_GPU_CMD_SET_SCANOUT_BLOB: {
+      struct virtio_gpu_set_scanout_blob *c = (void *)req;
+      guint8 m = in_u8(in), f = in_u8(in);
+
+      c->scanout_id = gen_scanout_id(in);
+      c->resource_id = gen_res_id(in);
+      c->width = m & 1 ? gen_side(in) : in_u8(in) % 96u + 1u;
+      c->height = m & 2 ? gen_side(in) : in_u8(in) % 96u + 1u;
+      c->format = f < 0xf8 ? formats[f % G_N_ELEMENTS(formats)] : in_u32(in);
+      c->strides[0] = m & 4 ? in_u32(in) : c->width * 4u + (in_u8(in) & 0x3cu);
+      c->offsets[0] = m & 8 ? in_u32(in) : (guint32)in_u8(in) * 4u;
+      c->r = gen_rect(in, c->width, c->height);
+      return sizeof *c;
+    }
+    case VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB: {
+      struct virtio_gpu_resource_map_blob *c = (void *)req;
+
+      c->resource_id = gen_res_id(in);
+      c->offset = in_u64(in);
+      return sizeof *c;
+    }
+    case VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB: {
+      struct virtio_gpu_resource_unmap_blob *c = (void *)req;
+
+      c->resource_id = gen_res_id(in);
+      return sizeof *c;
+    }
     default: { /* anything: unknown, 3D, cursor commands on this queue */
       gsize len = sizeof(struct virtio_gpu_ctrl_hdr) + in_u8(in) % 64u;
 
@@ -1396,6 +1520,9 @@ parse_ctrl(FElem *e, const guint8 *buf, gsize len)
     struct virtio_gpu_resource_flush flush;
     struct virtio_gpu_transfer_to_host_2d transfer;
     struct virtio_gpu_resource_attach_backing attach;
+    struct virtio_gpu_resource_create_blob create_blob;
+    struct virtio_gpu_set_scanout_blob scanout_blob;
+    struct virtio_gpu_resource_map_blob map_blob; /* also unmap */
   } r;
 
   memset(&r, 0, sizeof r);
@@ -1428,6 +1555,23 @@ parse_ctrl(FElem *e, const guint8 *buf, gsize len)
       e->rect = r.transfer.r;
       e->offset = r.transfer.offset;
       e->transfer_empty = r.transfer.r.width == 0 || r.transfer.r.height == 0;
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB:
+      e->res_id = r.create_blob.resource_id;
+      e->blob_mem = r.create_blob.blob_mem;
+      e->blob_flags = r.create_blob.blob_flags;
+      if (len >= sizeof r.create_blob
+          && r.create_blob.nr_entries <= (len - sizeof r.create_blob) / sizeof *e->ents)
+        e->n_ents = r.create_blob.nr_entries;
+      break;
+    case VIRTIO_GPU_CMD_SET_SCANOUT_BLOB:
+      e->res_id = r.scanout_blob.resource_id;
+      e->create_w = r.scanout_blob.width;
+      e->create_h = r.scanout_blob.height;
+      break;
+    case VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB:
+    case VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB:
+      e->res_id = r.map_blob.resource_id;
       break;
     case VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING:
       e->res_id = r.attach.resource_id;
@@ -1462,6 +1606,12 @@ static const guint32 ctrl_commands[] = {
   VIRTIO_GPU_CMD_GET_EDID,
   VIRTIO_GPU_CMD_RESOURCE_ASSIGN_UUID,
   0 /* raw */,
+  VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB,
+  VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB,
+  VIRTIO_GPU_CMD_SET_SCANOUT_BLOB,
+  VIRTIO_GPU_CMD_SET_SCANOUT_BLOB,
+  VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB,
+  VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB,
 };
 
 /* Control request.  Frame byte: bit 0 fence, 1 ring index, 2 truncated,
@@ -1499,6 +1649,8 @@ op_ctrl(Input *in, guint8 sel)
   }
   if (type == VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING) {
     b = gen_attach(in, gen_res_id(in));
+  } else if (type == VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB) {
+    b = gen_create_blob(in, gen_res_id(in));
   } else {
     memset(req, 0, sizeof req);
     b.len = gen_ctrl_body(in, type, req);
@@ -1754,7 +1906,7 @@ start(Input *in)
   st.model_ok = TRUE;
   st.mem = tables[(h2 >> 3 & 7) % N_TABLES];
   st.dev = vgpu_device_new(&st.config, &fuzz_ops, NULL);
-  st.features = h3 & 1 ? 0 : VGPU_DEVICE_FEATURES;
+  st.features = h3 & 1 ? 0 : VGPU_DEVICE_FEATURES | VGPU_BLOB_FEATURES;
   vgpu_device_set_features(st.dev, st.features);
   switch (h0 >> 2 & 3) {
     case 0:
