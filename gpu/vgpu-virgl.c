@@ -605,6 +605,7 @@ resource_charge(const struct virtio_gpu_resource_create_3d *c, guint64 *charge)
     *charge = VGPU_RESOURCE_OVERHEAD + c->width;
     return TRUE;
   }
+  d = MAX(d, 1u);
   for (guint32 l = 0; l <= c->last_level; l++) {
     texels += w * h * d;
     w = MAX(w / 2, 1);
@@ -612,13 +613,19 @@ resource_charge(const struct virtio_gpu_resource_create_3d *c, guint64 *charge)
     d = MAX(d / 2, 1);
   }
   /* Each factor is bounded (see check_create_3d): no overflow below 2^64. */
-  *charge = VGPU_RESOURCE_OVERHEAD + texels * c->array_size * MAX(c->nr_samples, 1u) * 4u;
+  *charge = VGPU_RESOURCE_OVERHEAD + texels * MAX(c->array_size, 1u) * MAX(c->nr_samples, 1u) * 4u;
   return TRUE;
 }
 
 static gboolean
-check_create_3d(const struct virtio_gpu_resource_create_3d *c, const char **why)
+check_create_3d(const struct virtio_gpu_resource_create_3d *in, const char **why)
 {
+  /* Mesa sends 0 for a depth or layer count of 1 (buffers, 2D textures). */
+  struct virtio_gpu_resource_create_3d n = *in;
+  const struct virtio_gpu_resource_create_3d *c = &n;
+
+  n.depth = MAX(n.depth, 1u);
+  n.array_size = MAX(n.array_size, 1u);
   guint32 max_side = c->target == PIPE_TEXTURE_3D ? MAX_TEXTURE_3D_SIZE : MAX_TEXTURE_SIZE;
   guint32 biggest = MAX(MAX(c->width, c->height), c->depth);
 
@@ -627,7 +634,7 @@ check_create_3d(const struct virtio_gpu_resource_create_3d *c, const char **why)
     *why = "unknown target";
   else if (c->format == 0 || c->format >= MAX_FORMAT)
     *why = "unknown format";
-  else if (c->width == 0 || c->height == 0 || c->depth == 0 || c->array_size == 0)
+  else if (c->width == 0 || c->height == 0)
     *why = "empty";
   else if (c->target == PIPE_BUFFER)
     *why = c->width > MAX_BUFFER_SIZE || c->height != 1 || c->depth != 1 || c->array_size != 1
@@ -714,8 +721,8 @@ cmd_create_3d(VgpuVirgl *v, const struct virtio_gpu_resource_create_3d *c)
   res->format = c->format;
   res->width = c->width;
   res->height = c->height;
-  res->depth = c->depth;
-  res->array_size = c->array_size;
+  res->depth = MAX(c->depth, 1u);
+  res->array_size = MAX(c->array_size, 1u);
   res->last_level = c->last_level;
   res->nr_samples = c->nr_samples;
   res->charge = charge;
