@@ -9,7 +9,7 @@
  * "read the guest's notification wishes", and "enable notifications" or
  * "advance avail_event" (EVENT_IDX) from the avail->idx check that finds
  * the ring empty. */
-#include "vhu-vring-private.h"
+#include "vhu-vring-internal.h"
 
 #include <errno.h>
 #include <gio/gio.h>
@@ -17,95 +17,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#define VHU_INDIRECT_MAX 1024u
-/* A chain of VHU_MAX_QUEUE_SIZE descriptors, some of which cross a region
- * boundary. */
-#define VHU_ELEM_MAX_IOV (VHU_MAX_QUEUE_SIZE + 64u)
-
-#define GUEST_LOAD(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
-#define GUEST_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
-
 GQuark
 vhu_vring_error_quark(void)
 {
   return g_quark_from_static_string("vhu-vring-error-quark");
-}
-
-/* A descriptor after it was copied out of guest memory. */
-typedef struct {
-  guint64 addr;
-  guint32 len;
-  guint16 flags;
-  guint16 next;
-} VhuDesc;
-
-/* A request to hand out again before new ones: unpopped out of order, or
- * recorded as inflight by a previous run. */
-typedef struct {
-  guint16 head;
-  gboolean from_avail; /* popped from avail ring position avail_pos */
-  guint16 avail_pos;
-  guint64 counter;
-} VhuResubmit;
-
-typedef struct {
-  VhuElem elem; /* first: a VhuElem pointer is a VhuElemPriv pointer */
-  gboolean from_avail;
-  guint16 avail_pos;
-  struct iovec iov[];
-} VhuElemPriv;
-
-struct _VhuVring {
-  GMutex lock; /* everything below; never held while calling out */
-  guint index;
-  guint num; /* 0 until set */
-  guint64 features;
-  gboolean has_addr;
-  VhuVringAddr addr;
-  VhuMemTable *mem;
-  /* Host views of the rings; NULL while not mapped. */
-  struct vring_desc *desc;
-  struct vring_avail *avail;
-  struct vring_used *used;
-
-  guint16 last_avail_idx;
-  guint16 last_used_idx;
-  guint16 signalled_used;
-  gboolean signalled_used_valid;
-  guint16 used_flags;
-  guint inuse; /* popped and neither pushed nor unpopped */
-
-  gboolean started;
-  gboolean pops_held; /* starting or stopping: pops return nothing, pushes land */
-  gboolean enabled;
-  gboolean broken;
-  gboolean broke_now;     /* this call broke the ring: report once unlocked */
-  gboolean missed_notify; /* the guest wanted an interrupt while no call fd was set */
-  VhuVringBrokenFunc broken_func;
-  gpointer broken_data;
-  char *broken_reason; /* why, while broken */
-  gboolean notify_enabled;
-  gboolean event_unfenced; /* avail_event stored, no full fence since */
-  guint64 generation;
-
-  int call_fd;
-  int err_fd;
-
-  GArray *resubmit; /* of VhuResubmit, handed out from index 0 */
-
-  volatile VhuInflightQueue *inflight;
-  gsize inflight_size;
-  guint64 inflight_counter;
-
-  /* Scratch space, reused by every pop. */
-  struct iovec *iov;
-  struct vring_desc *indirect;
-};
-
-static gboolean
-has_feature(const VhuVring *vring, guint bit)
-{
-  return (vring->features & (G_GUINT64_CONSTANT(1) << bit)) != 0;
 }
 
 /* ---- elements ---------------------------------------------------------- */
@@ -439,144 +354,6 @@ signal_error_locked(VhuVring *vring)
   signal_fd(vring->err_fd);
 }
 
-/* ---- inflight tracking ------------------------------------------------- */
-
-gsize
-vhu_vring_inflight_region_size(guint queue_size)
-{
-  /* Header plus entries, rounded up to 64.  Equal to libvhost-user's
-   * ALIGN_UP(16 * size + 2, 64): no multiple of 64 lies between
-   * 16 * size + 2 and 16 * size + 16. */
-  gsize raw = sizeof(VhuInflightQueue) + (gsize)queue_size * sizeof(VhuInflightDesc);
-
-  return (raw + 63) & ~(gsize)63;
-}
-
-static gboolean
-set_inflight_locked(VhuVring *vring, void *region, gsize size, GError **error)
-{
-  volatile VhuInflightQueue *q = region;
-
-  if (vring->started) {
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                "queue %u: inflight region set while started", vring->index);
-    return FALSE;
-  }
-  if (region == NULL) {
-    vring->inflight = NULL;
-    vring->inflight_size = 0;
-    return TRUE;
-  }
-  if (size < sizeof(VhuInflightQueue)
-      || (vring->num != 0 && size < vhu_vring_inflight_region_size(vring->num))) {
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                "queue %u: inflight region of %" G_GSIZE_FORMAT " bytes is too small", vring->index,
-                size);
-    return FALSE;
-  }
-  if (q->version != 0 && size < vhu_vring_inflight_region_size(q->desc_num)) {
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                "queue %u: inflight region of %" G_GSIZE_FORMAT " bytes cannot hold %u entries",
-                vring->index, size, (guint)q->desc_num);
-    return FALSE;
-  }
-  vring->inflight = q;
-  vring->inflight_size = size;
-  return TRUE;
-}
-
-static gint
-resubmit_compare(gconstpointer a, gconstpointer b)
-{
-  const VhuResubmit *x = a, *y = b;
-
-  if (x->counter != y->counter)
-    return x->counter < y->counter ? -1 : 1;
-  return (gint)x->head - (gint)y->head;
-}
-
-/* Brings the region in line with the used ring and queues the requests it
- * records as inflight, oldest first. */
-static gboolean
-inflight_start(VhuVring *vring, GError **error)
-{
-  volatile VhuInflightQueue *q = vring->inflight;
-  guint num = vring->num;
-  guint64 max_counter = 0;
-
-  if (q == NULL)
-    return TRUE;
-  if (vring->inflight_size < vhu_vring_inflight_region_size(num)) {
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                "queue %u: inflight region of %" G_GSIZE_FORMAT " bytes is too small for %u",
-                vring->index, vring->inflight_size, num);
-    return FALSE;
-  }
-  if (q->version == 0) {
-    /* Fresh region: nothing to recover. */
-    q->features = 0;
-    q->desc_num = num;
-    q->last_batch_head = 0;
-    q->used_idx = vring->last_used_idx;
-    for (guint i = 0; i < num; i++) {
-      q->desc[i].inflight = 0;
-      q->desc[i].next = 0;
-      q->desc[i].counter = 0;
-    }
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    q->version = 1;
-    vring->inflight_counter = 1;
-    return TRUE;
-  }
-  if (q->desc_num != num) {
-    g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                "queue %u: inflight region has %u entries, the queue %u", vring->index,
-                (guint)q->desc_num, num);
-    return FALSE;
-  }
-  if (q->used_idx != vring->last_used_idx) {
-    /* We died after publishing the last used entry and before recording
-     * it: that batch is complete. */
-    guint16 head = q->last_batch_head;
-
-    if (head < num)
-      q->desc[head].inflight = 0;
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    q->used_idx = vring->last_used_idx;
-  }
-  for (guint i = 0; i < num; i++) {
-    VhuResubmit r = { .head = i, .counter = q->desc[i].counter };
-
-    if (q->desc[i].inflight != 1)
-      continue;
-    g_array_append_val(vring->resubmit, r);
-    max_counter = MAX(max_counter, r.counter);
-  }
-  g_array_sort(vring->resubmit, resubmit_compare);
-  vring->inflight_counter = max_counter + 1;
-  /* Everything up to the last used entry and the requests still inflight
-   * were taken from the avail ring. */
-  vring->last_avail_idx = vring->last_used_idx + vring->resubmit->len;
-  return TRUE;
-}
-
-static void
-inflight_mark(VhuVring *vring, guint16 head)
-{
-  if (vring->inflight == NULL)
-    return;
-  vring->inflight->desc[head].counter = vring->inflight_counter++;
-  __atomic_thread_fence(__ATOMIC_RELEASE);
-  vring->inflight->desc[head].inflight = 1;
-}
-
-static void
-inflight_clear(VhuVring *vring, guint16 head)
-{
-  if (vring->inflight != NULL)
-    vring->inflight->desc[head].inflight = 0;
-}
-
 /* ---- start / stop ------------------------------------------------------ */
 
 static void
@@ -596,7 +373,7 @@ start_locked(VhuVring *vring, GError **error)
     return FALSE;
   forget_requests(vring);
   vring->last_used_idx = __atomic_load_n(&vring->used->idx, __ATOMIC_ACQUIRE);
-  if (!inflight_start(vring, error))
+  if (!vhu_vring_inflight_start(vring, error))
     return FALSE;
   /* A restart by the frontend gives the ring a fresh chance. */
   vring->broken = FALSE;
@@ -659,248 +436,6 @@ reset_locked(VhuVring *vring)
 
 /* ---- pop --------------------------------------------------------------- */
 
-static void break_ring(VhuVring *vring, GError **error, const char *format, ...)
-    G_GNUC_PRINTF(3, 4);
-
-/* Marks the ring broken and keeps why (for the backend's log line); the
- * caller fails with @error, which says the same. */
-static void
-break_ring(VhuVring *vring, GError **error, const char *format, ...)
-{
-  va_list args;
-
-  va_start(args, format);
-  g_free(vring->broken_reason);
-  vring->broken_reason = g_strdup_vprintf(format, args);
-  va_end(args);
-  vring->broken = TRUE;
-  vring->broke_now = TRUE;
-  g_set_error(error, VHU_VRING_ERROR, VHU_VRING_ERROR_BROKEN, "queue %u: %s", vring->index,
-              vring->broken_reason);
-}
-
-static void
-load_desc(const struct vring_desc *d, VhuDesc *out)
-{
-  out->addr = GUEST_LOAD(&d->addr);
-  out->len = GUEST_LOAD(&d->len);
-  out->flags = GUEST_LOAD(&d->flags);
-  out->next = GUEST_LOAD(&d->next);
-}
-
-/* Copies [gpa, gpa+len) out of guest memory; FALSE if a byte is unmapped. */
-static gboolean
-copy_from_guest(const VhuMemTable *mem, guint64 gpa, guint64 len, void *dst)
-{
-  guint8 *out = dst;
-
-  while (len > 0) {
-    guint64 chunk = len;
-    const void *src = vhu_mem_gpa_to_host(mem, gpa, &chunk);
-
-    if (src == NULL)
-      return FALSE;
-    memcpy(out, src, chunk);
-    out += chunk;
-    gpa += chunk;
-    len -= chunk;
-  }
-  return TRUE;
-}
-
-static gboolean
-range_mapped(const VhuMemTable *mem, guint64 gpa, guint64 len)
-{
-  guint64 end;
-
-  if (!g_uint64_checked_add(&end, gpa, len))
-    return FALSE;
-  while (gpa < end) {
-    guint64 chunk = end - gpa;
-
-    if (vhu_mem_gpa_to_host(mem, gpa, &chunk) == NULL)
-      return FALSE;
-    gpa += chunk;
-  }
-  return TRUE;
-}
-
-/* Where a chain walk is, to name the culprit in the reason. */
-typedef struct {
-  guint16 head;
-  guint idx;         /* descriptor being looked at */
-  gboolean indirect; /* idx is an entry of the head's indirect table */
-  guint table_size;  /* entries of the table idx is in */
-} VhuWalk;
-
-/* "descriptor 5", "descriptor 7 (chain of head 5)" or "indirect descriptor
- * 2 (head 5)"; @buf must hold 64 bytes. */
-static const char *
-walk_where(const VhuWalk *w, char *buf)
-{
-  if (w->indirect)
-    g_snprintf(buf, 64, "indirect descriptor %u (head %u)", w->idx, w->head);
-  else if (w->idx == w->head)
-    g_snprintf(buf, 64, "descriptor %u", w->idx);
-  else
-    g_snprintf(buf, 64, "descriptor %u (chain of head %u)", w->idx, w->head);
-  return buf;
-}
-
-typedef struct {
-  guint n_iov;
-  guint out_num;
-  gsize out_len;
-  gsize in_len;
-  gboolean writable_seen;
-} VhuGather;
-
-/* Adds one (already copied) descriptor's buffer to @g. */
-static gboolean
-gather_desc(VhuVring *vring, VhuGather *g, const VhuDesc *d, const VhuWalk *w, GError **error)
-{
-  gboolean writable = (d->flags & VRING_DESC_F_WRITE) != 0;
-  gsize *total = writable ? &g->in_len : &g->out_len;
-  char where[64];
-  int n;
-
-  if (d->len == 0)
-    return TRUE;
-  if (!writable && g->writable_seen) {
-    break_ring(vring, error, "%s is device-readable but follows a device-writable one",
-               walk_where(w, where));
-    return FALSE;
-  }
-  n = vhu_mem_gpa_to_iov(vring->mem, d->addr, d->len, vring->iov + g->n_iov,
-                         VHU_ELEM_MAX_IOV - g->n_iov);
-  if (n < 0 && !range_mapped(vring->mem, d->addr, d->len)) {
-    break_ring(vring, error, "%s: buffer 0x%" G_GINT64_MODIFIER "x+%u is not in guest memory",
-               walk_where(w, where), d->addr, d->len);
-    return FALSE;
-  }
-  if (n < 0) {
-    break_ring(vring, error, "head %u: chain needs more than %u memory segments", w->head,
-               VHU_ELEM_MAX_IOV);
-    return FALSE;
-  }
-  if (!g_size_checked_add(total, *total, d->len)) {
-    break_ring(vring, error, "head %u: chain length overflows", w->head);
-    return FALSE;
-  }
-  g->n_iov += n;
-  if (writable)
-    g->writable_seen = TRUE;
-  else
-    g->out_num += n;
-  return TRUE;
-}
-
-/* Copies the indirect table @d points at into the scratch table. */
-static gboolean
-load_indirect(VhuVring *vring, const VhuDesc *d, const VhuWalk *w, guint *n_entries, GError **error)
-{
-  char where[64];
-
-  if (!has_feature(vring, VIRTIO_RING_F_INDIRECT_DESC)) {
-    break_ring(vring, error, "%s is indirect, but INDIRECT_DESC was not negotiated",
-               walk_where(w, where));
-    return FALSE;
-  }
-  if (d->flags & VRING_DESC_F_NEXT) {
-    break_ring(vring, error, "%s has both INDIRECT and NEXT", walk_where(w, where));
-    return FALSE;
-  }
-  if (d->len == 0 || d->len % sizeof(struct vring_desc) != 0
-      || d->len / sizeof(struct vring_desc) > VHU_INDIRECT_MAX) {
-    break_ring(vring, error,
-               "%s: indirect table of %u bytes (needs 16 to %u bytes, a multiple of 16)",
-               walk_where(w, where), d->len, VHU_INDIRECT_MAX * 16);
-    return FALSE;
-  }
-  if (!copy_from_guest(vring->mem, d->addr, d->len, vring->indirect)) {
-    break_ring(vring, error,
-               "%s: indirect table 0x%" G_GINT64_MODIFIER "x+%u is not in guest memory",
-               walk_where(w, where), d->addr, d->len);
-    return FALSE;
-  }
-  *n_entries = d->len / sizeof(struct vring_desc);
-  return TRUE;
-}
-
-/* Walks the chain of @head (through at most one indirect table) into an
- * element.  NULL with the ring broken on any violation. */
-static VhuElemPriv *
-gather_chain(VhuVring *vring, guint16 head, GError **error)
-{
-  const struct vring_desc *table = vring->desc;
-  VhuWalk w = { .head = head, .idx = head, .table_size = vring->num };
-  guint count = 0;
-  VhuGather g = { 0 };
-  VhuElemPriv *priv;
-  char where[64];
-
-  for (;;) {
-    VhuDesc d;
-
-    if (count++ >= w.table_size) {
-      if (w.indirect)
-        break_ring(vring, error,
-                   "head %u: chain longer than its indirect table of %u entries (a loop)", head,
-                   w.table_size);
-      else
-        break_ring(vring, error, "head %u: chain longer than the ring size %u (a loop)", head,
-                   w.table_size);
-      return NULL;
-    }
-    load_desc(&table[w.idx], &d);
-    if (d.flags & VRING_DESC_F_INDIRECT) {
-      if (w.indirect) {
-        break_ring(vring, error, "%s is indirect inside an indirect table (nested)",
-                   walk_where(&w, where));
-        return NULL;
-      }
-      if (!load_indirect(vring, &d, &w, &w.table_size, error))
-        return NULL;
-      table = vring->indirect;
-      w.indirect = TRUE;
-      w.idx = 0;
-      count = 0;
-      continue;
-    }
-    if (!gather_desc(vring, &g, &d, &w, error))
-      return NULL;
-    if (!(d.flags & VRING_DESC_F_NEXT))
-      break;
-    if (d.next >= w.table_size) {
-      if (w.indirect)
-        break_ring(vring, error, "%s chains to %u, beyond its indirect table of %u entries",
-                   walk_where(&w, where), d.next, w.table_size);
-      else
-        break_ring(vring, error, "%s chains to %u, beyond ring size %u", walk_where(&w, where),
-                   d.next, w.table_size);
-      return NULL;
-    }
-    w.idx = d.next;
-  }
-
-  priv = g_malloc(sizeof(VhuElemPriv) + g.n_iov * sizeof(struct iovec));
-  memcpy(priv->iov, vring->iov, g.n_iov * sizeof(struct iovec));
-  priv->elem = (VhuElem){
-    .head = head,
-    .out_num = g.out_num,
-    .in_num = g.n_iov - g.out_num,
-    .out_sg = g.out_num ? priv->iov : NULL,
-    .in_sg = g.n_iov > g.out_num ? priv->iov + g.out_num : NULL,
-    .out_len = g.out_len,
-    .in_len = g.in_len,
-    .mem = vhu_mem_table_ref(vring->mem),
-    .generation = vring->generation,
-  };
-  priv->from_avail = FALSE;
-  priv->avail_pos = 0;
-  return priv;
-}
-
 /* A region the frontend truncated under us reads as zeros from the fault
  * on (vhu-mem.h): whatever the ring read or wrote since is void. */
 static gboolean
@@ -908,7 +443,7 @@ memory_intact(VhuVring *vring, GError **error)
 {
   if (vring->mem == NULL || !vhu_mem_table_is_damaged(vring->mem))
     return TRUE;
-  break_ring(vring, error, "guest memory shrank under the ring (truncated by the frontend)");
+  vhu_vring_break(vring, error, "guest memory shrank under the ring (truncated by the frontend)");
   return FALSE;
 }
 
@@ -926,7 +461,7 @@ pop_resubmit(VhuVring *vring, GError **error)
   VhuElemPriv *priv;
 
   g_array_remove_index(vring->resubmit, 0);
-  priv = gather_chain(vring, r.head, error);
+  priv = vhu_vring_gather_chain(vring, r.head, error);
   if (priv == NULL)
     return NULL;
   if (!memory_intact(vring, error)) {
@@ -936,7 +471,7 @@ pop_resubmit(VhuVring *vring, GError **error)
   priv->from_avail = r.from_avail;
   priv->avail_pos = r.avail_pos;
   vring->inuse++;
-  inflight_mark(vring, r.head);
+  vhu_vring_inflight_mark(vring, r.head);
   return &priv->elem;
 }
 
@@ -967,19 +502,19 @@ pop_locked(VhuVring *vring, GError **error)
     pending = avail_idx - vring->last_avail_idx;
   }
   if (pending > vring->num) {
-    break_ring(vring, error, "avail index moved from %u to %u, more than the ring size %u",
-               vring->last_avail_idx, avail_idx, vring->num);
+    vhu_vring_break(vring, error, "avail index moved from %u to %u, more than the ring size %u",
+                    vring->last_avail_idx, avail_idx, vring->num);
     return NULL;
   }
   if (pending == 0)
     return NULL;
   head = GUEST_LOAD(&vring->avail->ring[vring->last_avail_idx & (vring->num - 1)]);
   if (head >= vring->num) {
-    break_ring(vring, error, "avail entry %u names head %u, beyond ring size %u",
-               vring->last_avail_idx, head, vring->num);
+    vhu_vring_break(vring, error, "avail entry %u names head %u, beyond ring size %u",
+                    vring->last_avail_idx, head, vring->num);
     return NULL;
   }
-  priv = gather_chain(vring, head, error);
+  priv = vhu_vring_gather_chain(vring, head, error);
   if (priv == NULL)
     return NULL;
   if (!memory_intact(vring, error)) {
@@ -990,7 +525,7 @@ pop_locked(VhuVring *vring, GError **error)
   priv->avail_pos = vring->last_avail_idx;
   vring->last_avail_idx++;
   vring->inuse++;
-  inflight_mark(vring, head);
+  vhu_vring_inflight_mark(vring, head);
   /* Tell the guest how far we read, so it kicks for the next one only. */
   if (vring->notify_enabled && has_feature(vring, VIRTIO_RING_F_EVENT_IDX)) {
     GUEST_STORE((guint16 *)&vring->used->ring[vring->num], vring->last_avail_idx);
@@ -1018,7 +553,7 @@ rewind_resubmits(VhuVring *vring)
       VhuResubmit *r = &g_array_index(vring->resubmit, VhuResubmit, i);
 
       if (r->from_avail && r->avail_pos == (guint16)(vring->last_avail_idx - 1)) {
-        inflight_clear(vring, r->head);
+        vhu_vring_inflight_clear(vring, r->head);
         vring->last_avail_idx--;
         g_array_remove_index(vring->resubmit, i);
         again = TRUE;
@@ -1038,7 +573,7 @@ unpop_locked(VhuVring *vring, VhuElem *elem)
   if (is_current(vring, elem)) {
     vring->inuse--;
     if (priv->from_avail && priv->avail_pos == (guint16)(vring->last_avail_idx - 1)) {
-      inflight_clear(vring, elem->head);
+      vhu_vring_inflight_clear(vring, elem->head);
       vring->last_avail_idx--;
       rewind_resubmits(vring);
     } else {
@@ -1252,7 +787,7 @@ vhu_vring_set_inflight(VhuVring *vring, void *region, gsize size, GError **error
   gboolean ret;
 
   g_mutex_lock(&vring->lock);
-  ret = set_inflight_locked(vring, region, size, error);
+  ret = vhu_vring_set_inflight_locked(vring, region, size, error);
   g_mutex_unlock(&vring->lock);
   return ret;
 }

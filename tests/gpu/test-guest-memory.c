@@ -209,17 +209,15 @@ assert_needs_reset(Fixture *f)
   g_autoptr(GError) error = NULL;
   guint8 status = 0;
 
-  gint64 end;
-
   g_assert_true(daemon_wait_log(&f->d, "device needs reset", WAIT_MS));
-  /* The status is set by the thread that logged, maybe just after. */
-  end = g_get_monotonic_time() + WAIT_MS * 1000;
-  do {
-    g_assert_true(vhu_frontend_get_status(f->fe, &status, &error));
-    g_assert_no_error(error);
-  } while (!(status & VHU_STATUS_NEEDS_RESET) && g_get_monotonic_time() < end);
+  /* The status is set before the line is logged. */
+  g_assert_true(vhu_frontend_get_status(f->fe, &status, &error));
+  g_assert_no_error(error);
   g_assert_cmphex(status & VHU_STATUS_NEEDS_RESET, ==, VHU_STATUS_NEEDS_RESET);
-  g_assert_cmpuint(daemon_count_log(&f->d, "device needs reset"), ==, 1);
+  /* One line per ring that touched the lost memory (the cursor queue may or
+   * may not have been popped since), never more. */
+  g_assert_cmpuint(daemon_count_log(&f->d, "device needs reset"), >=, 1);
+  g_assert_cmpuint(daemon_count_log(&f->d, "device needs reset"), <=, 2); /* control, cursor */
 }
 
 typedef struct {
