@@ -4,8 +4,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <gst/allocators/allocators.h>
+#include <linux/udmabuf.h>
 #include <pixman.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,9 +27,10 @@ GST_DEBUG_CATEGORY_STATIC(frames_debug);
 #define STREAMING_FRAMES_FACTOR 4u
 
 typedef struct {
-  GstMemory *mem; /* one reference is ours; more mean downstream holds it */
-  guint8 *data;   /* kept mapped for the memory's lifetime */
-  guint64 gen;    /* generation whose content it holds; 0: none yet */
+  GstMemory *mem;    /* one reference is ours; more mean downstream holds it */
+  GstMemory *dmabuf; /* the same pages as a dmabuf (udmabuf), made on demand */
+  guint8 *data;      /* kept mapped for the memory's lifetime */
+  guint64 gen;       /* generation whose content it holds; 0: none yet */
 } Frame;
 
 /* Where a flushed rectangle's pixels come from. */
@@ -44,6 +47,7 @@ struct _GstVhostFrameQueue {
   guint scanout;
   guint max_frames;
   GstAllocator *fd_alloc;
+  GstAllocator *dmabuf_alloc;
 
   gboolean enabled;
   GstVideoInfo info;
@@ -60,6 +64,7 @@ struct _GstVhostFrameQueue {
    * by every frame; NULL while frames are copies. */
   GstMemory *blob_mem;
   GstVideoInfo blob_info; /* info with the blob's stride */
+  gboolean last_blob;     /* the last frame popped was a blob's */
 
   /* What the next frame carries. */
   gboolean ready;
@@ -74,6 +79,7 @@ struct _GstVhostFrameQueue {
   guint64 cursor_serial;
 
   gboolean flushing, eos;
+  gboolean export_failed; /* logged once */
   GstVhostFrameQueueStats stats;
 };
 
@@ -120,13 +126,78 @@ frame_free(gpointer data)
   Frame *f = data;
 
   gst_memory_unref(f->mem);
+  if (f->dmabuf)
+    gst_memory_unref(f->dmabuf);
   g_free(f);
 }
 
 static gboolean
 frame_is_free(Frame *f)
 {
-  return g_atomic_int_get(&GST_MINI_OBJECT_CAST(f->mem)->refcount) == 1;
+  return g_atomic_int_get(&GST_MINI_OBJECT_CAST(f->mem)->refcount) == 1
+         && (!f->dmabuf || g_atomic_int_get(&GST_MINI_OBJECT_CAST(f->dmabuf)->refcount) == 1);
+}
+
+/* /dev/udmabuf, opened once; -1 (logged once) where there is none. */
+static gpointer
+udmabuf_open(gpointer data)
+{
+  int fd = open("/dev/udmabuf", O_RDWR | O_CLOEXEC);
+
+  if (fd < 0)
+    GST_INFO("frames are not exported as dmabuf: /dev/udmabuf: %s; they go as fd memory",
+             g_strerror(errno));
+  return GINT_TO_POINTER(fd + 1);
+}
+
+static int
+udmabuf_device(void)
+{
+  static GOnce once = G_ONCE_INIT;
+
+  return GPOINTER_TO_INT(g_once(&once, udmabuf_open, NULL)) - 1;
+}
+
+gboolean
+gst_vhost_udmabuf_available(void)
+{
+  GST_DEBUG_CATEGORY_INIT(frames_debug, "vhostframes", 0, "vhost GPU scanout frames");
+  return udmabuf_device() >= 0;
+}
+
+static gsize
+page_round(gsize size)
+{
+  gsize page = (gsize)sysconf(_SC_PAGESIZE);
+
+  return (size + page - 1) / page * page;
+}
+
+/* @f's pages as a dmabuf memory, made once (its memfd is sealed against
+ * shrinking, as udmabuf wants); NULL when the kernel refuses. */
+static GstMemory *
+frame_dmabuf(GstVhostFrameQueue *q, Frame *f)
+{
+  struct udmabuf_create c = { 0 };
+  int dfd;
+
+  if (f->dmabuf)
+    return f->dmabuf;
+  if (udmabuf_device() < 0)
+    return NULL;
+  c.memfd = (guint32)gst_fd_memory_get_fd(f->mem);
+  c.flags = UDMABUF_FLAGS_CLOEXEC;
+  c.size = page_round(f->mem->size);
+  dfd = ioctl(udmabuf_device(), UDMABUF_CREATE, &c);
+  if (dfd < 0) {
+    if (!q->export_failed)
+      GST_WARNING("UDMABUF_CREATE: %s; frames go as fd memory", g_strerror(errno));
+    q->export_failed = TRUE;
+    return NULL;
+  }
+  f->dmabuf = gst_dmabuf_allocator_alloc(q->dmabuf_alloc, dfd, f->mem->size);
+  GST_MINI_OBJECT_FLAG_SET(f->dmabuf, GST_MEMORY_FLAG_READONLY);
+  return f->dmabuf;
 }
 
 /* A zeroed, sealed memfd of the current geometry, kept mapped. */
@@ -140,7 +211,8 @@ frame_new(GstVhostFrameQueue *q)
   int fd;
 
   fd = memfd_create("gst-vhost-frame", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
+  /* Whole pages: what udmabuf exports. */
+  if (fd < 0 || ftruncate(fd, (off_t)page_round(size)) < 0) {
     GST_WARNING("frame memory of %" G_GSIZE_FORMAT " bytes: %s", size, g_strerror(errno));
     if (fd >= 0)
       close(fd);
@@ -542,9 +614,14 @@ fill_frame(GstVhostFrameQueue *q, GstVhostFrame *frame, gboolean with_damage)
 
   memset(frame, 0, sizeof *frame);
   frame->buffer = gst_buffer_new();
+  if ((q->blob_mem != NULL) != q->last_blob) {
+    q->last_blob = q->blob_mem != NULL;
+    q->geometry++; /* the consumer decides anew what memory it offers */
+  }
   if (q->blob_mem) {
     gst_buffer_append_memory(frame->buffer, gst_memory_ref(q->blob_mem));
     frame->info = q->blob_info;
+    frame->zero_copy = TRUE;
     q->stats.zero_copy_frames++;
   } else {
     gst_buffer_append_memory(frame->buffer, gst_memory_ref(q->cur->mem));
@@ -673,6 +750,28 @@ gst_vhost_frame_queue_get_stats(GstVhostFrameQueue *q, GstVhostFrameQueueStats *
   g_mutex_unlock(&q->lock);
 }
 
+gboolean
+gst_vhost_frame_queue_export_dmabuf(GstVhostFrameQueue *q, GstVhostFrame *frame)
+{
+  GstMemory *mem = gst_buffer_peek_memory(frame->buffer, 0), *d = NULL;
+
+  g_mutex_lock(&q->lock);
+  for (guint i = 0; i < q->frames->len && !frame->zero_copy; i++) {
+    Frame *f = q->frames->pdata[i];
+
+    if (f->mem == mem || f->dmabuf == mem) {
+      d = frame_dmabuf(q, f);
+      break;
+    }
+  }
+  if (d && d != mem)
+    gst_buffer_replace_memory(frame->buffer, 0, gst_memory_ref(d));
+  if (d)
+    q->stats.dmabuf_frames++;
+  g_mutex_unlock(&q->lock);
+  return d != NULL;
+}
+
 void
 gst_vhost_frame_clear(GstVhostFrame *frame)
 {
@@ -691,6 +790,7 @@ gst_vhost_frame_queue_new(guint scanout, guint max_frames)
   q->scanout = scanout;
   q->max_frames = MAX(max_frames, 2u);
   q->fd_alloc = gst_fd_allocator_new();
+  q->dmabuf_alloc = gst_dmabuf_allocator_new();
   q->frames = g_ptr_array_new_with_free_func(frame_free);
   for (guint i = 0; i < HISTORY; i++)
     pixman_region32_init(&q->history[i]);
@@ -714,6 +814,7 @@ gst_vhost_frame_queue_free(GstVhostFrameQueue *q)
   pixman_region32_fini(&q->damage);
   gst_clear_buffer(&q->cursor);
   gst_object_unref(q->fd_alloc);
+  gst_object_unref(q->dmabuf_alloc);
   g_mutex_clear(&q->lock);
   g_cond_clear(&q->cond);
   g_free(q);

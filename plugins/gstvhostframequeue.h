@@ -64,6 +64,7 @@ typedef struct {
   GstBuffer *cursor;
   gint cursor_x, cursor_y;
   guint64 cursor_serial; /* changes with the cursor image */
+  gboolean zero_copy;    /* the memory is the guest's blob (never a dmabuf) */
 } GstVhostFrame;
 
 typedef enum {
@@ -84,6 +85,7 @@ typedef struct {
   guint64 geometry_changes;
   guint64 cursor_updates;
   guint64 zero_copy_frames; /* frames that are the guest's blob memory itself */
+  guint64 dmabuf_frames;    /* frames handed out as dmabuf memory */
 } GstVhostFrameQueueStats;
 
 /* Follows scanout @scanout.  Flushes use at most @max_frames frame
@@ -111,6 +113,16 @@ void gst_vhost_frame_queue_set_eos(GstVhostFrameQueue *q);
 void gst_vhost_frame_queue_get_stats(GstVhostFrameQueue *q, GstVhostFrameQueueStats *stats);
 
 void gst_vhost_frame_clear(GstVhostFrame *frame);
+
+/* dmabuf: where /dev/udmabuf exists, frame memory (sealed memfds) can go
+ * downstream as dmabuf memory of the same pages, one dmabuf per frame
+ * memory, made on first use and kept with it (a downstream holding either
+ * keeps the frame from being written).  Blob frames are guest memory and
+ * stay what they are.  Without udmabuf, one log line (INFO) and fd memory. */
+gboolean gst_vhost_udmabuf_available(void);
+/* Replaces @frame's memory by its dmabuf; FALSE, @frame unchanged, for a
+ * blob frame, without udmabuf, or when the kernel refused (logged once). */
+gboolean gst_vhost_frame_queue_export_dmabuf(GstVhostFrameQueue *q, GstVhostFrame *frame);
 
 /* The GStreamer format of a virtio-gpu format (GST_VIDEO_FORMAT_UNKNOWN if
  * none): byte order in memory is the same, so no conversion is needed. */

@@ -14,6 +14,7 @@
 #include "gstvhostgpusrc.h"
 
 #include <gio/gio.h>
+#include <gst/allocators/allocators.h>
 #include <gst/video/video.h>
 #include <errno.h>
 #include <time.h>
@@ -87,6 +88,8 @@ struct _GstVhostGpuSrc {
   gint64 last_push_us;
   guint64 keepalives;
 
+  gboolean dmabuf; /* memory:DMABuf negotiated (streaming thread) */
+  gboolean dmabuf_warned;
   GstCaps *caps;            /* what get_caps answers (object lock) */
   GstStructure *last_stats; /* kept after stop (object lock) */
 };
@@ -95,7 +98,11 @@ struct _GstVhostGpuSrc {
 
 static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE(
     "src", GST_PAD_SRC, GST_PAD_ALWAYS,
-    GST_STATIC_CAPS("video/x-raw, format = (string) " VIDEO_FORMATS
+    GST_STATIC_CAPS("video/x-raw(" GST_CAPS_FEATURE_MEMORY_DMABUF
+                    "), format = (string) " VIDEO_FORMATS
+                    ", width = (int) [ 16, 4095 ], height = (int) [ 16, 4095 ]"
+                    ", framerate = (fraction) 0/1, pixel-aspect-ratio = (fraction) 1/1; "
+                    "video/x-raw, format = (string) " VIDEO_FORMATS
                     ", width = (int) [ 16, 4095 ], height = (int) [ 16, 4095 ]"
                     ", framerate = (fraction) 0/1, pixel-aspect-ratio = (fraction) 1/1"));
 
@@ -335,6 +342,23 @@ add_max_framerate(GstVhostGpuSrc *self, GstCaps *caps)
                         NULL);
 }
 
+/* @caps, preceded by the same as memory:DMABuf when frames can be dmabufs:
+ * with udmabuf, frames of sealed memfds (not blob frames, @zero_copy,
+ * which are guest memory, nor frames with the cursor drawn into a copy).
+ * Object lock held. */
+static GstCaps *
+offer_dmabuf(GstVhostGpuSrc *self, GstCaps *caps, gboolean zero_copy)
+{
+  GstCaps *dma;
+
+  if (zero_copy || self->draw_cursor || !gst_vhost_udmabuf_available())
+    return caps;
+  dma = gst_caps_copy(caps);
+  gst_caps_set_features(dma, 0, gst_caps_features_new(GST_CAPS_FEATURE_MEMORY_DMABUF, NULL));
+  gst_caps_append(dma, caps);
+  return dma;
+}
+
 /* The scanout's caps, or the offered mode in BGRx (what Linux guests use)
  * until the guest set one. */
 static GstCaps *
@@ -351,6 +375,7 @@ gst_vhost_gpu_src_get_caps(GstBaseSrc *bsrc, GstCaps *filter)
     gst_video_info_set_format(&info, GST_VIDEO_FORMAT_BGRx, self->width, self->height);
     caps = gst_video_info_to_caps(&info);
     add_max_framerate(self, caps);
+    caps = offer_dmabuf(self, caps, FALSE);
   }
   GST_OBJECT_UNLOCK(self);
   if (filter) {
@@ -366,16 +391,25 @@ static gboolean
 renegotiate(GstVhostGpuSrc *self, const GstVhostFrame *frame)
 {
   GstCaps *caps = gst_video_info_to_caps(&frame->info);
+  GstCaps *current;
+  gboolean ok;
 
   GST_OBJECT_LOCK(self);
   add_max_framerate(self, caps);
+  caps = offer_dmabuf(self, caps, frame->zero_copy);
   gst_caps_replace(&self->caps, caps);
   GST_OBJECT_UNLOCK(self);
   GST_INFO_OBJECT(self, "scanout geometry: %" GST_PTR_FORMAT, caps);
   gst_caps_unref(caps);
   self->info = frame->info;
   self->geometry = frame->geometry;
-  return gst_base_src_negotiate(GST_BASE_SRC(self));
+  ok = gst_base_src_negotiate(GST_BASE_SRC(self));
+  current = gst_pad_get_current_caps(GST_BASE_SRC_PAD(self));
+  self->dmabuf = current
+                 && gst_caps_features_contains(gst_caps_get_features(current, 0),
+                                               GST_CAPS_FEATURE_MEMORY_DMABUF);
+  gst_clear_caps(&current);
+  return ok;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -525,6 +559,14 @@ gst_vhost_gpu_src_create(GstPushSrc *psrc, GstBuffer **outbuf)
                       ("downstream refused the scanout's caps %" GST_PTR_FORMAT, self->caps));
     return GST_FLOW_NOT_NEGOTIATED;
   }
+  if (self->dmabuf && !gst_vhost_frame_queue_export_dmabuf(self->queue, &frame)
+      && !self->dmabuf_warned) {
+    GST_WARNING_OBJECT(self,
+                       "memory:DMABuf negotiated but frame %" G_GUINT64_FORMAT
+                       " could not be exported: sent as fd memory",
+                       frame.number);
+    self->dmabuf_warned = TRUE;
+  }
   *outbuf = decorate(self, &frame, draw);
   GST_LOG_OBJECT(
       self, "frame %" G_GUINT64_FORMAT ": %u flushes, %u damage rects, pts %" GST_TIME_FORMAT,
@@ -620,8 +662,9 @@ make_stats(GstVhostGpuSrc *self)
       "bytes-synced", G_TYPE_UINT64, qs.bytes_synced, "frames-allocated", G_TYPE_UINT64,
       qs.frames_allocated, "geometry-changes", G_TYPE_UINT64, qs.geometry_changes, "cursor-updates",
       G_TYPE_UINT64, qs.cursor_updates, "zero-copy-frames", G_TYPE_UINT64, qs.zero_copy_frames,
-      "commands", G_TYPE_UINT64, ds.commands, "errors", G_TYPE_UINT64, ds.errors, "resources",
-      G_TYPE_UINT, ds.resources, "hostmem-used", G_TYPE_UINT64, ds.hostmem_used, NULL);
+      "dmabuf-frames", G_TYPE_UINT64, qs.dmabuf_frames, "commands", G_TYPE_UINT64, ds.commands,
+      "errors", G_TYPE_UINT64, ds.errors, "resources", G_TYPE_UINT, ds.resources, "hostmem-used",
+      G_TYPE_UINT64, ds.hostmem_used, NULL);
 }
 
 void

@@ -1137,6 +1137,81 @@ test_blob_with_display(Fixture *f, gconstpointer data)
   vhu_display_server_detach(ds);
 }
 
+/* dmabuf: with /dev/udmabuf, a downstream that takes memory:DMABuf gets
+ * each frame as dmabuf memory of the frame's own pages, pixels exact, and
+ * the same dmabuf again for the same frame memory; without it, the caps
+ * offer system memory only (a DMABuf-only downstream does not link) and
+ * frames are fd memory.  GST_VHOST_REQUIRE_UDMABUF=1 (the guest run) fails
+ * instead of testing the fallback. */
+static void
+test_dmabuf(void)
+{
+  gboolean have = g_file_test("/dev/udmabuf", G_FILE_TEST_EXISTS);
+  Fixture fx = { 0 }, *f = &fx;
+  g_autoptr(GstSample) s1 = NULL, s2 = NULL, s3 = NULL;
+  GstMemory *m1, *m2;
+  Res r;
+
+  if (g_strcmp0(g_getenv("GST_VHOST_REQUIRE_UDMABUF"), "1") == 0 && !have)
+    g_error("/dev/udmabuf is required here");
+  f->dir = tu_make_tmpdir("vhostgpusrc-XXXXXX");
+  f->path = g_build_filename(f->dir, "gpu.sock", NULL);
+  if (!have) {
+    g_autoptr(GError) error = NULL;
+    g_autofree char *desc = g_strdup_printf(
+        "vhostgpusrc socket-path=%s ! appsink caps=video/x-raw(memory:DMABuf)", f->path);
+    g_autoptr(GstElement) p = gst_parse_launch(desc, &error);
+
+    /* nothing claims to be a dmabuf: a DMABuf-only downstream does not link */
+    g_assert_error(error, GST_PARSE_ERROR, GST_PARSE_ERROR_LINK);
+    pipeline_start(f, "qemu-display=false", NULL);
+    f->fe = frontend_new(f);
+    r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H);
+    res_paint(&r, 2);
+    scanout(f->fe, &r);
+    show(f->fe, &r, 0, 0, W, H);
+    s1 = pull(f);
+    check_sample(s1, &r, r.pixels);
+    m1 = gst_buffer_peek_memory(gst_sample_get_buffer(s1), 0);
+    g_assert_true(gst_is_fd_memory(m1));
+    g_assert_false(gst_is_dmabuf_memory(m1));
+    g_assert_cmpuint(stat_of(f, "dmabuf-frames"), ==, 0);
+    g_test_message("no /dev/udmabuf: the fallback was tested");
+    teardown(f, NULL);
+    return;
+  }
+  pipeline_start(f, "qemu-display=false", "caps=video/x-raw(memory:DMABuf) max-buffers=1");
+  f->fe = frontend_new(f);
+  r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM, W, H);
+  res_paint(&r, 3);
+  scanout(f->fe, &r);
+  show(f->fe, &r, 0, 0, W, H);
+  s1 = pull(f);
+  g_assert_true(gst_caps_features_contains(gst_caps_get_features(gst_sample_get_caps(s1), 0),
+                                           GST_CAPS_FEATURE_MEMORY_DMABUF));
+  m1 = gst_buffer_peek_memory(gst_sample_get_buffer(s1), 0);
+  g_assert_true(gst_is_dmabuf_memory(m1));
+  check_sample(s1, &r, r.pixels);
+  /* Two more frames while s1 is held: another frame memory, then, once s1
+   * and s2 are gone, the same dmabufs come back. */
+  res_paint(&r, 4);
+  show(f->fe, &r, 0, 0, W, H);
+  s2 = pull(f);
+  m2 = gst_buffer_peek_memory(gst_sample_get_buffer(s2), 0);
+  g_assert_true(gst_is_dmabuf_memory(m2));
+  g_assert_true(m2 != m1);
+  check_sample(s2, &r, r.pixels);
+  g_clear_pointer(&s1, gst_sample_unref);
+  res_paint(&r, 5);
+  show(f->fe, &r, 0, 0, W, H);
+  s3 = pull(f);
+  g_assert_true(gst_buffer_peek_memory(gst_sample_get_buffer(s3), 0) == m1);
+  check_sample(s3, &r, r.pixels);
+  g_assert_cmpuint(stat_of(f, "dmabuf-frames"), ==, 3);
+  g_test_message("/dev/udmabuf: frames were dmabufs");
+  teardown(f, NULL);
+}
+
 /* The backend's own warnings about a peer that went away (a display socket
  * closed while written) are what it should say, not test failures. */
 static gboolean
@@ -1173,6 +1248,7 @@ main(int argc, char **argv)
   ADD("blob-lifetime", test_blob_lifetime, NULL, setup_blob);
   ADD("blob-split", test_blob_split, NULL, setup_blob);
   ADD("blob-with-display", test_blob_with_display, "qemu-display=true", setup_blob);
+  g_test_add_func("/vhostgpusrc/dmabuf", test_dmabuf);
   g_test_add_func("/vhostgpusrc/fd", test_fd);
   g_test_add_func("/vhostgpusrc/harness", test_harness);
   g_test_add_func("/vhostgpusrc/daemon-pipeline", test_daemon_pipeline);
