@@ -1674,6 +1674,44 @@ vgpu_device_has_resource(VgpuDevice *dev, guint32 id)
 }
 
 void
+vgpu_device_ext_set_scanout(VgpuDevice *dev, guint id, guint32 resource_id, VgpuImage *image,
+                            const VgpuRect *rect)
+{
+  Scanout *s = &dev->scanouts[id];
+
+  g_return_if_fail(id < dev->config.num_scanouts);
+  if (!image) {
+    disable_scanout(dev, id);
+    return;
+  }
+  s->resource_id = resource_id;
+  s->rect = *rect;
+  s->full_pending = TRUE;
+  if (s->image != image) {
+    g_clear_pointer(&s->image, vgpu_image_unref);
+    s->image = vgpu_image_ref(image);
+  }
+  sinks_set_scanout(dev, id);
+}
+
+void
+vgpu_device_ext_flush(VgpuDevice *dev, guint id, const VgpuRect *rect)
+{
+  Scanout *s = &dev->scanouts[id];
+  VgpuRect part;
+
+  g_return_if_fail(id < dev->config.num_scanouts);
+  if (!s->image)
+    return;
+  if (s->full_pending)
+    part = s->rect;
+  else if (!vgpu_rect_intersect(rect, &s->rect, &part))
+    return;
+  s->full_pending = FALSE;
+  sinks_update(dev, id, &part);
+}
+
+void
 vgpu_device_get_stats(VgpuDevice *dev, VgpuDeviceStats *stats)
 {
   *stats = dev->stats;

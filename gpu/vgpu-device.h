@@ -187,6 +187,13 @@ void vgpu_device_query_done(VgpuDevice *dev, VgpuQuery *query, const void *reply
 void vgpu_device_set_ext(VgpuDevice *dev, const VgpuDeviceExt *ext, gpointer data);
 /* TRUE when the 2D model has resource @id (ids are shared with the extension). */
 gboolean vgpu_device_has_resource(VgpuDevice *dev, guint32 id);
+/* For the extension: scanout @id shows @rect of @image, which the extension
+ * keeps for its resource @resource_id (@image NULL: disabled); a SET_SCANOUT
+ * of another resource replaces it.  Then @rect (image coordinates) of it
+ * changed: the sinks get the part on the scanout (all of it first). */
+void vgpu_device_ext_set_scanout(VgpuDevice *dev, guint id, guint32 resource_id, VgpuImage *image,
+                                 const VgpuRect *rect);
+void vgpu_device_ext_flush(VgpuDevice *dev, guint id, const VgpuRect *rect);
 
 void vgpu_device_get_stats(VgpuDevice *dev, VgpuDeviceStats *stats);
 VgpuHostmem *vgpu_device_get_hostmem(VgpuDevice *dev);

@@ -51,6 +51,7 @@ vgpu_virgl_get_stats(VgpuVirgl *virgl, VgpuVirglStats *stats)
 #include <virgl/virglrenderer.h>
 
 #include "vgpu-backing.h"
+#include "vgpu-format.h"
 
 /* Declared but not defined by virglrenderer.h: its layout is virgl_hw.h's. */
 struct virgl_box {
@@ -96,6 +97,11 @@ typedef struct {
   guint64 charge;
   VgpuBacking *backing;
   GArray *iov; /* struct iovec, what virglrenderer was given */
+  /* Scanouts: the pixels read back for the sinks, and what could not be
+   * read while a sink still read them. */
+  VgpuImage *shadow;
+  guint32 scanouts; /* bit per scanout showing it */
+  VgpuRect damage;
 } Resource;
 
 typedef struct {
@@ -131,6 +137,11 @@ struct _VgpuVirgl {
   GPtrArray *graveyard;   /* Resources dropped by a reset from another thread */
   GArray *dead_contexts;  /* guint32 ids, likewise */
   char *renderer;
+  guint num_scanouts;
+  VgpuNotify *idle_notify; /* a shadow image's last reader left */
+  GMutex idle_lock;        /* guards idle_source: the notify comes from any thread */
+  GSource *idle_source;    /* readbacks deferred until then */
+  gboolean dmabuf_export;  /* EGL_MESA_image_dma_buf_export */
   VgpuVirglStats stats;
   gint64 last_log[VE_N_KINDS];
   guint64 suppressed[VE_N_KINDS];
@@ -174,6 +185,8 @@ vgpu_virgl_supported(void)
 static void
 resource_release(VgpuVirgl *v, Resource *res)
 {
+  if (res->shadow)
+    vgpu_image_unref(res->shadow);
   if (res->backing)
     vgpu_backing_unref(res->backing);
   if (res->iov)
@@ -398,6 +411,8 @@ typedef union {
   struct virtio_gpu_resource_attach_backing attach;
   struct virtio_gpu_resource_detach_backing detach;
   struct virtio_gpu_transfer_to_host_2d transfer_2d;
+  struct virtio_gpu_set_scanout set_scanout;
+  struct virtio_gpu_resource_flush flush;
 } Request;
 
 static gsize
@@ -456,6 +471,16 @@ shared_command_id(const Request *req, gsize got, guint32 *id)
       if (got < sizeof req->transfer_2d)
         return FALSE;
       *id = req->transfer_2d.resource_id;
+      return TRUE;
+    case VIRTIO_GPU_CMD_SET_SCANOUT:
+      if (got < sizeof req->set_scanout)
+        return FALSE;
+      *id = req->set_scanout.resource_id;
+      return TRUE;
+    case VIRTIO_GPU_CMD_RESOURCE_FLUSH:
+      if (got < sizeof req->flush)
+        return FALSE;
+      *id = req->flush.resource_id;
       return TRUE;
     default:
       return FALSE;
@@ -730,9 +755,12 @@ cmd_create_3d(VgpuVirgl *v, const struct virtio_gpu_resource_create_3d *c)
   return VIRTIO_GPU_RESP_OK_NODATA;
 }
 
+static void scanout_drop(VgpuVirgl *v, Resource *res);
+
 static guint32
 cmd_unref(VgpuVirgl *v, Resource *res)
 {
+  scanout_drop(v, res);
   g_hash_table_steal(v->resources, GUINT_TO_POINTER(res->id));
   resource_destroy(v, res);
   return VIRTIO_GPU_RESP_OK_NODATA;
@@ -900,6 +928,183 @@ cmd_submit(VgpuVirgl *v, const struct virtio_gpu_cmd_submit *c, guint32 ctx_id, 
   return type;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Scanouts: the flushed rectangle read back into an image of ours, which the
+ * device shows like a 2D resource's.  (Exporting the texture as a dmabuf
+ * would need EGL_MESA_image_dma_buf_export; without it virglrenderer's
+ * texture export crashes inside Mesa, so it is never called.) */
+
+static gboolean
+rect_empty(const VgpuRect *r)
+{
+  return r->width == 0 || r->height == 0;
+}
+
+static void
+rect_union(VgpuRect *acc, const VgpuRect *r)
+{
+  guint32 x1, y1;
+
+  if (rect_empty(acc)) {
+    *acc = *r;
+    return;
+  }
+  x1 = MAX(acc->x + acc->width, r->x + r->width);
+  y1 = MAX(acc->y + acc->height, r->y + r->height);
+  acc->x = MIN(acc->x, r->x);
+  acc->y = MIN(acc->y, r->y);
+  acc->width = x1 - acc->x;
+  acc->height = y1 - acc->y;
+}
+
+/* Reads @r (inside the resource) back into the shadow image and, with
+ * @show, hands it to the scanouts showing it; later, if a sink still reads
+ * the image. */
+static void
+scanout_readback(VgpuVirgl *v, Resource *res, const VgpuRect *r, gboolean show)
+{
+  VgpuImage *img = res->shadow;
+  struct virgl_box box = { r->x, r->y, 0, r->width, r->height, 1 };
+  struct iovec iov = { img->data, (gsize)img->stride * img->height };
+  int ret;
+
+  if (vgpu_image_is_busy(img)) {
+    rect_union(&res->damage, r);
+    return;
+  }
+  ret = virgl_renderer_transfer_read_iov(res->id, 0, 0, img->stride, 0, &box,
+                                         (guint64)r->y * img->stride + (guint64)r->x * 4u, &iov, 1);
+  if (ret != 0) {
+    guest_error(v, VE_RENDERER, "RESOURCE_FLUSH %u: the renderer cannot read it back (%d)", res->id,
+                ret);
+    return;
+  }
+  for (guint i = 0; i < v->num_scanouts && show; i++) {
+    if (res->scanouts & (1u << i))
+      vgpu_device_ext_flush(v->dev, i, r);
+  }
+}
+
+/* Render thread, device lock taken: the readbacks that waited. */
+static gboolean
+on_shadow_idle(gpointer data)
+{
+  VgpuVirgl *v = data;
+  GHashTableIter it;
+  gpointer value;
+
+  g_mutex_lock(&v->idle_lock);
+  g_clear_pointer(&v->idle_source, g_source_unref);
+  g_mutex_unlock(&v->idle_lock);
+  v->opts.lock(v->opts.lock_data);
+  finish_reset(v);
+  g_hash_table_iter_init(&it, v->resources);
+  while (g_hash_table_iter_next(&it, NULL, &value)) {
+    Resource *res = value;
+    VgpuRect r = res->damage;
+
+    if (res->shadow && !rect_empty(&r) && !vgpu_image_is_busy(res->shadow)) {
+      res->damage = (VgpuRect){ 0, 0, 0, 0 };
+      scanout_readback(v, res, &r, TRUE);
+    }
+  }
+  v->opts.unlock(v->opts.lock_data);
+  return G_SOURCE_REMOVE;
+}
+
+/* Any thread, possibly with the device lock or a sink's held: only
+ * schedule. */
+static void
+shadow_idle_cb(gpointer data)
+{
+  VgpuVirgl *v = data;
+  GSource *src;
+
+  g_mutex_lock(&v->idle_lock);
+  if (!v->idle_source) {
+    src = g_idle_source_new();
+    g_source_set_callback(src, on_shadow_idle, v, NULL);
+    g_source_attach(src, v->opts.context);
+    v->idle_source = src;
+  }
+  g_mutex_unlock(&v->idle_lock);
+}
+
+static void
+scanout_forget(VgpuVirgl *v, guint id)
+{
+  GHashTableIter it;
+  gpointer value;
+
+  g_hash_table_iter_init(&it, v->resources);
+  while (g_hash_table_iter_next(&it, NULL, &value))
+    ((Resource *)value)->scanouts &= ~(1u << id);
+}
+
+static guint32
+cmd_set_scanout(VgpuVirgl *v, Resource *res, const struct virtio_gpu_set_scanout *c)
+{
+  VgpuRect r = { c->r.x, c->r.y, c->r.width, c->r.height };
+  g_autoptr(GError) error = NULL;
+
+  if (c->scanout_id >= v->num_scanouts) {
+    guest_error(v, VE_PARAMETER, "SET_SCANOUT: invalid scanout id %u", c->scanout_id);
+    return VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID;
+  }
+  if ((res->target != PIPE_TEXTURE_2D && res->target != PIPE_TEXTURE_RECT)
+      || !vgpu_format_is_valid(res->format) || res->nr_samples > 1) {
+    guest_error(v, VE_PARAMETER, "SET_SCANOUT: resource %u (target %u format %u) cannot be shown",
+                res->id, res->target, res->format);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  if (rect_empty(&r) || !vgpu_rect_inside(&r, res->width, res->height)) {
+    guest_error(v, VE_PARAMETER, "SET_SCANOUT: rectangle %ux%u+%u+%u outside resource %u (%ux%u)",
+                r.width, r.height, r.x, r.y, res->id, res->width, res->height);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  if (!res->shadow) {
+    res->shadow = vgpu_image_new(v->hostmem, res->format, res->width, res->height, &error);
+    if (!res->shadow) {
+      guest_error(v, VE_HOSTMEM, "SET_SCANOUT %u: %s", res->id, error->message);
+      return VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
+    }
+    vgpu_image_set_idle_notify(res->shadow, v->idle_notify);
+  }
+  scanout_forget(v, c->scanout_id);
+  res->scanouts |= 1u << c->scanout_id;
+  vgpu_device_ext_set_scanout(v->dev, c->scanout_id, res->id, res->shadow, &r);
+  /* The sinks get all of it with the next flush; have it current. */
+  scanout_readback(v, res, &r, FALSE);
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+static guint32
+cmd_flush(VgpuVirgl *v, Resource *res, const struct virtio_gpu_resource_flush *c)
+{
+  VgpuRect r = { c->r.x, c->r.y, c->r.width, c->r.height };
+
+  if (!vgpu_rect_inside(&r, res->width, res->height)) {
+    guest_error(v, VE_PARAMETER,
+                "RESOURCE_FLUSH: rectangle %ux%u+%u+%u outside resource %u (%ux%u)", r.width,
+                r.height, r.x, r.y, res->id, res->width, res->height);
+    return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+  }
+  if (res->scanouts && res->shadow && !rect_empty(&r))
+    scanout_readback(v, res, &r, TRUE);
+  return VIRTIO_GPU_RESP_OK_NODATA;
+}
+
+/* The resource goes: so does what shows it. */
+static void
+scanout_drop(VgpuVirgl *v, Resource *res)
+{
+  for (guint i = 0; i < v->num_scanouts; i++) {
+    if (res->scanouts & (1u << i))
+      vgpu_device_ext_set_scanout(v->dev, i, 0, NULL, NULL);
+  }
+  res->scanouts = 0;
+}
+
 static guint32
 dispatch(VgpuVirgl *v, const Request *req, gsize got, VhuElem *elem, gsize *payload)
 {
@@ -910,8 +1115,13 @@ dispatch(VgpuVirgl *v, const Request *req, gsize got, VhuElem *elem, gsize *payl
 
   if (shared_command_id(req, got, &id)) {
     res = find_resource(v, id);
-    if (!res)
-      return VGPU_EXT_PASS; /* a 2D resource's, or unknown: the device answers */
+    if (!res) {
+      /* a 2D resource's, or unknown (or 0): the device answers, and a
+       * scanout it sets is no longer ours */
+      if (hdr->type == VIRTIO_GPU_CMD_SET_SCANOUT && req->set_scanout.scanout_id < v->num_scanouts)
+        scanout_forget(v, req->set_scanout.scanout_id);
+      return VGPU_EXT_PASS;
+    }
     switch (hdr->type) {
       case VIRTIO_GPU_CMD_RESOURCE_CREATE_2D:
         guest_error(v, VE_RESOURCE, "RESOURCE_CREATE_2D: resource %u already exists", id);
@@ -922,6 +1132,10 @@ dispatch(VgpuVirgl *v, const Request *req, gsize got, VhuElem *elem, gsize *payl
         return cmd_attach_backing(v, res, elem, &req->attach);
       case VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING:
         return cmd_detach_backing(v, res);
+      case VIRTIO_GPU_CMD_SET_SCANOUT:
+        return cmd_set_scanout(v, res, &req->set_scanout);
+      case VIRTIO_GPU_CMD_RESOURCE_FLUSH:
+        return cmd_flush(v, res, &req->flush);
       case VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D: {
         const struct virtio_gpu_transfer_to_host_2d *t = &req->transfer_2d;
         struct virtio_gpu_box box = { t->r.x, t->r.y, 0, t->r.width, t->r.height, 1 };
@@ -1148,6 +1362,17 @@ vgpu_virgl_new(const VgpuVirglConfig *config, const VgpuVirglOptions *options, V
     return NULL;
   }
   the_virgl = v;
+  {
+    struct virtio_gpu_config cfg;
+    EGLDisplay dpy = eglGetCurrentDisplay();
+
+    vgpu_device_get_config(dev, (guint8 *)&cfg, sizeof cfg);
+    v->num_scanouts = MIN(cfg.num_scanouts, VGPU_MAX_SCANOUTS);
+    v->dmabuf_export
+        = dpy != EGL_NO_DISPLAY && epoxy_has_egl_extension(dpy, "EGL_MESA_image_dma_buf_export");
+  }
+  g_mutex_init(&v->idle_lock);
+  v->idle_notify = vgpu_notify_new(shadow_idle_cb, v);
   g_clear_pointer(&v->renderer, g_free);
   gl_renderer = (const char *)glGetString(GL_RENDERER);
   v->renderer = g_strdup(gl_renderer ? gl_renderer : "unknown");
@@ -1160,6 +1385,8 @@ vgpu_virgl_new(const VgpuVirglConfig *config, const VgpuVirglOptions *options, V
   }
   poll_source_setup(v);
   g_debug("virgl: fences %s", v->timer ? "polled every millisecond" : "signalled by an eventfd");
+  g_info("virgl: scanouts are read back%s",
+         v->dmabuf_export ? "" : " (EGL cannot export textures as dmabufs here)");
   vgpu_device_set_ext(dev, &virgl_ext, v);
   return v;
 }
@@ -1173,6 +1400,13 @@ vgpu_virgl_free(VgpuVirgl *v)
   ext_reset(v);
   poll_source_clear(v);
   finish_reset(v);
+  vgpu_notify_disarm(v->idle_notify);
+  vgpu_notify_unref(v->idle_notify);
+  if (v->idle_source) {
+    g_source_destroy(v->idle_source);
+    g_clear_pointer(&v->idle_source, g_source_unref);
+  }
+  g_mutex_clear(&v->idle_lock);
   virgl_renderer_cleanup(v);
   g_hash_table_unref(v->resources);
   g_hash_table_unref(v->contexts);

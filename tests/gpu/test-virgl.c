@@ -12,6 +12,7 @@
 
 #include "gpu-test-frontend.h"
 #include "test-util.h"
+#include "vhu-display.h"
 
 #define BIT(n)     (G_GUINT64_CONSTANT(1) << (n))
 #define GUEST_GPA  0x100000ull
@@ -44,6 +45,7 @@ typedef struct {
 typedef struct {
   Daemon d;
   VhuFrontend *fe;
+  VhuDisplayServer *ds;
 } Fixture;
 
 static const char *
@@ -153,7 +155,7 @@ daemon_stop(Daemon *d)
 }
 
 static VhuFrontend *
-frontend_new(Daemon *d, gboolean context_init)
+frontend_new_display(Daemon *d, gboolean context_init, VhuDisplayServer *ds)
 {
   g_autoptr(GError) error = NULL;
   const guint sizes[2] = { 128, 16 };
@@ -166,9 +168,19 @@ frontend_new(Daemon *d, gboolean context_init)
   g_assert_no_error(error);
   g_assert_true(vhu_frontend_add_region(fe, GUEST_GPA, GUEST_SIZE, &error));
   g_assert_no_error(error);
+  if (ds) {
+    g_assert_true(vhu_display_server_attach(ds, fe, &error));
+    g_assert_no_error(error);
+  }
   g_assert_true(vhu_frontend_start(fe, drv, sizes, 2, &error));
   g_assert_no_error(error);
   return fe;
+}
+
+static VhuFrontend *
+frontend_new(Daemon *d, gboolean context_init)
+{
+  return frontend_new_display(d, context_init, NULL);
 }
 
 static void
@@ -180,10 +192,23 @@ setup(Fixture *f, gconstpointer data)
   f->fe = frontend_new(&f->d, data != NULL);
 }
 
+/* With a display like QEMU 10's, 1280x800. */
+static void
+setup_display(Fixture *f, gconstpointer data)
+{
+  VhuDisplayConfig cfg = { 1, 1280, 800, 0x3, FALSE };
+  g_autofree char *why = NULL;
+
+  g_assert_true(daemon_try_start(&f->d, &why));
+  f->ds = vhu_display_server_new(&cfg);
+  f->fe = frontend_new_display(&f->d, FALSE, f->ds);
+}
+
 static void
 teardown(Fixture *f, gconstpointer data)
 {
   g_clear_pointer(&f->fe, vhu_frontend_free);
+  g_clear_pointer(&f->ds, vhu_display_server_free);
   daemon_stop(&f->d);
 }
 
@@ -833,6 +858,100 @@ test_reconnect(Fixture *f, gconstpointer data)
   g_assert_cmpuint(daemon_count_log(&f->d, "CRITICAL"), ==, 0);
 }
 
+/* The display frame is @rgb inside @x, @y, @w, @h and @other elsewhere. */
+static void
+check_frame(VhuDisplayServer *ds, guint fw, guint fh, guint x, guint y, guint w, guint h,
+            guint32 rgb, guint32 other)
+{
+  guint gw = 0, gh = 0;
+  g_autofree guint32 *fb = vhu_display_server_get_frame(ds, 0, &gw, &gh);
+
+  g_assert_nonnull(fb);
+  g_assert_cmpuint(gw, ==, fw);
+  g_assert_cmpuint(gh, ==, fh);
+  for (guint j = 0; j < fh; j++)
+    for (guint i = 0; i < fw; i++) {
+      gboolean in = i >= x && i < x + w && j >= y && j < y + h;
+      guint32 want = in ? rgb : other;
+
+      if ((fb[j * fw + i] & 0xffffff) != want)
+        g_error("display pixel (%u,%u) is %06x, expected %06x", i, j, fb[j * fw + i] & 0xffffff,
+                want);
+    }
+}
+
+static void
+flush_and_wait(Fixture *f, guint32 id, guint x, guint y, guint w, guint h, guint64 bytes)
+{
+  struct virtio_gpu_resource_flush fl = gpu_flush(id, x, y, w, h);
+  VhuDisplayStats before, after;
+
+  vhu_display_server_get_stats(f->ds, &before);
+  g_assert_cmphex(CMD(f->fe, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_true(vhu_display_server_wait_updates(f->ds, before.updates + 1, WAIT_MS));
+  vhu_display_server_get_stats(f->ds, &after);
+  g_assert_cmpuint(after.update_bytes - before.update_bytes, ==, bytes);
+  g_assert_cmpuint(after.dmabuf_scanouts, ==, 0); /* no dmabuf export here */
+}
+
+/* A 3D resource on a scanout reaches the display by readback, only the
+ * flushed rectangle each time. */
+static void
+test_scanout(Fixture *f, gconstpointer data)
+{
+  const guint w = 128, h = 64;
+  g_autoptr(GArray) red = stream_clear(10, 1, 1, 0, 0, 1);
+  g_autoptr(GArray) blue = stream_clear(10, 1, 0, 0, 1, 1);
+  struct virtio_gpu_set_scanout so = gpu_set_scanout(0, 1, 0, 0, w, h);
+  struct virtio_gpu_resource_unref u = gpu_unref(1);
+
+  g_assert_cmphex(ctx_create(f->fe, 1, 0), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  res_new(f->fe, 1, 1, w, h);
+  g_assert_cmphex(submit(f->fe, 1, red, VIRTIO_GPU_FLAG_FENCE), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CMD(f->fe, so), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  flush_and_wait(f, 1, 0, 0, w, h, (guint64)w * h * 4);
+  check_frame(f->ds, w, h, 0, 0, w, h, 0xff0000, 0);
+
+  /* all of it turns blue; only 20x10+30+5 is flushed */
+  g_assert_cmphex(submit(f->fe, 1, blue, VIRTIO_GPU_FLAG_FENCE), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  flush_and_wait(f, 1, 30, 5, 20, 10, 20 * 10 * 4);
+  check_frame(f->ds, w, h, 30, 5, 20, 10, 0x0000ff, 0xff0000);
+
+  /* errors */
+  so = gpu_set_scanout(1, 1, 0, 0, w, h);
+  g_assert_cmphex(CMD(f->fe, so), ==, VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID);
+  so = gpu_set_scanout(0, 1, 1, 0, w, h);
+  g_assert_cmphex(CMD(f->fe, so), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+  {
+    struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, w + 1, h);
+    struct virtio_gpu_resource_create_3d b = create_3d(2, 4096, 1);
+
+    g_assert_cmphex(CMD(f->fe, fl), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+    b.target = 0; /* a buffer */
+    b.format = 64;
+    g_assert_cmphex(CMD(f->fe, b), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    so = gpu_set_scanout(0, 2, 0, 0, 16, 1);
+    g_assert_cmphex(CMD(f->fe, so), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+  }
+  /* the picture stays; the resource going disables the scanout */
+  check_frame(f->ds, w, h, 30, 5, 20, 10, 0x0000ff, 0xff0000);
+  {
+    VhuDisplayStats st;
+    gint64 end = g_get_monotonic_time() + WAIT_MS * 1000;
+    guint64 before;
+
+    vhu_display_server_get_stats(f->ds, &st);
+    before = st.scanouts;
+    g_assert_cmphex(CMD(f->fe, u), ==, VIRTIO_GPU_RESP_OK_NODATA);
+    do {
+      g_usleep(1000);
+      vhu_display_server_get_stats(f->ds, &st);
+    } while (st.scanouts == before && g_get_monotonic_time() < end);
+    g_assert_cmpuint(st.scanouts, >, before);
+  }
+  g_assert_cmpuint(daemon_count_log(&f->d, "CRITICAL"), ==, 0);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -853,5 +972,6 @@ main(int argc, char **argv)
   g_test_add("/virgl/context-fences", Fixture, GINT_TO_POINTER(1), setup, test_context_fences,
              teardown);
   g_test_add("/virgl/reconnect", Fixture, NULL, setup, test_reconnect, teardown);
+  g_test_add("/virgl/scanout", Fixture, NULL, setup_display, test_scanout, teardown);
   return g_test_run();
 }
