@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "gpu-test-frontend.h"
+#include "test-daemon.h"
 #include "test-util.h"
 #include "vhu-display.h"
 
@@ -20,18 +21,7 @@
 #define WAIT_MS    5000
 
 typedef struct {
-  GSubprocess *proc;
-  char *dir;
-  char *path;
-  GThread *reader;
-  GMutex lock;
-  GCond cond;
-  GPtrArray *lines; /* the daemon's stderr */
-  gboolean eof;
-} Daemon;
-
-typedef struct {
-  Daemon d;
+  TuDaemon d;
   VhuFrontend *fe;
   VhuDisplayServer *ds;
 } Fixture;
@@ -44,85 +34,12 @@ daemon_binary(void)
   return env ? env : GST_VHOST_GPU;
 }
 
-static gpointer
-reader_main(gpointer data)
-{
-  Daemon *d = data;
-  g_autoptr(GDataInputStream) in = g_data_input_stream_new(g_subprocess_get_stderr_pipe(d->proc));
-  char *line;
-
-  while ((line = g_data_input_stream_read_line_utf8(in, NULL, NULL, NULL))) {
-    if (g_test_verbose())
-      g_printerr("# daemon: %s\n", line);
-    g_mutex_lock(&d->lock);
-    g_ptr_array_add(d->lines, line);
-    g_cond_broadcast(&d->cond);
-    g_mutex_unlock(&d->lock);
-  }
-  g_mutex_lock(&d->lock);
-  d->eof = TRUE;
-  g_cond_broadcast(&d->cond);
-  g_mutex_unlock(&d->lock);
-  return NULL;
-}
-
-/* Waits until the daemon logged a line containing @text. */
-static gboolean
-daemon_wait_log(Daemon *d, const char *text, int timeout_ms)
-{
-  gint64 end = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
-  gboolean found = FALSE;
-
-  g_mutex_lock(&d->lock);
-  while (!found) {
-    for (guint i = 0; i < d->lines->len && !found; i++)
-      found = strstr(d->lines->pdata[i], text) != NULL;
-    if (found || d->eof || !g_cond_wait_until(&d->cond, &d->lock, end))
-      break;
-  }
-  g_mutex_unlock(&d->lock);
-  return found;
-}
-
-static guint
-daemon_count_log(Daemon *d, const char *text)
-{
-  guint n = 0;
-
-  g_mutex_lock(&d->lock);
-  for (guint i = 0; i < d->lines->len; i++)
-    n += strstr(d->lines->pdata[i], text) != NULL;
-  g_mutex_unlock(&d->lock);
-  return n;
-}
-
-/* Starts the daemon on a socket in a fresh directory with @args appended
+/* Starts the daemon on a socket in a fresh directory with @extra appended
  * (NULL-terminated) and waits until it listens. */
 static void
-daemon_start_v(Daemon *d, const char *const *extra)
+daemon_start_v(TuDaemon *d, const char *const *extra)
 {
-  g_autoptr(GSubprocessLauncher) launcher = NULL;
-  g_autoptr(GPtrArray) argv = g_ptr_array_new();
-  g_autoptr(GError) error = NULL;
-
-  memset(d, 0, sizeof *d);
-  g_mutex_init(&d->lock);
-  g_cond_init(&d->cond);
-  d->lines = g_ptr_array_new_with_free_func(g_free);
-  d->dir = tu_make_tmpdir("gst-vhost-gpu-XXXXXX");
-  d->path = g_build_filename(d->dir, "gpu.sock", NULL);
-  g_ptr_array_add(argv, (gpointer)daemon_binary());
-  g_ptr_array_add(argv, "--socket-path");
-  g_ptr_array_add(argv, d->path);
-  for (; extra && *extra; extra++)
-    g_ptr_array_add(argv, (gpointer)*extra);
-  g_ptr_array_add(argv, NULL);
-  launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE
-                                       | G_SUBPROCESS_FLAGS_STDERR_PIPE);
-  d->proc = g_subprocess_launcher_spawnv(launcher, (const char *const *)argv->pdata, &error);
-  g_assert_no_error(error);
-  d->reader = g_thread_new("daemon-stderr", reader_main, d);
-  g_assert_true(daemon_wait_log(d, "listening on", WAIT_MS));
+  tu_daemon_start(d, daemon_binary(), "gst-vhost-gpu-XXXXXX", "gpu.sock", extra, WAIT_MS);
 }
 
 #define daemon_start(d, ...)                                                                       \
@@ -133,45 +50,10 @@ daemon_start_v(Daemon *d, const char *const *extra)
   }                                                                                                \
   G_STMT_END
 
-/* Waits (bounded) for the daemon to exit; returns its wait status. */
-static void
-daemon_wait_exit(Daemon *d, int timeout_ms)
-{
-  gint64 end = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
-
-  g_mutex_lock(&d->lock);
-  while (!d->eof && g_cond_wait_until(&d->cond, &d->lock, end))
-    ;
-  g_mutex_unlock(&d->lock);
-  g_assert_true(d->eof);
-  g_assert_true(g_subprocess_wait(d->proc, NULL, NULL));
-}
-
-static void
-daemon_stop(Daemon *d)
-{
-  if (!d->proc)
-    return;
-  g_subprocess_send_signal(d->proc, SIGTERM);
-  daemon_wait_exit(d, WAIT_MS);
-  g_assert_true(g_subprocess_get_if_exited(d->proc));
-  g_assert_cmpint(g_subprocess_get_exit_status(d->proc), ==, 0);
-  g_thread_join(d->reader);
-  g_object_unref(d->proc);
-  g_ptr_array_unref(d->lines);
-  g_mutex_clear(&d->lock);
-  g_cond_clear(&d->cond);
-  g_unlink(d->path);
-  g_rmdir(d->dir);
-  g_free(d->path);
-  g_free(d->dir);
-  d->proc = NULL;
-}
-
 /* --- frontend -------------------------------------------------------------- */
 
 static VhuFrontend *
-frontend_connect(Daemon *d)
+frontend_connect(TuDaemon *d)
 {
   g_autoptr(GError) error = NULL;
   VhuFrontend *fe = vhu_frontend_connect(d->path, &error);
@@ -230,7 +112,7 @@ display_attach_raw(VhuFrontend *fe)
   return sv[0];
 }
 
-/* Daemon with default options, a display server like QEMU 10 answering a
+/* TuDaemon with default options, a display server like QEMU 10 answering a
  * 1024x768 mode, started like QEMU does at DRIVER_OK. */
 static void
 setup(Fixture *f, gconstpointer data)
@@ -247,7 +129,7 @@ teardown(Fixture *f, gconstpointer data)
 {
   g_clear_pointer(&f->fe, vhu_frontend_free);
   g_clear_pointer(&f->ds, vhu_display_server_free);
-  daemon_stop(&f->d);
+  tu_daemon_stop(&f->d, WAIT_MS);
 }
 
 #define CMD(fe, c) gpu_cmd((fe), &(c), sizeof(c), NULL, 0)
@@ -980,8 +862,8 @@ test_hostile(Fixture *f, gconstpointer data)
   g_assert_cmphex(CMD(f->fe, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
   res_show(f->fe, f->ds, &r, 0, 0, 64, 64);
   check_frame(f->ds, 0, &r, 7, 0, 0, 64, 64);
-  g_assert_cmpuint(daemon_count_log(&f->d, "guest:"), >, 0);
-  g_assert_cmpuint(daemon_count_log(&f->d, "guest:"), <=, 25);
+  g_assert_cmpuint(tu_daemon_count_log(&f->d, "guest:"), >, 0);
+  g_assert_cmpuint(tu_daemon_count_log(&f->d, "guest:"), <=, 25);
 }
 
 /* Budget: --max-hostmem applies through the daemon too. */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "gpu-test-frontend.h"
+#include "test-daemon.h"
 #include "test-util.h"
 #include "vhu-display.h"
 #include "vhu-guard.h"
@@ -29,18 +30,7 @@
 #define WAIT_MS    5000
 
 typedef struct {
-  GSubprocess *proc;
-  char *dir;
-  char *path;
-  GThread *reader;
-  GMutex lock;
-  GCond cond;
-  GPtrArray *lines; /* the daemon's stderr */
-  gboolean eof;
-} Daemon;
-
-typedef struct {
-  Daemon d;
+  TuDaemon d;
   VhuFrontend *fe;
   VhuDisplayServer *ds;
 } Fixture;
@@ -53,96 +43,10 @@ daemon_binary(void)
   return env ? env : GST_VHOST_GPU;
 }
 
-static gpointer
-reader_main(gpointer data)
-{
-  Daemon *d = data;
-  g_autoptr(GDataInputStream) in = g_data_input_stream_new(g_subprocess_get_stderr_pipe(d->proc));
-  char *line;
-
-  while ((line = g_data_input_stream_read_line_utf8(in, NULL, NULL, NULL))) {
-    if (g_test_verbose())
-      g_printerr("# daemon: %s\n", line);
-    g_mutex_lock(&d->lock);
-    g_ptr_array_add(d->lines, line);
-    g_cond_broadcast(&d->cond);
-    g_mutex_unlock(&d->lock);
-  }
-  g_mutex_lock(&d->lock);
-  d->eof = TRUE;
-  g_cond_broadcast(&d->cond);
-  g_mutex_unlock(&d->lock);
-  return NULL;
-}
-
-/* Waits until the daemon logged a line containing @text; FALSE when it
- * ended or @timeout_ms passed first. */
-static gboolean
-daemon_wait_log(Daemon *d, const char *text, int timeout_ms)
-{
-  gint64 end = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
-  gboolean found = FALSE;
-
-  g_mutex_lock(&d->lock);
-  for (;;) {
-    for (guint i = 0; i < d->lines->len && !found; i++)
-      found = strstr(d->lines->pdata[i], text) != NULL;
-    if (found || d->eof || !g_cond_wait_until(&d->cond, &d->lock, end))
-      break;
-  }
-  g_mutex_unlock(&d->lock);
-  return found;
-}
-
-static guint
-daemon_count_log(Daemon *d, const char *text)
-{
-  guint n = 0;
-
-  g_mutex_lock(&d->lock);
-  for (guint i = 0; i < d->lines->len; i++)
-    n += strstr(d->lines->pdata[i], text) != NULL;
-  g_mutex_unlock(&d->lock);
-  return n;
-}
-
 static void
-daemon_start(Daemon *d)
+daemon_start(TuDaemon *d)
 {
-  g_autoptr(GSubprocessLauncher) launcher = NULL;
-  g_autoptr(GError) error = NULL;
-
-  memset(d, 0, sizeof *d);
-  g_mutex_init(&d->lock);
-  g_cond_init(&d->cond);
-  d->lines = g_ptr_array_new_with_free_func(g_free);
-  d->dir = tu_make_tmpdir("gst-vhost-gpu-mem-XXXXXX");
-  d->path = g_build_filename(d->dir, "gpu.sock", NULL);
-  launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE
-                                       | G_SUBPROCESS_FLAGS_STDERR_PIPE);
-  d->proc = g_subprocess_launcher_spawn(launcher, &error, daemon_binary(), "--socket-path", d->path,
-                                        NULL);
-  g_assert_no_error(error);
-  d->reader = g_thread_new("daemon-stderr", reader_main, d);
-  g_assert_true(daemon_wait_log(d, "listening on", WAIT_MS));
-}
-
-/* SIGTERM: the daemon, alive all along, ends cleanly. */
-static void
-daemon_stop(Daemon *d)
-{
-  g_assert_false(d->eof);
-  g_subprocess_send_signal(d->proc, SIGTERM);
-  g_assert_cmpint(tu_wait_exit(d->proc, WAIT_MS), ==, 0);
-  g_thread_join(d->reader);
-  g_object_unref(d->proc);
-  g_ptr_array_unref(d->lines);
-  g_mutex_clear(&d->lock);
-  g_cond_clear(&d->cond);
-  g_unlink(d->path);
-  g_rmdir(d->dir);
-  g_free(d->path);
-  g_free(d->dir);
+  tu_daemon_start(d, daemon_binary(), "gst-vhost-gpu-mem-XXXXXX", "gpu.sock", NULL, WAIT_MS);
 }
 
 /* A frontend like QEMU 10 with @extra a second region for backings, a
@@ -209,15 +113,15 @@ assert_needs_reset(Fixture *f)
   g_autoptr(GError) error = NULL;
   guint8 status = 0;
 
-  g_assert_true(daemon_wait_log(&f->d, "device needs reset", WAIT_MS));
+  g_assert_true(tu_daemon_wait_log(&f->d, "device needs reset", WAIT_MS));
   /* The status is set before the line is logged. */
   g_assert_true(vhu_frontend_get_status(f->fe, &status, &error));
   g_assert_no_error(error);
   g_assert_cmphex(status & VHU_STATUS_NEEDS_RESET, ==, VHU_STATUS_NEEDS_RESET);
   /* One line per ring that touched the lost memory (the cursor queue may or
    * may not have been popped since), never more. */
-  g_assert_cmpuint(daemon_count_log(&f->d, "device needs reset"), >=, 1);
-  g_assert_cmpuint(daemon_count_log(&f->d, "device needs reset"), <=, 2); /* control, cursor */
+  g_assert_cmpuint(tu_daemon_count_log(&f->d, "device needs reset"), >=, 1);
+  g_assert_cmpuint(tu_daemon_count_log(&f->d, "device needs reset"), <=, 2); /* control, cursor */
 }
 
 typedef struct {
@@ -342,7 +246,7 @@ test_rings(void)
   assert_needs_reset(f);
   vhu_guard_remove(own);
   next_frontend_served(f);
-  daemon_stop(&f->d);
+  tu_daemon_stop(&f->d, WAIT_MS);
 }
 
 /* A backing copied into the resource on the queue thread
@@ -363,7 +267,7 @@ test_backing_copy(void)
   cmd_nowait(f->fe, &det, sizeof det);
   assert_needs_reset(f);
   next_frontend_served(f);
-  daemon_stop(&f->d);
+  tu_daemon_stop(&f->d, WAIT_MS);
 }
 
 /* A backing the display writer thread reads and converts (a format the
@@ -389,9 +293,9 @@ test_backing_display_read(void)
   check_frame(f->ds, &r, -1);
   cmd_nowait(f->fe, &di, sizeof di);
   assert_needs_reset(f);
-  g_assert_cmpuint(daemon_count_log(&f->d, "dropping the connection"), ==, 0);
+  g_assert_cmpuint(tu_daemon_count_log(&f->d, "dropping the connection"), ==, 0);
   next_frontend_served(f);
-  daemon_stop(&f->d);
+  tu_daemon_stop(&f->d, WAIT_MS);
 }
 
 /* A backing the display writer sends straight from guest memory (sendmsg:
@@ -418,9 +322,9 @@ test_backing_sent(void)
   check_frame(f->ds, &r, -1);
   cmd_nowait(f->fe, &di, sizeof di);
   assert_needs_reset(f);
-  g_assert_cmpuint(daemon_count_log(&f->d, "dropping the connection"), ==, 0);
+  g_assert_cmpuint(tu_daemon_count_log(&f->d, "dropping the connection"), ==, 0);
   next_frontend_served(f);
-  daemon_stop(&f->d);
+  tu_daemon_stop(&f->d, WAIT_MS);
 }
 
 int
