@@ -188,10 +188,11 @@ log_writer(GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpoint
 static void
 print_capabilities(void)
 {
-  /* The options QEMU may pass: --virgl and --render-node when built with 3D. */
+  /* The options a frontend may pass: --virgl when built with 3D.  Not
+   * "render-node": libvirt then demands a /dev/dri render node even for a 2D
+   * domain and fails without one; --virgl finds its own (or renders without). */
   if (vgpu_virgl_supported())
-    printf("{\n  \"type\": \"gpu\",\n  \"features\": [\n    \"render-node\",\n"
-           "    \"virgl\"\n  ]\n}\n");
+    printf("{\n  \"type\": \"gpu\",\n  \"features\": [\n    \"virgl\"\n  ]\n}\n");
   else
     printf("{\n  \"type\": \"gpu\",\n  \"features\": [\n  ]\n}\n");
 }
@@ -391,8 +392,11 @@ main(int argc, char **argv)
     return usage_error(ctx, "--pipeline-scanout: %d is not one of the %u scanouts",
                        opts.pipeline_scanout, config.device.num_scanouts);
   config.device.max_resources = raise_fd_limit();
-  if ((opts.render_node || opts.gles) && !opts.virgl)
-    return usage_error(ctx, "--render-node and --gles need --virgl");
+  if (opts.gles && !opts.virgl)
+    return usage_error(ctx, "--gles needs --virgl");
+  /* libvirt passes a render node it picked, with or without 3D. */
+  if (opts.render_node && !opts.virgl)
+    g_info("--render-node %s: unused without --virgl", opts.render_node);
   if (opts.virgl) {
     virgl.render_node = opts.render_node;
     virgl.gles = opts.gles;

@@ -8,7 +8,9 @@ libglib2.0-dev libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
 libpixman-1-dev libepoxy-dev libdrm-dev libvirglrenderer-dev
 glmark2-es2-x11 xvfb virgl-server
-busybox-static cpio xz-utils zstd python3 socat"
+busybox-static cpio xz-utils zstd python3 socat
+libvirt-daemon-system libvirt-clients libgstrtspserver-1.0-dev
+gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg"
 # QEMU 10 (vhost-user-gpu under TCG, vhost-user-snd, QEMU's own vhost-user-gpu backend).
 BPO_PKGS="qemu-system-x86 qemu-system-gui"
 
