@@ -611,6 +611,10 @@ cmd_ctx_resource(VgpuVirgl *v, const struct virtio_gpu_ctx_resource *c, guint32 
 
   if (!find_context(v, ctx_id))
     return bad_context(v, what, ctx_id);
+  /* The guest driver attaches every resource, its 2D dumb buffers too:
+   * those live in the 2D model, with nothing in the renderer to attach. */
+  if (!find_resource(v, c->resource_id) && vgpu_device_has_resource(v->dev, c->resource_id))
+    return VIRTIO_GPU_RESP_OK_NODATA;
   if (!find_resource(v, c->resource_id))
     return bad_resource(v, what, c->resource_id);
   if (attach)
