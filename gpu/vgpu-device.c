@@ -1129,6 +1129,7 @@ cmd_blob(VgpuDevice *dev, VhuElem *elem, const Request *req)
 {
   Resource *res;
   char *msg = NULL;
+  guint32 type;
 
   switch (req->hdr.type) {
     case VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB:
@@ -1140,10 +1141,9 @@ cmd_blob(VgpuDevice *dev, VhuElem *elem, const Request *req)
       res = find_resource(dev, req->map_blob.resource_id);
       if (!res)
         return bad_resource(dev, "RESOURCE_MAP_BLOB", req->map_blob.resource_id);
-      return blob_error(dev,
-                        vgpu_blob_map(res->id, res->blob_size != 0,
-                                      req->hdr.type == VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB, &msg),
-                        msg);
+      type = vgpu_blob_map(res->id, res->blob_size != 0,
+                           req->hdr.type == VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB, &msg);
+      return blob_error(dev, type, msg);
   }
 }
 
