@@ -1055,8 +1055,8 @@ test_blob_zero_copy(Fixture *f, gconstpointer data)
 }
 
 /* Scan-out semantics: a buffer shows the blob as the guest has it now, and
- * keeps the pages mapped after the guest unrefs the blob (answered at once)
- * and after the frontend is gone. */
+ * keeps the pages mapped after the guest unrefs the blob (answered at once),
+ * after the frontend is gone and after the element stopped. */
 static void
 test_blob_lifetime(Fixture *f, gconstpointer data)
 {
@@ -1082,6 +1082,9 @@ test_blob_lifetime(Fixture *f, gconstpointer data)
    * pages the backend keeps mapped. */
   g_clear_pointer(&f->fe, vhu_frontend_free);
   check_blob_sample(s1, &b, later);
+  /* And after the element (its device, its memory table) is gone. */
+  pipeline_stop(f);
+  check_blob_sample(s2, &b, later);
 }
 
 /* A blob in two host pieces cannot be one GstMemory: one copy, exact. */
