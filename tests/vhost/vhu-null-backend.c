@@ -164,7 +164,7 @@ static const char *const fault_names[] = {
 typedef struct {
   Fault fault;
   int listen_fd;
-  char *inner_path;
+  char inner_path[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
   gboolean poisoned; /* FAULT_RECONNECT: a frontend left with rings started */
   gboolean started;
 } Relay;
@@ -398,7 +398,11 @@ main(int argc, char **argv)
     return 2;
   }
   if (relay.fault != FAULT_NONE) {
-    relay.inner_path = g_strconcat(socket_path, ".inner", NULL);
+    if (g_snprintf(relay.inner_path, sizeof relay.inner_path, "%s.inner", socket_path)
+        >= (int)sizeof relay.inner_path) {
+      g_printerr("vhu-null-backend: socket path too long for --fault\n");
+      return 2;
+    }
     /* The backend serves PATH.inner; the relay listens on PATH once it does. */
     g_free(socket_path);
     socket_path = g_strdup(relay.inner_path);
