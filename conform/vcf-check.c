@@ -74,6 +74,7 @@ const VcfDevice vcf_device_gpu = {
   .num_queues = 2,
   .queue_sizes = { 64, 16 },
   .config_size = sizeof(struct virtio_gpu_config),
+  .writable_config = G_STRUCT_OFFSET(struct virtio_gpu_config, events_clear),
   .resp_size = sizeof(struct virtio_gpu_ctrl_hdr),
   .probe_request = gpu_probe_request,
   .probe_ok = gpu_probe_ok,
@@ -118,10 +119,11 @@ const VcfDevice vcf_device_sound = {
   .num_queues = 4,
   .queue_sizes = { 64, 64, 64, 64 },
   .config_size = sizeof(struct virtio_snd_config),
+  .writable_config = -1,
   .resp_size = sizeof(struct virtio_snd_hdr),
   .probe_request = snd_probe_request,
   .probe_ok = snd_probe_ok,
-  .checks = no_checks,
+  .checks = vcf_sound_checks,
 };
 
 /* The project's echo device (tests/vhost/vhu-null-backend): the answer is
@@ -152,6 +154,7 @@ const VcfDevice vcf_device_null = {
   .num_queues = 2,
   .queue_sizes = { 64, 64 },
   .config_size = 16,
+  .writable_config = 4,
   .resp_size = NULL_PROBE_SIZE,
   .probe_request = null_probe_request,
   .probe_ok = null_probe_ok,

@@ -52,8 +52,9 @@ struct _VcfDevice {
   const char *name; /* "gpu", "sound", "null" */
   guint num_queues; /* queues the tool starts */
   guint queue_sizes[VCF_MAX_QUEUES];
-  guint config_size; /* bytes of config space */
-  guint resp_size;   /* writable bytes given to a probe request */
+  guint config_size;   /* bytes of config space */
+  int writable_config; /* offset of 4 writable config bytes; -1: read-only space */
+  guint resp_size;     /* writable bytes given to a probe request */
   /* A harmless request on queue 0 whose answer the device kind defines:
    * writes it into @req (at most 256 bytes) and returns its size. */
   gsize (*probe_request)(guint seq, guint8 *req);
@@ -67,6 +68,7 @@ const VcfDevice *vcf_device_lookup(const char *name);
 /* Generic vhost-user checks (vcf-checks-vhost.c) and device ones. */
 extern const VcfCheck vcf_vhost_checks[];
 extern const VcfCheck vcf_gpu_checks[];
+extern const VcfCheck vcf_sound_checks[];
 extern const VcfDevice vcf_device_gpu, vcf_device_sound, vcf_device_null;
 
 /* --- what a check uses --- */

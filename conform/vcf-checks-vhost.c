@@ -226,12 +226,14 @@ r_ack_every(VcfCtx *ctx)
     { VHU_SET_CONFIG, config, sizeof config, -1, VHU_PF_CONFIG },
     { VHU_SET_STATUS, &(guint64){ VHU_STATUS_ACKNOWLEDGE }, 8, -1, VHU_PF_STATUS },
   };
-  /* SET_CONFIG: 4 bytes at offset 4 (a gpu's events_clear; writable). */
-  ((guint32 *)config)[0] = 4;
+  /* SET_CONFIG: 4 writable bytes (a gpu's events_clear), if the device has any. */
+  ((guint32 *)config)[0] = (guint32)MAX(d->writable_config, 0);
   ((guint32 *)config)[1] = 4;
   for (guint i = 0; i < G_N_ELEMENTS(msgs); i++) {
     gboolean ok;
 
+    if (msgs[i].request == VHU_SET_CONFIG && d->writable_config < 0)
+      continue;
     if ((msgs[i].need_pf >= 0 && !vcf_session_has_pf(s, (guint)msgs[i].need_pf))
         || (msgs[i].need_pf == -3 && !(features & BIT(VHU_F_PROTOCOL_FEATURES))))
       continue;

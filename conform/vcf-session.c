@@ -30,8 +30,9 @@ struct _VcfRing {
   guint ind_next;
   int kick_fd, call_fd, err_fd;
   guint16 avail_idx, last_used, next_desc;
-  guint in_flight;
-  guint64 calls; /* call notifications seen while waiting */
+  guint in_flight;    /* descriptors in use */
+  guint16 *chain_len; /* per head: descriptors its chain took */
+  guint64 calls;      /* call notifications seen while waiting */
   gboolean event_idx;
 };
 
@@ -55,6 +56,7 @@ ring_free(VcfRing *r)
     close(r->call_fd);
   if (r->err_fd >= 0)
     close(r->err_fd);
+  g_free(r->chain_len);
   g_free(r);
 }
 
@@ -444,6 +446,7 @@ vcf_session_new_ring(VcfSession *s, guint index, guint size, GError **error)
   r->s = s;
   r->index = index;
   r->size = size;
+  r->chain_len = g_new0(guint16, size);
   r->desc_gpa = base;
   r->avail_gpa = base + desc_size;
   r->used_gpa = (r->avail_gpa + avail_size + 4095) & ~(guint64)4095;
@@ -479,6 +482,8 @@ vcf_ring_set_indices(VcfRing *r, guint16 idx)
   r->avail->idx = idx;
   r->used->idx = idx;
   r->in_flight = 0;
+  r->next_desc = 0;
+  memset(r->chain_len, 0, r->size * sizeof *r->chain_len);
 }
 
 gboolean
@@ -564,6 +569,7 @@ vcf_ring_add(VcfRing *r, const VhuGuestBuf *out, guint n_out, const VhuGuestBuf 
     put_desc(&r->desc[head], &table, VRING_DESC_F_INDIRECT, 0);
     r->next_desc = (guint16)((head + 1) % r->size);
     r->in_flight++;
+    r->chain_len[head] = 1;
   } else {
     guint16 i = head;
 
@@ -577,6 +583,7 @@ vcf_ring_add(VcfRing *r, const VhuGuestBuf *out, guint n_out, const VhuGuestBuf 
     }
     r->next_desc = i;
     r->in_flight += n;
+    r->chain_len[head] = (guint16)n;
   }
   r->avail->ring[r->avail_idx % r->size] = head;
   r->avail_idx++;
@@ -622,8 +629,10 @@ vcf_ring_wait_used(VcfRing *r, int timeout_ms, guint32 *id, guint32 *len)
       struct vring_used_elem e = r->used->ring[r->last_used % r->size];
 
       r->last_used++;
-      if (r->in_flight > 0)
-        r->in_flight--;
+      if (e.id < r->size) {
+        r->in_flight -= MIN(r->in_flight, r->chain_len[e.id]);
+        r->chain_len[e.id] = 0;
+      }
       if (r->in_flight == 0)
         r->next_desc = 0;
       if (id != NULL)

@@ -44,7 +44,7 @@ static const char summary[]
       "memfd regions, driver rings and the message sequences QEMU sends.  Each check uses a\n"
       "fresh connection and the backend must survive it.  Groups: handshake, reply, mem,\n"
       "vring, ring, config, status, inflight, reconnect, hostile, and per device gpu and\n"
-      "display.";
+      "display, or sound.";
 static const char description[]
     = "Verdicts: pass; fail; not-offered (the backend does not offer the feature the check\n"
       "needs); crashed (the backend died or stopped answering because of the check: the\n"
@@ -57,6 +57,8 @@ static const char description[]
       "{socket}'\n"
       "  gst-vhost-conform --device gpu --start '/usr/lib/qemu/vhost-user-gpu -s {socket}' "
       "--json qemu.json\n"
+      "  gst-vhost-conform --device sound --start '/usr/libexec/gst-vhost-sound --socket-path "
+      "{socket}'\n"
       "  gst-vhost-conform --device gpu --socket-path /run/gpu.sock --only handshake,reply "
       "--tap\n"
       "\n"

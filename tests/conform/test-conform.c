@@ -1,6 +1,6 @@
 /* test-conform: gst-vhost-conform against real backends over real sockets.
  *
- * Our gst-vhost-gpu and the null device must pass (or be not-offered) every
+ * Our gst-vhost-gpu, gst-vhost-sound and the null device must pass (or be not-offered) every
  * check; the null device with each --fault must fail the group that fault
  * belongs to; QEMU's vhost-user-gpu must give the verdicts recorded in
  * docs/conformance.md. */
@@ -8,7 +8,7 @@
 #include <glib/gstdio.h>
 #include <string.h>
 
-static char *conform, *null_backend, *gpu_backend;
+static char *conform, *null_backend, *gpu_backend, *sound_backend;
 
 typedef struct {
   int status;
@@ -91,6 +91,18 @@ test_gpu_passes(void)
 }
 
 static void
+test_sound_passes(void)
+{
+  g_autofree char *start = start_arg(sound_backend, NULL);
+  const char *args[] = { "--device", "sound", "--start", start, NULL };
+  g_auto(Run) r = { 0 };
+
+  run_conform(&r, args);
+  /* 49 device-independent checks and 34 of the sound device's own. */
+  assert_all_pass(&r, 83);
+}
+
+static void
 test_null_passes(void)
 {
   g_autofree char *start = start_arg(null_backend, NULL);
@@ -124,6 +136,7 @@ static const FaultCase fault_cases[] = {
   /* An echoing device is no GPU: the device groups see it. */
   { NULL, "gpu", "gpu", "gpu.create-2d" },
   { NULL, "gpu", "display", "display.update-pixels" },
+  { NULL, "sound", "sound", "sound.lifecycle-output" },
 };
 
 static void
@@ -132,7 +145,11 @@ test_fault(gconstpointer data)
   const FaultCase *fc = data;
   g_autofree char *extra = fc->fault != NULL ? g_strdup_printf("--fault %s", fc->fault) : NULL;
   g_autofree char *start = start_arg(null_backend, extra);
-  const char *args[] = { "--device", fc->device, "--only", fc->group, "--start", start, NULL };
+  g_autofree char *start4 = g_strdup_printf("%s --queues 4", start);
+  /* A sound device has 4 queues. */
+  const char *args[] = { "--device", fc->device, "--only",
+                         fc->group,  "--start",  strcmp(fc->device, "sound") == 0 ? start4 : start,
+                         NULL };
   g_auto(Run) r = { 0 };
   const char *v;
 
@@ -289,14 +306,16 @@ main(int argc, char **argv)
   g_assert_nonnull(build);
   conform = g_build_filename(build, "programs", "gst-vhost-conform", NULL);
   gpu_backend = g_build_filename(build, "programs", "gst-vhost-gpu", NULL);
+  sound_backend = g_build_filename(build, "programs", "gst-vhost-sound", NULL);
   null_backend = g_strdup(g_getenv("VHU_NULL_BACKEND"));
   g_assert_nonnull(null_backend);
   g_test_add_func("/conform/gst-vhost-gpu", test_gpu_passes);
+  g_test_add_func("/conform/gst-vhost-sound", test_sound_passes);
   g_test_add_func("/conform/null", test_null_passes);
   for (guint i = 0; i < G_N_ELEMENTS(fault_cases); i++) {
     g_autofree char *path
         = g_strdup_printf("/conform/fault/%s/%s", fault_cases[i].group,
-                          fault_cases[i].fault != NULL ? fault_cases[i].fault : "not-a-gpu");
+                          fault_cases[i].fault != NULL ? fault_cases[i].fault : "echo-device");
     g_test_add_data_func(path, &fault_cases[i], test_fault);
   }
   g_test_add_func("/conform/qemu-vhost-user-gpu", test_qemu);
