@@ -228,6 +228,39 @@ vgpu_backing_append_iov(const VgpuBacking *b, guint64 offset, gsize len, GArray 
   foreach_piece(b, offset, len, iov_piece, iov);
 }
 
+typedef struct {
+  const VgpuBacking *backing;
+  GArray *pieces;
+  gboolean ok;
+} FdPieces;
+
+static void
+fd_piece(guint8 *p, gsize len, gpointer data)
+{
+  FdPieces *fp = data;
+
+  fp->ok = fp->ok && vhu_mem_host_to_fd(fp->backing->mem, p, len, fp->pieces);
+}
+
+gboolean
+vgpu_backing_append_fd_pieces(const VgpuBacking *b, guint64 offset, gsize len, GArray *pieces)
+{
+  FdPieces fp = { b, pieces, b->mem != NULL || len == 0 };
+  guint start = pieces->len;
+
+  if (fp.ok)
+    foreach_piece(b, offset, len, fd_piece, &fp);
+  if (!fp.ok)
+    g_array_set_size(pieces, start);
+  return fp.ok;
+}
+
+gboolean
+vgpu_backing_is_shared(const VgpuBacking *b)
+{
+  return g_atomic_int_get(&b->refcount) > 1;
+}
+
 void
 vgpu_backing_set_idle_notify(VgpuBacking *b, VgpuNotify *notify)
 {

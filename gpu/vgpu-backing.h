@@ -66,6 +66,18 @@ void vgpu_backing_read(const VgpuBacking *backing, guint64 offset, void *dst, gs
  * @offset + @len), which the caller checked lies inside. */
 void vgpu_backing_append_iov(const VgpuBacking *backing, guint64 offset, gsize len, GArray *iov);
 
+/* For dmabuf export: appends to @pieces (a GArray of VhuMemFdPiece) the
+ * file pieces behind [@offset, @offset + @len), which the caller checked
+ * lies inside (vhu_mem_host_to_fd).  FALSE, @pieces unchanged, when a byte
+ * lies in a region whose file is not sealed against shrinking.  The fds
+ * are valid while the backing lives (it holds its memory table). */
+gboolean vgpu_backing_append_fd_pieces(const VgpuBacking *backing, guint64 offset, gsize len,
+                                       GArray *pieces);
+/* TRUE while someone besides the caller's one reference holds @backing
+ * (the device's resource, a sink, a buffer downstream): for caches keyed by
+ * backing, which drop an entry once theirs is the last reference. */
+gboolean vgpu_backing_is_shared(const VgpuBacking *backing);
+
 void vgpu_backing_set_idle_notify(VgpuBacking *backing, VgpuNotify *notify);
 void vgpu_backing_begin_read(VgpuBacking *backing);
 void vgpu_backing_end_read(VgpuBacking *backing);

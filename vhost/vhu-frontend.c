@@ -80,6 +80,7 @@ struct _VhuFrontend {
   GArray *err_fds;
   GPtrArray *regions; /* Region* */
   GPtrArray *queues;  /* VhuDriverQueue* */
+  gboolean seal_memory;
 };
 
 static int transact_token;
@@ -795,8 +796,10 @@ vhu_frontend_add_region_offset(VhuFrontend *fe, guint64 gpa, gsize size, gsize m
   r->size = size;
   r->mmap_offset = mmap_offset;
   r->map_size = map_size;
-  r->fd = memfd_create("vhu-guest-ram", MFD_CLOEXEC);
-  if (r->fd < 0 || ftruncate(r->fd, (off_t)map_size) < 0) {
+  r->fd = memfd_create("vhu-guest-ram", MFD_CLOEXEC | (fe->seal_memory ? MFD_ALLOW_SEALING : 0));
+  if (r->fd < 0 || ftruncate(r->fd, (off_t)map_size) < 0
+      || (fe->seal_memory
+          && fcntl(r->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)) {
     int errsv = errno;
     g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errsv), "guest memory: %s",
                 g_strerror(errsv));
@@ -820,6 +823,12 @@ vhu_frontend_add_region_offset(VhuFrontend *fe, guint64 gpa, gsize size, gsize m
     return FALSE;
   }
   return TRUE;
+}
+
+void
+vhu_frontend_set_seal_memory(VhuFrontend *fe, gboolean seal)
+{
+  fe->seal_memory = seal;
 }
 
 gboolean

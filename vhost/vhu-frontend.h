@@ -89,6 +89,11 @@ gboolean vhu_frontend_add_region(VhuFrontend *fe, guint64 gpa, gsize size, GErro
  * regions above the VGA hole do): the backend must map size + offset. */
 gboolean vhu_frontend_add_region_offset(VhuFrontend *fe, guint64 gpa, gsize size, gsize mmap_offset,
                                         GError **error);
+/* Regions added from now on are sealed against shrinking and growing
+ * (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, as QEMU's memfd backend seals
+ * guest RAM by default), so a backend may export their pages (udmabuf);
+ * default off: unsealed memfds, which can be truncated under the backend. */
+void vhu_frontend_set_seal_memory(VhuFrontend *fe, gboolean seal);
 /* Host pointer for [gpa, gpa+len), which must lie in one region; NULL if not. */
 void *vhu_frontend_gpa_to_ptr(VhuFrontend *fe, guint64 gpa, gsize len);
 /* The memfd of the region holding @gpa (still owned by @fe), or -1: for

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "vhu-guard.h"
 
@@ -29,6 +30,7 @@ typedef struct {
   gsize len;
   gboolean sealed;
   VhuGuard *guard; /* NULL when sealed */
+  int fd;          /* sealed: a duplicate of the region's file, for export; else -1 */
 } VhuMapping;
 
 typedef struct {
@@ -60,6 +62,8 @@ mapping_unref(VhuMapping *mapping)
     return;
   vhu_guard_remove(mapping->guard);
   munmap(mapping->addr, mapping->len);
+  if (mapping->fd >= 0)
+    close(mapping->fd);
   g_free(mapping);
 }
 
@@ -223,8 +227,11 @@ map_fd(int fd, gsize len, GError **error)
   mapping->addr = addr;
   mapping->len = len;
   mapping->sealed = seals >= 0 && (seals & F_SEAL_SHRINK);
+  mapping->fd = -1;
   if (!mapping->sealed)
     mapping->guard = vhu_guard_add(addr, len);
+  else if ((mapping->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0)
+    g_debug("memory region: no duplicate fd for export: %s", g_strerror(errno));
   return mapping;
 }
 
@@ -296,6 +303,51 @@ vhu_mem_table_remove(const VhuMemTable *table, const VhuMemRegionDesc *region, G
     j++;
   }
   return next;
+}
+
+/* The mapping of @table holding host address @p, or NULL. */
+static const VhuMapping *
+find_host(const VhuMemTable *table, const guint8 *p)
+{
+  for (guint i = 0; i < table->n_regions; i++) {
+    const VhuMapping *m = table->regions[i].mapping;
+
+    if ((guintptr)p >= (guintptr)m->addr && (guintptr)p - (guintptr)m->addr < m->len)
+      return m;
+  }
+  return NULL;
+}
+
+gboolean
+vhu_mem_host_to_fd(const VhuMemTable *table, const void *host, gsize len, GArray *pieces)
+{
+  const guint8 *p = host;
+  guint start = pieces->len;
+
+  g_return_val_if_fail(pieces != NULL && g_array_get_element_size(pieces) == sizeof(VhuMemFdPiece),
+                       FALSE);
+  while (len > 0) {
+    const VhuMapping *m = find_host(table, p);
+    VhuMemFdPiece piece, *last;
+
+    if (m == NULL || m->fd < 0) {
+      g_array_set_size(pieces, start);
+      return FALSE;
+    }
+    /* Mapped from file offset 0: the offset in the file is the one in the
+     * mapping. */
+    piece.fd = m->fd;
+    piece.offset = (guint64)((guintptr)p - (guintptr)m->addr);
+    piece.len = MIN(len, m->len - piece.offset);
+    last = pieces->len > start ? &g_array_index(pieces, VhuMemFdPiece, pieces->len - 1) : NULL;
+    if (last && last->fd == piece.fd && last->offset + last->len == piece.offset)
+      last->len += piece.len;
+    else
+      g_array_append_val(pieces, piece);
+    p += piece.len;
+    len -= piece.len;
+  }
+  return TRUE;
 }
 
 /* The region holding @gpa, or NULL. */

@@ -13,8 +13,9 @@
  * retired.  Translations then refuse its addresses as if they were unmapped,
  * and vhu_mem_table_is_damaged() says so for every table holding it.  A
  * system call on lost pages fails with EFAULT instead: see
- * vhu_guard_probe_iov().  Threads: a table is immutable, every function may
- * be called from any thread. */
+ * vhu_guard_probe_iov().  A sealed region's file stays open with its
+ * mapping, so its pages can be exported: vhu_mem_host_to_fd().  Threads: a table is immutable,
+ * every function may be called from any thread. */
 #pragma once
 
 #include <glib.h>
@@ -70,6 +71,24 @@ void *vhu_mem_uva_to_host(const VhuMemTable *table, guint64 uva, guint64 len);
  * the range overflows, or more than @max_iov iovecs would be needed. */
 int vhu_mem_gpa_to_iov(const VhuMemTable *table, guint64 gpa, guint64 len, struct iovec *iov,
                        guint max_iov);
+
+/* Export (dmabuf through udmabuf): a region whose file is sealed against
+ * shrinking keeps a duplicate of its fd, opened when the region is added and
+ * closed when the last table holding its mapping goes.  A part of a file. */
+typedef struct {
+  int fd; /* owned by the table: valid while a table holding it lives */
+  guint64 offset;
+  guint64 len;
+} VhuMemFdPiece;
+
+/* The file pieces behind host range [@host, @host + @len), which points
+ * into mappings of @table (pointers from the translations above): appended
+ * to @pieces (a GArray of VhuMemFdPiece), one per file range, adjacent ones
+ * merged.  FALSE, @pieces unchanged, when a byte is outside the table's
+ * mappings or in a region whose file is not sealed (no fd kept: it could
+ * shrink under an importer).  The fds are borrowed: valid while the caller
+ * holds a reference on @table (dup one to keep it longer). */
+gboolean vhu_mem_host_to_fd(const VhuMemTable *table, const void *host, gsize len, GArray *pieces);
 
 /* Scatter/gather copy helpers; return the number of bytes copied. */
 gsize vhu_iov_to_buf(const struct iovec *iov, guint n, gsize offset, void *buf, gsize len);

@@ -444,6 +444,110 @@ test_sealed_region(void)
   close(plain);
 }
 
+static int
+open_fds(void)
+{
+  GDir *dir = g_dir_open("/proc/self/fd", 0, NULL);
+  int n = 0;
+
+  g_assert_nonnull(dir);
+  while (g_dir_read_name(dir))
+    n++;
+  g_dir_close(dir);
+  return n;
+}
+
+static int
+sealed_memfd(gsize size, guint8 seed)
+{
+  int fd = memfd_create("test-mem-export", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  g_autofree guint8 *data = g_malloc(size);
+
+  g_assert_cmpint(fd, >=, 0);
+  for (gsize i = 0; i < size; i++)
+    data[i] = pattern(i, seed);
+  g_assert_cmpint(pwrite(fd, data, size, 0), ==, (gssize)size);
+  g_assert_cmpint(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), ==, 0);
+  return fd;
+}
+
+/* Export: a sealed region's file pieces (a duplicate fd that reads the same
+ * bytes, file offsets with mmap_offset applied), a range across two regions
+ * in two pieces, none for an unsealed region or outside the table; the
+ * duplicates live with the mapping: while any table holds it, closed with
+ * the last one. */
+static void
+test_export_fd(void)
+{
+  int base = open_fds();
+  int a = sealed_memfd(PAGE + 4 * PAGE, 1), b = sealed_memfd(2 * PAGE, 2);
+  int plain = make_memfd(PAGE, 3);
+  VhuMemTable *t = vhu_mem_table_new(), *without_a;
+  VhuMemRegionDesc rb = { 4 * PAGE, 2 * PAGE, 0x50000, 0 };
+  g_autoptr(GArray) pieces = g_array_new(FALSE, FALSE, sizeof(VhuMemFdPiece));
+  VhuMemFdPiece *p;
+  guint64 len = 4 * PAGE;
+  guint8 *host, byte;
+
+  /* Region a: gpa [0, 4 pages) is its file from page 1 on. */
+  t = add_ok(t, 0, 4 * PAGE, 0x10000, PAGE, a);
+  t = add_ok(t, 4 * PAGE, 2 * PAGE, 0x50000, 0, b);
+  t = add_ok(t, 8 * PAGE, PAGE, 0x90000, 0, plain);
+  g_assert_cmpint(open_fds(), ==, base + 3 + 2); /* ours, and a duplicate per sealed file */
+  host = vhu_mem_gpa_to_host(t, 100, &len);
+  g_assert_true(vhu_mem_host_to_fd(t, host, 300, pieces));
+  g_assert_cmpuint(pieces->len, ==, 1);
+  p = &g_array_index(pieces, VhuMemFdPiece, 0);
+  g_assert_cmphex(p->offset, ==, PAGE + 100);
+  g_assert_cmphex(p->len, ==, 300);
+  g_assert_cmpint(p->fd, !=, a);
+  g_assert_cmpint(pread(p->fd, &byte, 1, (off_t)p->offset), ==, 1);
+  g_assert_cmpuint(byte, ==, pattern(PAGE + 100, 1));
+
+  /* The two mappings are not adjacent in host memory: one range of a's
+   * mapping, then b's from its start, each its own piece. */
+  g_array_set_size(pieces, 0);
+  g_assert_true(vhu_mem_host_to_fd(t, host - 100 + 3 * PAGE, PAGE, pieces));
+  len = PAGE;
+  g_assert_true(vhu_mem_host_to_fd(t, vhu_mem_gpa_to_host(t, 4 * PAGE, &len), PAGE, pieces));
+  g_assert_cmpuint(pieces->len, ==, 2);
+  g_assert_cmphex(g_array_index(pieces, VhuMemFdPiece, 0).offset, ==, 4 * PAGE);
+  g_assert_cmphex(g_array_index(pieces, VhuMemFdPiece, 1).offset, ==, 0);
+  g_assert_cmpint(g_array_index(pieces, VhuMemFdPiece, 0).fd, !=,
+                  g_array_index(pieces, VhuMemFdPiece, 1).fd);
+
+  /* Past the end of a's mapping (unless another sealed mapping happens to
+   * follow it), the unsealed region, no mapping at all: refused, the list
+   * unchanged. */
+  {
+    g_autoptr(GArray) probe = g_array_new(FALSE, FALSE, sizeof(VhuMemFdPiece));
+    gboolean next_mapped = vhu_mem_host_to_fd(t, host - 100 + 4 * PAGE, 1, probe);
+
+    g_assert_cmpint(vhu_mem_host_to_fd(t, host - 100 + 3 * PAGE, PAGE + 1, probe), ==, next_mapped);
+  }
+  len = PAGE;
+  g_assert_false(vhu_mem_host_to_fd(t, vhu_mem_gpa_to_host(t, 8 * PAGE, &len), 1, pieces));
+  g_assert_false(vhu_mem_host_to_fd(t, &byte, 1, pieces));
+  g_assert_cmpuint(pieces->len, ==, 2);
+
+  /* A table without region a keeps b's duplicate; a's closes with t, b's
+   * with the last table. */
+  without_a = vhu_mem_table_remove(t, &(VhuMemRegionDesc){ 0, 4 * PAGE, 0x10000, PAGE }, NULL);
+  g_assert_nonnull(without_a);
+  vhu_mem_table_unref(t);
+  g_assert_cmpint(open_fds(), ==, base + 3 + 1);
+  g_array_set_size(pieces, 0);
+  len = PAGE;
+  g_assert_true(vhu_mem_host_to_fd(
+      without_a, vhu_mem_gpa_to_host(without_a, rb.guest_phys_addr, &len), PAGE, pieces));
+  vhu_mem_table_unref(without_a);
+  g_assert_cmpint(open_fds(), ==, base + 3);
+  close(a);
+  close(b);
+  close(plain);
+  g_assert_cmpint(open_fds(), ==, base);
+}
+
 /* The kernel reports lost pages a system call reads as EFAULT, no signal:
  * the probe touches them from user space, which retires the region; the
  * call then goes through with zeros.  Probing intact memory changes
@@ -688,6 +792,7 @@ main(int argc, char **argv)
   g_test_add_func("/mem/iov-copy", test_iov_copy);
   g_test_add_func("/mem/truncated-region", test_truncated_region);
   g_test_add_func("/mem/sealed-region", test_sealed_region);
+  g_test_add_func("/mem/export-fd", test_export_fd);
   g_test_add_func("/mem/probe-after-efault", test_probe_after_efault);
   g_test_add_func("/mem/fault-race", test_fault_race);
   g_test_add_func("/mem/fault-outside-guest-memory", test_fault_outside_guest_memory);
