@@ -905,6 +905,99 @@ i_get_fd(VcfCtx *ctx)
   return vcf_pass(ctx, "%" G_GUINT64_FORMAT " bytes", m.mmap_size);
 }
 
+/* A backend restarted with the inflight buffer of its predecessor, which
+ * had taken request h0 (recorded inflight) but not h1: h0 is resubmitted
+ * first, then h1 is taken from the avail ring (SET_VRING_BASE says one
+ * request was taken). */
+static VcfVerdict
+i_resubmit(VcfCtx *ctx)
+{
+  const VcfDevice *d = vcf_ctx_device(ctx);
+  VhuInflightMsg m = { .num_queues = (guint16)d->num_queues, .queue_size = 64 };
+  g_autoptr(GString) why = g_string_new(NULL);
+  gsize size = sizeof m;
+  guint n_fds = 1;
+  int fd = -1, heads[2];
+  guint64 req[2], resp[2];
+  VhuInflightQueue *q;
+  VcfRing *r;
+  void *map;
+
+  {
+    OPEN(s1, NULL);
+    TRY("GET_INFLIGHT_FD",
+        vhu_frontend_send(vcf_session_frontend(s1), VHU_GET_INFLIGHT_FD, 0, &m, sizeof m, NULL, 0,
+                          error)
+            && vhu_frontend_recv_reply(vcf_session_frontend(s1), VHU_GET_INFLIGHT_FD, &m, &size,
+                                       &fd, &n_fds, error));
+  }
+  if (n_fds != 1 || fd < 0 || m.mmap_size < sizeof(VhuInflightQueue) + 64 * 16)
+    return vcf_fail(ctx, "GET_INFLIGHT_FD gave no usable buffer");
+  map = mmap(NULL, m.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)m.mmap_offset);
+  if (map == MAP_FAILED) {
+    close(fd);
+    return vcf_fail(ctx, "the inflight fd cannot be mapped");
+  }
+  OPEN(s, NULL);
+  {
+    g_autoptr(GError) error = NULL;
+
+    if (!vcf_session_set_features(s, 0, &error) || !vcf_session_send_memory(s, FALSE, &error)
+        || (r = vcf_session_new_ring(s, 0, 64, &error)) == NULL) {
+      munmap(map, m.mmap_size);
+      close(fd);
+      return vcf_fail_error(ctx, "set-up", error);
+    }
+  }
+  for (guint i = 0; i < 2; i++) {
+    guint8 buf[256];
+    gsize len = d->probe_request(i, buf);
+    VhuGuestBuf out, in;
+
+    req[i] = vcf_session_alloc(s, 256);
+    resp[i] = vcf_session_alloc(s, 256);
+    vcf_session_write(s, req[i], buf, len);
+    out = (VhuGuestBuf){ req[i], (guint32)len };
+    in = (VhuGuestBuf){ resp[i], d->resp_size };
+    heads[i] = vcf_ring_add(r, &out, 1, &in, 1, FALSE);
+  }
+  vcf_ring_publish(r);
+  /* What the crashed backend left: h0 inflight, nothing used. */
+  q = map;
+  q->version = 1;
+  q->desc_num = 64;
+  q->used_idx = 0;
+  q->last_batch_head = 0;
+  q->desc[heads[0]].inflight = 1;
+  q->desc[heads[0]].counter = 1;
+  munmap(map, m.mmap_size);
+  {
+    g_autoptr(GError) error = NULL;
+    gboolean ok = vcf_session_request(s, VHU_SET_INFLIGHT_FD, &m, sizeof m, &fd, 1, &error)
+                  && vcf_ring_setup(r, 1, &error);
+
+    close(fd);
+    if (!ok)
+      return vcf_fail_error(ctx, "SET_INFLIGHT_FD and ring start at base 1", error);
+  }
+  vcf_ring_kick(r);
+  for (guint i = 0; i < 2; i++) {
+    guint8 in_buf[256] = { 0 }, out_buf[256];
+    guint32 id = 0, len = 0;
+    gsize req_len = d->probe_request(i, out_buf);
+
+    if (!vcf_ring_wait_used(r, (int)vcf_session_timeout(s), &id, &len))
+      return vcf_fail(ctx, "%s never completed", i == 0 ? "the inflight request" : "the new one");
+    if (id != (guint32)heads[i])
+      return vcf_fail(ctx, "completion %u is head %u, expected %d (%s)", i, id, heads[i],
+                      i == 0 ? "the inflight one first" : "the new one");
+    vcf_session_read(s, resp[i], in_buf, MIN(len, sizeof in_buf));
+    if (len > d->resp_size || !d->probe_ok(i, out_buf, req_len, in_buf, len, why))
+      return vcf_fail(ctx, "request %u answered wrongly: %s", i, why->str);
+  }
+  return vcf_pass(ctx, "the inflight request resubmitted first, then the new one");
+}
+
 /* --- reconnect ----------------------------------------------------------- */
 
 static VcfVerdict
@@ -1196,6 +1289,8 @@ const VcfCheck vcf_vhost_checks[] = {
     t_needs_reset },
   { "inflight.get-fd", "inflight", US "Inflight I/O tracking", PROTO(VHU_PF_INFLIGHT_SHMFD),
     "GET_INFLIGHT_FD returns a mappable buffer large enough for the queues", i_get_fd },
+  { "inflight.resubmit", "inflight", US "Inflight I/O tracking", PROTO(VHU_PF_INFLIGHT_SHMFD),
+    "a request recorded inflight by the previous backend is resubmitted first", i_resubmit },
   { "reconnect.second-connection", "reconnect", US "Communication (back-end restart and reconnect)",
     NONE, "after a frontend vanished mid-session, the next one gets a working device",
     x_second_connection },

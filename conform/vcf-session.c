@@ -389,17 +389,20 @@ add_status(VcfSession *s, guint8 bits, GError **error)
 }
 
 gboolean
-vcf_session_start(VcfSession *s, guint64 features, const guint *sizes, guint n, GError **error)
+vcf_session_set_features(VcfSession *s, guint64 features, GError **error)
 {
-  gboolean status = vcf_session_has_pf(s, VHU_PF_STATUS);
-
-  g_return_val_if_fail(n <= VCF_MAX_QUEUES, FALSE);
   s->features = (features | BIT(VHU_F_VERSION_1)) & s->offered;
   if (!s->no_pf)
     s->features |= s->offered & BIT(VHU_F_PROTOCOL_FEATURES);
-  if (!vcf_session_request(s, VHU_SET_FEATURES, &s->features, sizeof s->features, NULL, 0, error)
-      || (status && !add_status(s, VHU_STATUS_FEATURES_OK, error))
-      || !vcf_session_send_memory(s, FALSE, error))
+  return vcf_session_request(s, VHU_SET_FEATURES, &s->features, sizeof s->features, NULL, 0, error)
+         && (!vcf_session_has_pf(s, VHU_PF_STATUS) || add_status(s, VHU_STATUS_FEATURES_OK, error));
+}
+
+gboolean
+vcf_session_start(VcfSession *s, guint64 features, const guint *sizes, guint n, GError **error)
+{
+  g_return_val_if_fail(n <= VCF_MAX_QUEUES, FALSE);
+  if (!vcf_session_set_features(s, features, error) || !vcf_session_send_memory(s, FALSE, error))
     return FALSE;
   for (guint i = 0; i < n; i++) {
     VcfRing *r = vcf_session_new_ring(s, i, sizes[i], error);
@@ -407,7 +410,7 @@ vcf_session_start(VcfSession *s, guint64 features, const guint *sizes, guint n, 
     if (r == NULL || !vcf_ring_setup(r, 0, error))
       return FALSE;
   }
-  return !status
+  return !vcf_session_has_pf(s, VHU_PF_STATUS)
          || add_status(s, VHU_STATUS_ACKNOWLEDGE | VHU_STATUS_DRIVER | VHU_STATUS_DRIVER_OK, error);
 }
 

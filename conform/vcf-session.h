@@ -60,6 +60,8 @@ void vcf_session_region(VcfSession *s, guint i, VhuMemRegionDesc *desc, int *fd)
  * given sizes at base 0, then DRIVER_OK: what QEMU 10 sends at start. */
 gboolean vcf_session_start(VcfSession *s, guint64 features, const guint *sizes, guint n,
                            GError **error);
+/* The first step of that alone: SET_FEATURES, and FEATURES_OK with STATUS. */
+gboolean vcf_session_set_features(VcfSession *s, guint64 features, GError **error);
 guint64 vcf_session_features(VcfSession *s); /* sent with SET_FEATURES */
 
 /* Allocates @size bytes of zeroed guest memory in region 1; returns the gpa. */

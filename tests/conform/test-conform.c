@@ -131,6 +131,7 @@ static const FaultCase fault_cases[] = {
   { "config-size", "null", "config", "config.get" },
   { "status", "null", "status", "status.roundtrip" },
   { "inflight", "null", "inflight", "inflight.get-fd" },
+  { "no-resubmit", "null", "inflight", "inflight.resubmit" },
   { "reconnect", "null", "reconnect", "reconnect.second-connection", TRUE },
   { "crash", "null", "hostile", "hostile.oversized-message", TRUE },
   /* An echoing device is no GPU: the device groups see it. */
@@ -179,6 +180,7 @@ static const char *const qemu_expected[][2] = {
   { "status.reset-device", "not-offered" },
   { "status.needs-reset", "not-offered" },
   { "inflight.get-fd", "not-offered" },
+  { "inflight.resubmit", "not-offered" },
   { "reconnect.second-connection", "fail" },
   { "hostile.oversized-message", "crashed|pass" },
   { "hostile.queue-index", "fail" },

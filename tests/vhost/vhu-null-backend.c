@@ -143,8 +143,8 @@ on_signal(gpointer data)
 
 typedef enum {
   FAULT_NONE,
-  FAULT_REPLY_FLAGS,  /* replies with flags 0x4 instead of 0x5 */
-  FAULT_NO_ACK,       /* NEED_REPLY acks are never sent */
+  FAULT_REPLY_FLAGS,  /* SET_VRING_NUM acked with flags 0x4 instead of 0x5 */
+  FAULT_NO_ACK,       /* SET_VRING_NUM/ADDR/BASE never acked */
   FAULT_NO_PF_ENABLE, /* SET_FEATURES without PROTOCOL_FEATURES leaves rings disabled */
   FAULT_ADD_MEM_REG,  /* ADD_MEM_REG acked but dropped */
   FAULT_VRING_BASE,   /* GET_VRING_BASE answers one more than the truth */
@@ -152,13 +152,15 @@ typedef enum {
   FAULT_CONFIG_SIZE,  /* GET_CONFIG answers 4 bytes short */
   FAULT_STATUS,       /* GET_STATUS always answers 0 */
   FAULT_INFLIGHT,     /* GET_INFLIGHT_FD answers a 16-byte buffer */
-  FAULT_RECONNECT,    /* only the first connection is served */
+  FAULT_NO_RESUBMIT,  /* SET_INFLIGHT_FD acked but dropped: nothing is resubmitted */
+  FAULT_RECONNECT,    /* after a frontend left with rings started, nobody is served */
   FAULT_CRASH,        /* SIGSEGV on a message larger than the protocol allows */
 } Fault;
 
 static const char *const fault_names[] = {
-  "none",      "reply-flags", "no-ack", "no-pf-enable", "add-mem-reg", "vring-base",
-  "event-idx", "config-size", "status", "inflight",     "reconnect",   "crash",
+  "none",        "reply-flags", "no-ack",      "no-pf-enable", "add-mem-reg",
+  "vring-base",  "event-idx",   "config-size", "status",       "inflight",
+  "no-resubmit", "reconnect",   "crash",
 };
 
 typedef struct {
@@ -212,7 +214,8 @@ relay_request(Relay *r, int fe, int be)
       v |= G_GUINT64_CONSTANT(1) << VHU_F_PROTOCOL_FEATURES;
     memcpy(msg.payload, &v, 8);
   }
-  if (r->fault == FAULT_ADD_MEM_REG && msg.hdr.request == VHU_ADD_MEM_REG) {
+  if ((r->fault == FAULT_ADD_MEM_REG && msg.hdr.request == VHU_ADD_MEM_REG)
+      || (r->fault == FAULT_NO_RESUBMIT && msg.hdr.request == VHU_SET_INFLIGHT_FD)) {
     v = 0;
     ok = !(msg.hdr.flags & VHU_FLAG_NEED_REPLY)
          || vhu_msg_write(fe, msg.hdr.request, VHU_REPLY_FLAGS, &v, 8, NULL, 0, NULL);
@@ -361,7 +364,8 @@ main(int argc, char **argv)
     { "once", 0, 0, G_OPTION_ARG_NONE, &once, "Exit after the first frontend left", NULL },
     { "fault", 0, 0, G_OPTION_ARG_STRING, &fault_name,
       "Break one protocol rule (reply-flags, no-ack, no-pf-enable, add-mem-reg, vring-base, "
-      "event-idx, config-size, status, inflight, reconnect, crash); needs --socket-path",
+      "event-idx, config-size, status, inflight, no-resubmit, reconnect, crash); needs "
+      "--socket-path",
       "NAME" },
     { NULL },
   };
