@@ -33,6 +33,27 @@ typedef struct {
   guint64 gen;       /* generation whose content it holds; 0: none yet */
 } Frame;
 
+/* Blob dmabufs cached per backing range: a guest flipping between a few
+ * framebuffers reuses theirs. */
+#define BLOB_DMABUF_CACHE 4u
+
+/* A blob scanout whose pages can be one dmabuf (UDMABUF_CREATE_LIST):
+ * immutable, shared by the queue and the frames popped while it is shown. */
+struct _GstVhostBlobExport {
+  VgpuBacking *backing; /* keeps the fds of @pieces valid */
+  guint64 start, size;  /* the page-aligned range of the backing exported */
+  gsize head;           /* the first pixel's offset in that range */
+  gsize len;            /* stride * height */
+  guint32 stride;
+  GArray *pieces; /* VhuMemFdPiece, each page-aligned */
+};
+
+typedef struct {
+  VgpuBacking *backing;
+  guint64 start, size;
+  GstMemory *dmabuf; /* the whole range, read-only */
+} CachedDmabuf;
+
 /* Where a flushed rectangle's pixels come from. */
 typedef struct {
   const guint8 *image;  /* row h at image + h * stride, or */
@@ -64,7 +85,11 @@ struct _GstVhostFrameQueue {
    * by every frame; NULL while frames are copies. */
   GstMemory *blob_mem;
   GstVideoInfo blob_info; /* info with the blob's stride */
-  gboolean last_blob;     /* the last frame popped was a blob's */
+  guint last_kind;        /* of the last frame popped: blob memory, blob export */
+  /* The blob scanout's pages as one dmabuf, where udmabuf can take them
+   * (whole pages of sealed files); NULL otherwise. */
+  GstVhostBlobExport *blob_export;
+  GPtrArray *blob_dmabufs; /* CachedDmabuf, oldest first */
 
   /* What the next frame carries. */
   gboolean ready;
@@ -259,6 +284,170 @@ free_frame(GstVhostFrameQueue *q, guint limit)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Blob dmabufs */
+
+static void
+blob_export_free(gpointer data)
+{
+  GstVhostBlobExport *e = data;
+
+  vgpu_backing_unref(e->backing);
+  g_array_unref(e->pieces);
+}
+
+static GstVhostBlobExport *
+blob_export_ref(GstVhostBlobExport *e)
+{
+  return g_atomic_rc_box_acquire(e);
+}
+
+static void
+blob_export_unref(GstVhostBlobExport *e)
+{
+  if (e)
+    g_atomic_rc_box_release_full(e, blob_export_free);
+}
+
+/* The export of @len bytes at @offset of @backing, or NULL (said why at
+ * DEBUG) when udmabuf cannot take them: whole pages of sealed files only. */
+static GstVhostBlobExport *
+blob_export_new(VgpuBacking *backing, guint64 offset, guint64 len, guint32 stride)
+{
+  guint64 page = (guint64)sysconf(_SC_PAGESIZE), end, size = vgpu_backing_get_size(backing);
+  g_autoptr(GArray) pieces = NULL;
+  GstVhostBlobExport *e;
+  guint64 start = offset / page * page;
+
+  if (!gst_vhost_udmabuf_available())
+    return NULL;
+  if (!g_uint64_checked_add(&end, offset, len) || !g_uint64_checked_add(&end, end, page - 1)
+      || (end = end / page * page) > size || end - start > G_MAXSIZE) {
+    GST_DEBUG("blob rows do not end inside a whole page of the blob: not a dmabuf");
+    return NULL;
+  }
+  pieces = g_array_new(FALSE, FALSE, sizeof(VhuMemFdPiece));
+  if (!vgpu_backing_append_fd_pieces(backing, start, (gsize)(end - start), pieces)) {
+    GST_DEBUG("blob not in sealed guest memory: not a dmabuf");
+    return NULL;
+  }
+  for (guint i = 0; i < pieces->len; i++) {
+    const VhuMemFdPiece *p = &g_array_index(pieces, VhuMemFdPiece, i);
+
+    if (p->offset % page != 0 || p->len % page != 0) {
+      GST_DEBUG("blob piece %u not page aligned: not a dmabuf", i);
+      return NULL;
+    }
+  }
+  e = g_atomic_rc_box_new0(GstVhostBlobExport);
+  e->backing = vgpu_backing_ref(backing);
+  e->start = start;
+  e->size = end - start;
+  e->head = (gsize)(offset - start);
+  e->len = (gsize)len;
+  e->stride = stride;
+  e->pieces = g_steal_pointer(&pieces);
+  return e;
+}
+
+/* One dmabuf over @e's pieces; NULL when the kernel refuses (logged once). */
+static GstMemory *
+blob_dmabuf_create(GstVhostFrameQueue *q, const GstVhostBlobExport *e)
+{
+  gsize n = e->pieces->len;
+  g_autofree struct udmabuf_create_list *list
+      = g_malloc0(sizeof *list + n * sizeof(struct udmabuf_create_item));
+  GstMemory *mem;
+  int dfd;
+
+  list->flags = UDMABUF_FLAGS_CLOEXEC;
+  list->count = (guint32)n;
+  for (gsize i = 0; i < n; i++) {
+    const VhuMemFdPiece *p = &g_array_index(e->pieces, VhuMemFdPiece, i);
+
+    list->list[i] = (struct udmabuf_create_item){ .memfd = (guint32)p->fd,
+                                                  .offset = p->offset,
+                                                  .size = p->len };
+  }
+  dfd = ioctl(udmabuf_device(), UDMABUF_CREATE_LIST, list);
+  if (dfd < 0) {
+    if (!q->export_failed)
+      GST_WARNING("UDMABUF_CREATE_LIST (%" G_GSIZE_FORMAT " pieces): %s; blob frames go as "
+                  "guest memory",
+                  n, g_strerror(errno));
+    q->export_failed = TRUE;
+    return NULL;
+  }
+  mem = gst_dmabuf_allocator_alloc(q->dmabuf_alloc, dfd, (gsize)e->size);
+  GST_MINI_OBJECT_FLAG_SET(mem, GST_MEMORY_FLAG_READONLY);
+  GST_INFO("scanout %u: blob of %" G_GSIZE_FORMAT " pieces is a dmabuf of %" G_GUINT64_FORMAT
+           " bytes",
+           q->scanout, n, e->size);
+  return mem;
+}
+
+static void
+cached_free(gpointer data)
+{
+  CachedDmabuf *c = data;
+
+  vgpu_backing_unref(c->backing);
+  gst_memory_unref(c->dmabuf);
+  g_free(c);
+}
+
+/* Drops the cached dmabufs of backings only the cache still holds (the
+ * guest unrefed the blob and no frame shows it).  Queue lock held. */
+static void
+cache_prune(GstVhostFrameQueue *q)
+{
+  for (guint i = q->blob_dmabufs->len; i-- > 0;) {
+    CachedDmabuf *c = q->blob_dmabufs->pdata[i];
+
+    if (!vgpu_backing_is_shared(c->backing))
+      g_ptr_array_remove_index(q->blob_dmabufs, i);
+  }
+}
+
+/* @e's dmabuf (a new reference), from the cache or made now; the ioctl runs
+ * without the queue lock, so the device never waits on it. */
+static GstMemory *
+blob_dmabuf(GstVhostFrameQueue *q, const GstVhostBlobExport *e)
+{
+  CachedDmabuf *c;
+  GstMemory *mem;
+
+  g_mutex_lock(&q->lock);
+  cache_prune(q);
+  for (guint i = 0; i < q->blob_dmabufs->len; i++) {
+    c = q->blob_dmabufs->pdata[i];
+    if (c->backing == e->backing && c->start == e->start && c->size == e->size) {
+      mem = gst_memory_ref(c->dmabuf);
+      g_ptr_array_add(q->blob_dmabufs, g_ptr_array_steal_index(q->blob_dmabufs, i));
+      g_mutex_unlock(&q->lock);
+      return mem;
+    }
+  }
+  g_mutex_unlock(&q->lock);
+  mem = blob_dmabuf_create(q, e);
+  g_mutex_lock(&q->lock);
+  if (mem) {
+    if (q->blob_dmabufs->len >= BLOB_DMABUF_CACHE)
+      g_ptr_array_remove_index(q->blob_dmabufs, 0);
+    c = g_new0(CachedDmabuf, 1);
+    c->backing = vgpu_backing_ref(e->backing);
+    c->start = e->start;
+    c->size = e->size;
+    c->dmabuf = gst_memory_ref(mem);
+    g_ptr_array_add(q->blob_dmabufs, c);
+  } else if (q->blob_export == e) {
+    /* The next frame renegotiates without it. */
+    g_clear_pointer(&q->blob_export, blob_export_unref);
+  }
+  g_mutex_unlock(&q->lock);
+  return mem;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Pixels */
 
 static void
@@ -391,6 +580,8 @@ sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect
     return;
   g_mutex_lock(&q->lock);
   g_clear_pointer(&q->blob_mem, gst_memory_unref);
+  g_clear_pointer(&q->blob_export, blob_export_unref);
+  cache_prune(q);
   if (!image) {
     if (q->enabled)
       GST_INFO("scanout %u disabled", id);
@@ -509,19 +700,22 @@ sink_scanout_blob(gpointer sink, guint id, VgpuBacking *backing, guint64 offset,
     GST_INFO("scanout %u: blob rows not whole in the blob; frames are copies", id);
     goto out;
   }
+  q->blob_info = q->info;
+  q->blob_info.stride[0] = (gint)stride;
+  q->blob_info.size = (gsize)len;
+  q->blob_export = blob_export_new(backing, offset, len, stride);
   iov = g_array_new(FALSE, FALSE, sizeof(struct iovec));
   vgpu_backing_append_iov(backing, offset, (gsize)len, iov);
   if (iov->len != 1 || (guintptr)g_array_index(iov, struct iovec, 0).iov_base % 4u != 0) {
-    GST_INFO("scanout %u: blob in %u host pieces; frames are copies", id, iov->len);
+    GST_INFO("scanout %u: blob in %u host pieces; frames are copies%s", id, iov->len,
+             q->blob_export ? " (or the blob's dmabuf)" : "");
     goto out;
   }
   q->blob_mem = gst_memory_new_wrapped(
       GST_MEMORY_FLAG_READONLY, g_array_index(iov, struct iovec, 0).iov_base, (gsize)len, 0,
       (gsize)len, vgpu_backing_ref(backing), (GDestroyNotify)vgpu_backing_unref);
-  q->blob_info = q->info;
-  q->blob_info.stride[0] = (gint)stride;
-  q->blob_info.size = (gsize)len;
-  GST_INFO("scanout %u: a guest-memory blob, stride %u: frames without a copy", id, stride);
+  GST_INFO("scanout %u: a guest-memory blob, stride %u: frames without a copy%s", id, stride,
+           q->blob_export ? " (or as its dmabuf)" : "");
 out:
   g_mutex_unlock(&q->lock);
 }
@@ -611,13 +805,17 @@ fill_frame(GstVhostFrameQueue *q, GstVhostFrame *frame, gboolean with_damage)
 {
   pixman_box32_t *b, *e;
   int n = 0;
+  guint kind;
 
   memset(frame, 0, sizeof *frame);
   frame->buffer = gst_buffer_new();
-  if ((q->blob_mem != NULL) != q->last_blob) {
-    q->last_blob = q->blob_mem != NULL;
+  kind = (q->blob_mem ? 1u : 0u) | (q->blob_export ? 2u : 0u);
+  if (kind != q->last_kind) {
+    q->last_kind = kind;
     q->geometry++; /* the consumer decides anew what memory it offers */
   }
+  if (q->blob_export)
+    frame->blob_export = blob_export_ref(q->blob_export);
   if (q->blob_mem) {
     gst_buffer_append_memory(frame->buffer, gst_memory_ref(q->blob_mem));
     frame->info = q->blob_info;
@@ -750,11 +948,39 @@ gst_vhost_frame_queue_get_stats(GstVhostFrameQueue *q, GstVhostFrameQueueStats *
   g_mutex_unlock(&q->lock);
 }
 
+/* A blob frame becomes (a part of) the blob's dmabuf, with its stride. */
+static gboolean
+export_blob(GstVhostFrameQueue *q, GstVhostFrame *frame)
+{
+  const GstVhostBlobExport *e = frame->blob_export;
+  GstMemory *d = blob_dmabuf(q, e);
+
+  if (!d)
+    return FALSE;
+  if (e->head != 0 || e->len != gst_memory_get_sizes(d, NULL, NULL)) {
+    GstMemory *part = gst_memory_share(d, (gssize)e->head, (gssize)e->len);
+
+    gst_memory_unref(d);
+    d = part;
+  }
+  gst_buffer_replace_memory(frame->buffer, 0, d);
+  frame->info = q->blob_info;
+  frame->info.stride[0] = (gint)e->stride;
+  frame->info.size = e->len;
+  g_mutex_lock(&q->lock);
+  q->stats.dmabuf_frames++;
+  q->stats.blob_dmabuf_frames++;
+  g_mutex_unlock(&q->lock);
+  return TRUE;
+}
+
 gboolean
 gst_vhost_frame_queue_export_dmabuf(GstVhostFrameQueue *q, GstVhostFrame *frame)
 {
   GstMemory *mem = gst_buffer_peek_memory(frame->buffer, 0), *d = NULL;
 
+  if (frame->blob_export)
+    return export_blob(q, frame);
   g_mutex_lock(&q->lock);
   for (guint i = 0; i < q->frames->len && !frame->zero_copy; i++) {
     Frame *f = q->frames->pdata[i];
@@ -777,6 +1003,7 @@ gst_vhost_frame_clear(GstVhostFrame *frame)
 {
   gst_clear_buffer(&frame->buffer);
   gst_clear_buffer(&frame->cursor);
+  g_clear_pointer(&frame->blob_export, blob_export_unref);
 }
 
 GstVhostFrameQueue *
@@ -792,6 +1019,7 @@ gst_vhost_frame_queue_new(guint scanout, guint max_frames)
   q->fd_alloc = gst_fd_allocator_new();
   q->dmabuf_alloc = gst_dmabuf_allocator_new();
   q->frames = g_ptr_array_new_with_free_func(frame_free);
+  q->blob_dmabufs = g_ptr_array_new_with_free_func(cached_free);
   for (guint i = 0; i < HISTORY; i++)
     pixman_region32_init(&q->history[i]);
   pixman_region32_init(&q->shadow_region);
@@ -807,6 +1035,8 @@ gst_vhost_frame_queue_free(GstVhostFrameQueue *q)
     return;
   reset_content(q);
   g_clear_pointer(&q->blob_mem, gst_memory_unref);
+  g_clear_pointer(&q->blob_export, blob_export_unref);
+  g_ptr_array_unref(q->blob_dmabufs);
   g_ptr_array_unref(q->frames);
   for (guint i = 0; i < HISTORY; i++)
     pixman_region32_fini(&q->history[i]);

@@ -48,6 +48,7 @@ G_BEGIN_DECLS
 #define GST_VHOST_FRAME_MAX_DAMAGE 16u /* rectangles; more are sent as their bounds */
 
 typedef struct _GstVhostFrameQueue GstVhostFrameQueue;
+typedef struct _GstVhostBlobExport GstVhostBlobExport;
 
 typedef struct {
   GstBuffer *buffer;  /* frame memory, read-only, no metadata (owned) */
@@ -64,7 +65,10 @@ typedef struct {
   GstBuffer *cursor;
   gint cursor_x, cursor_y;
   guint64 cursor_serial; /* changes with the cursor image */
-  gboolean zero_copy;    /* the memory is the guest's blob (never a dmabuf) */
+  gboolean zero_copy;    /* the memory is the guest's blob itself */
+  /* Not NULL: a blob scanout's frame that export_dmabuf() can turn into the
+   * blob's own dmabuf (owned, opaque). */
+  GstVhostBlobExport *blob_export;
 } GstVhostFrame;
 
 typedef enum {
@@ -84,8 +88,9 @@ typedef struct {
   guint64 frames_allocated;
   guint64 geometry_changes;
   guint64 cursor_updates;
-  guint64 zero_copy_frames; /* frames that are the guest's blob memory itself */
-  guint64 dmabuf_frames;    /* frames handed out as dmabuf memory */
+  guint64 zero_copy_frames;   /* frames that are the guest's blob memory itself */
+  guint64 dmabuf_frames;      /* frames handed out as dmabuf memory */
+  guint64 blob_dmabuf_frames; /* of which a guest blob's own pages */
 } GstVhostFrameQueueStats;
 
 /* Follows scanout @scanout.  Flushes use at most @max_frames frame
@@ -117,11 +122,22 @@ void gst_vhost_frame_clear(GstVhostFrame *frame);
 /* dmabuf: where /dev/udmabuf exists, frame memory (sealed memfds) can go
  * downstream as dmabuf memory of the same pages, one dmabuf per frame
  * memory, made on first use and kept with it (a downstream holding either
- * keeps the frame from being written).  Blob frames are guest memory and
- * stay what they are.  Without udmabuf, one log line (INFO) and fd memory. */
+ * keeps the frame from being written).  A blob scanout whose rows lie in
+ * whole pages of guest memory files sealed against shrinking (QEMU's memfd
+ * backend; vhu-mem.h keeps their fds) goes as one dmabuf of the guest's
+ * pages themselves (UDMABUF_CREATE_LIST over its page-aligned pieces, in
+ * however many host pieces: no copy; scan-out semantics as for blob
+ * memory), made on first use and cached per blob while the blob lives (a
+ * few, for a guest flipping between framebuffers); any other blob frame
+ * stays guest memory (or its copy).  Without udmabuf, one log line (INFO)
+ * and fd memory. */
 gboolean gst_vhost_udmabuf_available(void);
-/* Replaces @frame's memory by its dmabuf; FALSE, @frame unchanged, for a
- * blob frame, without udmabuf, or when the kernel refused (logged once). */
+/* Replaces @frame's memory by its dmabuf (for a blob frame with
+ * blob_export, the blob's, and @frame->info gets the blob's stride); FALSE,
+ * @frame unchanged, for another blob frame, without udmabuf, or when the
+ * kernel refused (logged once; a blob's export is then dropped, so the
+ * next frame renegotiates without it).  The consumer thread; may make the
+ * dmabuf (an ioctl) without holding anything the device waits for. */
 gboolean gst_vhost_frame_queue_export_dmabuf(GstVhostFrameQueue *q, GstVhostFrame *frame);
 
 /* The GStreamer format of a virtio-gpu format (GST_VIDEO_FORMAT_UNKNOWN if

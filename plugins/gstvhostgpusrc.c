@@ -343,15 +343,16 @@ add_max_framerate(GstVhostGpuSrc *self, GstCaps *caps)
 }
 
 /* @caps, preceded by the same as memory:DMABuf when frames can be dmabufs:
- * with udmabuf, frames of sealed memfds (not blob frames, @zero_copy,
- * which are guest memory, nor frames with the cursor drawn into a copy).
- * Object lock held. */
+ * with udmabuf, frames of sealed memfds and blobs that udmabuf can take
+ * (@blob_only: a blob frame that cannot be a dmabuf, as it is guest memory
+ * in unsealed files or unaligned pages), never frames with the cursor
+ * drawn into a copy.  Object lock held. */
 static GstCaps *
-offer_dmabuf(GstVhostGpuSrc *self, GstCaps *caps, gboolean zero_copy)
+offer_dmabuf(GstVhostGpuSrc *self, GstCaps *caps, gboolean blob_only)
 {
   GstCaps *dma;
 
-  if (zero_copy || self->draw_cursor || !gst_vhost_udmabuf_available())
+  if (blob_only || self->draw_cursor || !gst_vhost_udmabuf_available())
     return caps;
   dma = gst_caps_copy(caps);
   gst_caps_set_features(dma, 0, gst_caps_features_new(GST_CAPS_FEATURE_MEMORY_DMABUF, NULL));
@@ -396,7 +397,7 @@ renegotiate(GstVhostGpuSrc *self, const GstVhostFrame *frame)
 
   GST_OBJECT_LOCK(self);
   add_max_framerate(self, caps);
-  caps = offer_dmabuf(self, caps, frame->zero_copy);
+  caps = offer_dmabuf(self, caps, frame->zero_copy && !frame->blob_export);
   gst_caps_replace(&self->caps, caps);
   GST_OBJECT_UNLOCK(self);
   GST_INFO_OBJECT(self, "scanout geometry: %" GST_PTR_FORMAT, caps);
@@ -662,9 +663,10 @@ make_stats(GstVhostGpuSrc *self)
       "bytes-synced", G_TYPE_UINT64, qs.bytes_synced, "frames-allocated", G_TYPE_UINT64,
       qs.frames_allocated, "geometry-changes", G_TYPE_UINT64, qs.geometry_changes, "cursor-updates",
       G_TYPE_UINT64, qs.cursor_updates, "zero-copy-frames", G_TYPE_UINT64, qs.zero_copy_frames,
-      "dmabuf-frames", G_TYPE_UINT64, qs.dmabuf_frames, "commands", G_TYPE_UINT64, ds.commands,
-      "errors", G_TYPE_UINT64, ds.errors, "resources", G_TYPE_UINT, ds.resources, "hostmem-used",
-      G_TYPE_UINT64, ds.hostmem_used, NULL);
+      "dmabuf-frames", G_TYPE_UINT64, qs.dmabuf_frames, "blob-dmabuf-frames", G_TYPE_UINT64,
+      qs.blob_dmabuf_frames, "commands", G_TYPE_UINT64, ds.commands, "errors", G_TYPE_UINT64,
+      ds.errors, "resources", G_TYPE_UINT, ds.resources, "hostmem-used", G_TYPE_UINT64,
+      ds.hostmem_used, NULL);
 }
 
 void

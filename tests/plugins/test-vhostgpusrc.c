@@ -110,9 +110,10 @@ stat_of(Fixture *f, const char *name)
 
 /* --- frontend -------------------------------------------------------------- */
 
-/* A frontend that negotiated EDID and @extra features. */
+/* A frontend that negotiated EDID and @extra features, its guest memory
+ * sealed against shrinking (@sealed: as QEMU's memfd backend) or not. */
 static VhuFrontend *
-frontend_new_with(Fixture *f, guint64 extra)
+frontend_new_opts(Fixture *f, guint64 extra, gboolean sealed)
 {
   g_autoptr(GError) error = NULL;
   const guint sizes[2] = { 64, 16 };
@@ -123,11 +124,18 @@ frontend_new_with(Fixture *f, guint64 extra)
   g_assert_no_error(error);
   g_assert_true(vhu_frontend_init(fe, G_MAXUINT64, &error));
   g_assert_no_error(error);
+  vhu_frontend_set_seal_memory(fe, sealed);
   g_assert_true(vhu_frontend_add_region(fe, GUEST_GPA, GUEST_SIZE, &error));
   g_assert_no_error(error);
   g_assert_true(vhu_frontend_start(fe, drv, sizes, 2, &error));
   g_assert_no_error(error);
   return fe;
+}
+
+static VhuFrontend *
+frontend_new_with(Fixture *f, guint64 extra)
+{
+  return frontend_new_opts(f, extra, FALSE);
 }
 
 static VhuFrontend *
@@ -941,7 +949,8 @@ static Blob
 blob_show_new(VhuFrontend *fe, guint32 id, guint32 format, guint32 w, guint32 h, guint32 stride,
               gboolean split)
 {
-  Blob b = { id, format, w, h, stride, NULL, NULL, 0, (gsize)stride * h };
+  /* Whole pages, as a guest's blobs are. */
+  Blob b = { id, format, w, h, stride, NULL, NULL, 0, ((gsize)stride * h + 4095) & ~(gsize)4095 };
   struct virtio_gpu_mem_entry e[2];
   struct virtio_gpu_resource_create_blob c = {
     .hdr = GPU_HDR(VIRTIO_GPU_CMD_RESOURCE_CREATE_BLOB),
@@ -1215,6 +1224,129 @@ test_dmabuf(void)
   teardown(f, NULL);
 }
 
+/* The dmabuf a buffer's memory is (part of): its fd. */
+static int
+dmabuf_fd_of(GstSample *s)
+{
+  GstMemory *mem = gst_buffer_peek_memory(gst_sample_get_buffer(s), 0);
+
+  g_assert_true(gst_is_dmabuf_memory(mem));
+  return gst_dmabuf_memory_get_fd(mem);
+}
+
+/* Guest blobs as dmabuf: with guest memory sealed (as QEMU's memfd
+ * backend seals it) and /dev/udmabuf, a downstream taking memory:DMABuf
+ * gets a blob scanout as one dmabuf of the guest's own pages: pixels
+ * exact with the blob's stride, no byte copied, what the guest writes
+ * there later shows through, the same dmabuf for every frame of the blob
+ * and again after a flip to another blob and back (cached per blob); a
+ * blob in two host pieces is one dmabuf too.  Without udmabuf (or without
+ * the seals: the test's unsealed frontends elsewhere) blob frames stay
+ * guest memory, the caps offer no memory:DMABuf. */
+static void
+test_blob_dmabuf(void)
+{
+  gboolean have = g_file_test("/dev/udmabuf", G_FILE_TEST_EXISTS);
+  Fixture fx = { 0 }, *f = &fx;
+  g_autofree guint8 *packed = g_malloc((gsize)W * H * 4);
+  g_autofree guint8 *other = g_malloc((gsize)W * H * 4);
+  g_autoptr(GstSample) s1 = NULL, s2 = NULL, s3 = NULL, s4 = NULL;
+  struct virtio_gpu_set_scanout_blob flip;
+  GstVideoMeta *vm;
+  GstMapInfo map;
+  GstMemory *mem;
+  Blob a, b, c;
+
+  if (g_strcmp0(g_getenv("GST_VHOST_REQUIRE_UDMABUF"), "1") == 0 && !have)
+    g_error("/dev/udmabuf is required here");
+  f->dir = tu_make_tmpdir("vhostgpusrc-XXXXXX");
+  f->path = g_build_filename(f->dir, "gpu.sock", NULL);
+  if (!have) {
+    pipeline_start(f, "qemu-display=false", NULL);
+    f->fe = frontend_new_opts(f, BIT(VIRTIO_GPU_F_RESOURCE_BLOB), TRUE);
+    a = blob_show_new(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, W, H, W * 4, FALSE);
+    blob_paint(&a, 1, packed);
+    blob_flush(f->fe, &a);
+    s1 = pull(f);
+    check_blob_sample(s1, &a, packed);
+    g_assert_false(gst_caps_features_contains(gst_caps_get_features(gst_sample_get_caps(s1), 0),
+                                              GST_CAPS_FEATURE_MEMORY_DMABUF));
+    g_assert_false(gst_is_dmabuf_memory(gst_buffer_peek_memory(gst_sample_get_buffer(s1), 0)));
+    g_assert_cmpuint(stat_of(f, "zero-copy-frames"), ==, 1);
+    g_assert_cmpuint(stat_of(f, "blob-dmabuf-frames"), ==, 0);
+    g_test_message("no /dev/udmabuf: blob frames stayed guest memory");
+    teardown(f, NULL);
+    return;
+  }
+  pipeline_start(f, "qemu-display=false", "caps=video/x-raw(memory:DMABuf) max-buffers=1");
+  f->fe = frontend_new_opts(f, BIT(VIRTIO_GPU_F_RESOURCE_BLOB), TRUE);
+  /* Rows wider than the picture, the blob whole pages (as a guest's are). */
+  a = blob_show_new(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM, W, H, W * 4 + 64, FALSE);
+  blob_paint(&a, 1, packed);
+  blob_flush(f->fe, &a);
+  s1 = pull(f);
+  g_assert_true(gst_caps_features_contains(gst_caps_get_features(gst_sample_get_caps(s1), 0),
+                                           GST_CAPS_FEATURE_MEMORY_DMABUF));
+  check_blob_sample(s1, &a, packed);
+  vm = gst_buffer_get_video_meta(gst_sample_get_buffer(s1));
+  g_assert_nonnull(vm);
+  g_assert_cmpint(vm->stride[0], ==, (gint)a.stride);
+  /* The guest's pages: a write there shows at once. */
+  mem = gst_buffer_peek_memory(gst_sample_get_buffer(s1), 0);
+  g_assert_true(gst_memory_map(mem, &map, GST_MAP_READ));
+  a.pixels[5] ^= 0x5a;
+  g_assert_cmpuint(map.data[5], ==, a.pixels[5]);
+  a.pixels[5] ^= 0x5a;
+  gst_memory_unmap(mem, &map);
+  /* The same blob again: the same dmabuf, the new pixels. */
+  blob_paint(&a, 2, packed);
+  blob_flush(f->fe, &a);
+  s2 = pull(f);
+  check_blob_sample(s2, &a, packed);
+  g_assert_cmpint(dmabuf_fd_of(s2), ==, dmabuf_fd_of(s1));
+  /* A flip to another blob (its own dmabuf) and back (the cached one). */
+  b = blob_show_new(f->fe, 2, VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM, W, H, W * 4 + 64, FALSE);
+  blob_paint(&b, 3, other);
+  blob_flush(f->fe, &b);
+  s3 = pull(f);
+  check_blob_sample(s3, &b, other);
+  g_assert_cmpint(dmabuf_fd_of(s3), !=, dmabuf_fd_of(s1));
+  flip = (struct virtio_gpu_set_scanout_blob){
+    .hdr = GPU_HDR(VIRTIO_GPU_CMD_SET_SCANOUT_BLOB),
+    .r = { 0, 0, W, H },
+    .resource_id = 1,
+    .width = W,
+    .height = H,
+    .format = VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM,
+    .strides = { a.stride },
+  };
+  g_assert_cmphex(CMD(f->fe, flip), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  blob_flush(f->fe, &a);
+  g_clear_pointer(&s4, gst_sample_unref);
+  s4 = pull(f);
+  check_blob_sample(s4, &a, packed);
+  g_assert_cmpint(dmabuf_fd_of(s4), ==, dmabuf_fd_of(s1));
+  g_assert_cmpuint(stat_of(f, "bytes-copied"), ==, 0);
+  g_assert_cmpuint(stat_of(f, "blob-dmabuf-frames"), ==, 4);
+  /* In two host pieces: one dmabuf over both, exact. */
+  c = blob_show_new(f->fe, 3, VIRTIO_GPU_FORMAT_R8G8B8X8_UNORM, W, H, W * 4, TRUE);
+  blob_paint(&c, 4, other);
+  blob_flush(f->fe, &c);
+  g_clear_pointer(&s2, gst_sample_unref);
+  s2 = pull(f);
+  check_blob_sample(s2, &c, other);
+  g_assert_cmpint(dmabuf_fd_of(s2), >=, 0);
+  g_assert_cmpuint(stat_of(f, "blob-dmabuf-frames"), ==, 5);
+  /* The buffers outlive the frontend and the element: the pages are
+   * pinned by their dmabufs. */
+  g_clear_pointer(&f->fe, vhu_frontend_free);
+  pipeline_stop(f);
+  check_blob_sample(s4, &a, packed);
+  check_blob_sample(s2, &c, other);
+  g_test_message("/dev/udmabuf: blob frames were the guest's pages as dmabufs");
+  teardown(f, NULL);
+}
+
 /* The backend's own warnings about a peer that went away (a display socket
  * closed while written) are what it should say, not test failures. */
 static gboolean
@@ -1252,6 +1384,7 @@ main(int argc, char **argv)
   ADD("blob-split", test_blob_split, NULL, setup_blob);
   ADD("blob-with-display", test_blob_with_display, "qemu-display=true", setup_blob);
   g_test_add_func("/vhostgpusrc/dmabuf", test_dmabuf);
+  g_test_add_func("/vhostgpusrc/blob-dmabuf", test_blob_dmabuf);
   g_test_add_func("/vhostgpusrc/fd", test_fd);
   g_test_add_func("/vhostgpusrc/harness", test_harness);
   g_test_add_func("/vhostgpusrc/daemon-pipeline", test_daemon_pipeline);
