@@ -4,7 +4,7 @@
  * check; the null device with each --fault must fail the group that fault
  * belongs to; QEMU's vhost-user-gpu must give the verdicts recorded in
  * docs/conformance.md. */
-#include <glib.h>
+#include <gio/gio.h>
 #include <glib/gstdio.h>
 #include <string.h>
 
@@ -100,6 +100,63 @@ test_sound_passes(void)
   run_conform(&r, args);
   /* 49 device-independent checks and 34 of the sound device's own. */
   assert_all_pass(&r, 83);
+}
+
+/* --socket-path: a backend we started; one that dies is reported once,
+ * and the checks after it fail for want of a backend. */
+static void
+test_socket_path(void)
+{
+  g_autofree char *dir = g_dir_make_tmp("conform-XXXXXX", NULL);
+  g_autofree char *path = g_build_filename(dir, "null.sock", NULL);
+  const char *argv[] = { null_backend, "--socket-path", path, "--fault", "crash", NULL };
+  const char *args[]
+      = { "--device", "null", "--socket-path", path, "--only", "handshake,hostile", NULL };
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GSubprocess) proc = NULL;
+  g_autoptr(GInputStream) out = NULL;
+  g_auto(Run) r = { 0 };
+  char ready[6] = { 0 };
+
+  proc = g_subprocess_newv(argv, G_SUBPROCESS_FLAGS_STDOUT_PIPE, &error);
+  g_assert_no_error(error);
+  out = g_object_ref(g_subprocess_get_stdout_pipe(proc));
+  g_assert_true(g_input_stream_read_all(out, ready, 5, NULL, NULL, &error));
+  g_assert_cmpstr(ready, ==, "ready");
+  run_conform(&r, args);
+  g_assert_cmpint(r.status, ==, 1);
+  g_assert_cmpstr(g_hash_table_lookup(r.verdicts, "handshake.version-1"), ==, "pass");
+  g_assert_cmpstr(g_hash_table_lookup(r.verdicts, "hostile.oversized-message"), ==, "crashed");
+  g_assert_nonnull(strstr(r.out, "stopped accepting connections"));
+  g_assert_cmpstr(g_hash_table_lookup(r.verdicts, "hostile.bad-version"), ==, "fail");
+  g_assert_true(g_subprocess_wait(proc, NULL, &error));
+  g_assert_true(g_subprocess_get_if_signaled(proc));
+  g_unlink(path);
+  g_rmdir(dir);
+}
+
+/* The vhostgpusrc element serves vhost-user itself, inside gst-launch-1.0. */
+static void
+test_element_passes(void)
+{
+  const char *build = g_getenv("GST_VHOST_BUILD_ROOT");
+  g_autofree char *plugins = g_build_filename(build, "plugins", NULL);
+  g_autofree char *so = g_build_filename(plugins, "libgstvhost.so", NULL);
+  g_autofree char *launch = g_find_program_in_path("gst-launch-1.0");
+  g_autofree char *start = NULL;
+  const char *args[] = { "--device", "gpu", "--start", NULL, NULL };
+  g_auto(Run) r = { 0 };
+
+  if (launch == NULL || !g_file_test(so, G_FILE_TEST_EXISTS)) {
+    g_test_skip("no gst-launch-1.0, or the plugin was not built");
+    return;
+  }
+  start = g_strdup_printf("env GST_PLUGIN_PATH=%s %s -q vhostgpusrc socket-path={socket} ! "
+                          "fakesink",
+                          plugins, launch);
+  args[3] = start;
+  run_conform(&r, args);
+  assert_all_pass(&r, 80);
 }
 
 static void
@@ -313,6 +370,7 @@ main(int argc, char **argv)
   g_assert_nonnull(null_backend);
   g_test_add_func("/conform/gst-vhost-gpu", test_gpu_passes);
   g_test_add_func("/conform/gst-vhost-sound", test_sound_passes);
+  g_test_add_func("/conform/vhostgpusrc", test_element_passes);
   g_test_add_func("/conform/null", test_null_passes);
   for (guint i = 0; i < G_N_ELEMENTS(fault_cases); i++) {
     g_autofree char *path
@@ -321,6 +379,7 @@ main(int argc, char **argv)
     g_test_add_data_func(path, &fault_cases[i], test_fault);
   }
   g_test_add_func("/conform/qemu-vhost-user-gpu", test_qemu);
+  g_test_add_func("/conform/socket-path", test_socket_path);
   g_test_add_func("/conform/outputs", test_outputs);
   g_test_add_func("/conform/usage", test_usage);
   return g_test_run();
