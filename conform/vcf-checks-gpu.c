@@ -270,6 +270,26 @@ g_create_bad_format(VcfCtx *ctx)
 }
 
 static VcfVerdict
+g_create_huge(VcfCtx *ctx)
+{
+  OPEN_GPU(g);
+  /* 1 GiB: more than a guest should make a backend allocate unasked (ours
+   * has a --max-hostmem budget), small enough not to hurt the host. */
+  EXPECT(g, create(RES, FMT, 16384, 16384), 0, "a 16384x16384 resource (1 GiB)");
+  EXPECT(g, create(RES + 1, FMT, W, H), VIRTIO_GPU_RESP_OK_NODATA, "a normal one afterwards");
+  return vcf_pass(ctx, "refused with an error, the device goes on");
+}
+
+static VcfVerdict
+g_create_empty(VcfCtx *ctx)
+{
+  OPEN_GPU(g);
+  EXPECT(g, create(RES, FMT, 0, H), 0, "a resource of width 0");
+  EXPECT(g, create(RES + 1, FMT, W, 0), 0, "a resource of height 0");
+  return vcf_pass(ctx, "refused");
+}
+
+static VcfVerdict
 g_unref(VcfCtx *ctx)
 {
   OPEN_GPU(g);
@@ -334,6 +354,19 @@ g_transfer_oob(VcfCtx *ctx)
   EXPECT(g, transfer(RES, W - 8, 0, 16, 16), VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
          "rectangle beyond the resource");
   return vcf_pass(ctx, "ERR_INVALID_PARAMETER");
+}
+
+static VcfVerdict
+g_transfer_offset(VcfCtx *ctx)
+{
+  struct virtio_gpu_transfer_to_host_2d t = transfer(RES, 0, 0, W, H);
+
+  OPEN_GPU(g);
+  READY(g);
+  t.offset = G_GUINT64_CONSTANT(0xfffffffffffff000);
+  EXPECT(g, t, 0, "offset 2^64 - 4096 into the backing");
+  EXPECT(g, transfer(RES, 0, 0, W, H), VIRTIO_GPU_RESP_OK_NODATA, "a normal transfer afterwards");
+  return vcf_pass(ctx, "refused, the device goes on");
 }
 
 static VcfVerdict
@@ -677,6 +710,10 @@ const VcfCheck vcf_gpu_checks[] = {
     "an id in use is ERR_INVALID_RESOURCE_ID", g_create_duplicate },
   { "gpu.create-2d-bad-format", "gpu", GPU " (RESOURCE_CREATE_2D)", NONE,
     "an unknown format is ERR_INVALID_PARAMETER", g_create_bad_format },
+  { "gpu.create-2d-huge", "gpu", GPU " (RESOURCE_CREATE_2D)", NONE,
+    "hostile: a 1 GiB resource is an error, not an allocation the guest controls", g_create_huge },
+  { "gpu.create-2d-empty", "gpu", GPU " (RESOURCE_CREATE_2D)", NONE,
+    "a resource of width or height 0 is an error", g_create_empty },
   { "gpu.unref", "gpu", GPU " (RESOURCE_UNREF)", NONE,
     "unref works once, then ERR_INVALID_RESOURCE_ID", g_unref },
   { "gpu.attach-backing", "gpu", GPU " (RESOURCE_ATTACH_BACKING)", NONE,
@@ -691,6 +728,8 @@ const VcfCheck vcf_gpu_checks[] = {
     g_transfer },
   { "gpu.transfer-out-of-bounds", "gpu", GPU " (TRANSFER_TO_HOST_2D)", NONE,
     "a rectangle beyond the resource is ERR_INVALID_PARAMETER", g_transfer_oob },
+  { "gpu.transfer-offset", "gpu", GPU " (TRANSFER_TO_HOST_2D)", NONE,
+    "an offset far beyond the backing is an error", g_transfer_offset },
   { "gpu.transfer-unknown", "gpu", GPU " (TRANSFER_TO_HOST_2D)", NONE,
     "an unknown resource is ERR_INVALID_RESOURCE_ID", g_transfer_unknown },
   { "gpu.set-scanout", "gpu", GPU " (SET_SCANOUT)", NONE,

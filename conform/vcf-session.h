@@ -34,7 +34,7 @@ typedef struct _VcfRing VcfRing;
 typedef struct {
   guint64 protocol_mask;         /* protocol features the frontend accepts */
   gboolean no_protocol_features; /* never send GET/SET_PROTOCOL_FEATURES */
-  guint timeout_ms;              /* 0: 2000 */
+  guint timeout_ms;              /* 0: 5000 */
 } VcfSessionOptions;
 
 /* Connects to @path and runs the handshake (GET_FEATURES, protocol features,
