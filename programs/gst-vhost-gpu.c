@@ -222,6 +222,7 @@ typedef struct {
   gboolean ending;        /* EOS sent, waiting for it to come out */
 } Daemon;
 
+#ifdef HAVE_GST_PIPELINE
 static gboolean
 on_eos_timeout(gpointer data)
 {
@@ -231,6 +232,7 @@ on_eos_timeout(gpointer data)
   g_main_loop_quit(d->loop);
   return G_SOURCE_REMOVE;
 }
+#endif
 
 /* Ends the daemon; a pipeline first gets EOS (bounded wait) so that what it
  * records is complete.  A second request ends at once. */
