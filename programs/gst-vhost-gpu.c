@@ -16,6 +16,9 @@
 #ifdef HAVE_GST_PIPELINE
 #include "gstvhostgpusrc.h"
 #endif
+#ifdef HAVE_GST_RTSP
+#include "gstvhostrtsp.h"
+#endif
 
 #define EXIT_USAGE 2
 #ifdef HAVE_GST_PIPELINE
@@ -40,6 +43,7 @@ typedef struct {
   gboolean virgl, gles;
   char *render_node;
   gboolean no_blob;
+  char *rtsp, *rtsp_codec, *rtsp_auth;
 } Options;
 
 static Options opts = {
@@ -132,6 +136,16 @@ static const GOptionEntry entries[] = {
   { "pipeline-scanout", 0, 0, G_OPTION_ARG_INT, &opts.pipeline_scanout,
     "The scanout fed to --pipeline (default 0)", "N" },
 #endif
+#ifdef HAVE_GST_RTSP
+  { "rtsp", 0, 0, G_OPTION_ARG_STRING, &opts.rtsp,
+    "Serve the scanout of --pipeline-scanout as an RTSP stream at [ADDRESS:]PORT[/PATH] "
+    "(address 127.0.0.1 unless given, path /vm; port 0: any free one)",
+    "ADDRESS:PORT/PATH" },
+  { "rtsp-codec", 0, 0, G_OPTION_ARG_STRING, &opts.rtsp_codec,
+    "The stream's codec: h264 (default) or vp8", "CODEC" },
+  { "rtsp-auth", 0, 0, G_OPTION_ARG_STRING, &opts.rtsp_auth,
+    "Require RTSP basic authentication with these credentials", "USER:PASS" },
+#endif
   { "virgl", 0, 0, G_OPTION_ARG_NONE, &opts.virgl,
     "Offer 3D (VIRTIO_GPU_F_VIRGL) through virglrenderer; without --render-node it renders "
     "on the CPU (EGL surfaceless, llvmpipe)",
@@ -219,6 +233,7 @@ typedef struct {
   GMainLoop *loop;
   VhuBackend *backend;
   GstElementPtr pipeline; /* --pipeline, or NULL */
+  gpointer rtsp;          /* --rtsp (GstVhostRtsp), or NULL */
   gboolean ending;        /* EOS sent, waiting for it to come out */
 } Daemon;
 
@@ -441,6 +456,36 @@ main(int argc, char **argv)
     g_message("pipeline: scanout %d into '%s'", opts.pipeline_scanout, opts.pipeline);
   }
 #endif
+#ifdef HAVE_GST_RTSP
+  if (opts.rtsp) {
+    g_auto(GstVhostRtspAddress) address = { 0 };
+    GstVhostRtspConfig rc = {
+      .address = &address,
+      .codec = GST_VHOST_RTSP_CODEC_H264,
+      .auth = opts.rtsp_auth,
+      .vhost = vgpu,
+      .scanout = (guint)opts.pipeline_scanout,
+    };
+    g_autofree char *url = NULL;
+
+    if (!gst_vhost_rtsp_parse_address(opts.rtsp, &address, &error)
+        || (opts.rtsp_codec && !gst_vhost_rtsp_parse_codec(opts.rtsp_codec, &rc.codec, &error)))
+      return usage_error(ctx, "--rtsp: %s", error->message);
+    gst_init(NULL, NULL);
+    dd.rtsp = gst_vhost_rtsp_new(&rc, &error);
+    if (!dd.rtsp && g_error_matches(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE))
+      return usage_error(ctx, "%s", error->message);
+    if (!dd.rtsp) {
+      g_printerr("%s: --rtsp: %s\n", g_get_prgname(), error->message);
+      return EXIT_FAILURE;
+    }
+    url = gst_vhost_rtsp_get_url(dd.rtsp);
+    g_message("rtsp: serving scanout %d at %s%s", opts.pipeline_scanout, url,
+              opts.rtsp_auth ? " (basic authentication)" : "");
+  } else if (opts.rtsp_codec || opts.rtsp_auth) {
+    return usage_error(ctx, "--rtsp-codec and --rtsp-auth need --rtsp");
+  }
+#endif
   vgpu_vhost_set_disconnect_func(vgpu, on_frontend_gone, &dd);
   g_unix_signal_add(SIGTERM, on_signal, &dd);
   g_unix_signal_add(SIGINT, on_signal, &dd);
@@ -459,6 +504,12 @@ main(int argc, char **argv)
     gst_clear_object(&dd.pipeline);
   }
   g_free(opts.pipeline);
+#endif
+#ifdef HAVE_GST_RTSP
+  g_clear_pointer(&dd.rtsp, gst_vhost_rtsp_free);
+  g_free(opts.rtsp);
+  g_free(opts.rtsp_codec);
+  g_free(opts.rtsp_auth);
 #endif
   g_clear_pointer(&vgpu, vgpu_vhost_free);
   g_free(opts.socket_path);
