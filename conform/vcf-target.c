@@ -79,9 +79,18 @@ proc_exited(VcfTarget *t, int timeout_ms, int *status)
 
   if (t->pid == 0)
     return TRUE;
-  if (t->pidfd >= 0 && timeout_ms > 0)
+  if (t->pidfd >= 0 && timeout_ms > 0) {
     while (poll(&p, 1, timeout_ms) < 0 && errno == EINTR)
       ;
+  } else if (timeout_ms > 0) {
+    /* No pidfd (a kernel before 5.3): poll the exit status. */
+    for (int waited = 0; waited < timeout_ms && waitpid(t->pid, status, WNOHANG) == 0; waited++)
+      g_usleep(1000);
+    if (waitpid(t->pid, status, WNOHANG) < 0 && errno == ECHILD) {
+      t->pid = 0;
+      return TRUE;
+    }
+  }
   if (waitpid(t->pid, status, WNOHANG) != t->pid)
     return FALSE;
   if (t->pidfd >= 0)

@@ -110,6 +110,12 @@ main(int argc, char **argv)
     only = g_strsplit(opt_only, ",", -1);
 
   results = vcf_run(target, device, (const char *const *)only, opt_verbose);
+  if (results->len == 0) {
+    g_printerr("gst-vhost-conform: no check of a %s matches --only %s (see --list)\n", device->name,
+               opt_only);
+    vcf_results_free(results);
+    return 2;
+  }
   if (opt_tap)
     vcf_report_tap(stdout, results);
   else
