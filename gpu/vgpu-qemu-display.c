@@ -2,6 +2,7 @@
 #include "vgpu-qemu-display.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <gio/gio.h>
 #include <glib-unix.h>
 #include <poll.h>
@@ -9,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "vgpu-udmabuf.h"
 #include "vhu-display-proto.h"
 #include "vhu-guard.h"
 
@@ -42,6 +44,7 @@ typedef struct {
     VhuDisplayUpdate update;
     VhuDisplayCursorPos pos;
     VhuDisplayEdidRequest edid;
+    VhuDisplayDmabufScanout2 dmabuf;
   } body;
   gsize body_len;
   guint8 *data; /* owned payload: the cursor image, or an UPDATE's pixels once copied */
@@ -53,10 +56,12 @@ typedef struct {
   guint32 src_x, src_y;
   guint64 offset;
   gint marked; /* atomic: holds a read mark on the backing, or on the image */
+  int fd;      /* sent with the message (DMABUF_SCANOUT2), owned; -1: none */
 } OutMsg;
 
 typedef struct {
   guint32 request;
+  guint scanout;    /* DMABUF_UPDATE: of which scanout */
   VgpuQuery *query; /* NULL once answered (timeout) or for our own requests */
   GSource *timeout;
   gboolean expired;
@@ -75,6 +80,13 @@ typedef struct {
   guint32 *cursor; /* 64x64, NULL when never defined */
   guint32 hot_x, hot_y, cursor_x, cursor_y;
   gboolean cursor_visible;
+  /* A guest-memory blob scanout: its pixels are these pages. */
+  VgpuBacking *blob;
+  guint64 blob_offset;
+  /* The scanout's pages as a dmabuf (the blob's, else the image's memfd),
+   * made on its first flush to a display taking dmabufs; -1: none yet. */
+  int dmabuf_fd;
+  gboolean dmabuf_failed; /* it cannot be one: pixels */
 } ScanoutState;
 
 struct _VgpuQemuDisplay {
@@ -88,7 +100,8 @@ struct _VgpuQemuDisplay {
   VgpuQemuDisplayStats stats;
   GMutex writers_lock;
   GCond writers_cond;
-  guint writers; /* writer threads still running (they use the stats) */
+  guint writers;   /* writer threads still running (they use the stats) */
+  gboolean dmabuf; /* scanouts go as dmabufs where the display can take them */
 };
 
 struct _Conn {
@@ -119,6 +132,9 @@ struct _Conn {
   gboolean negotiated;
   guint64 features;
   guint32 sent_width[VGPU_MAX_SCANOUTS], sent_height[VGPU_MAX_SCANOUTS];
+  gboolean dmabuf_sent[VGPU_MAX_SCANOUTS];     /* the scanout's DMABUF_SCANOUT2 is out */
+  gboolean dmabuf_inflight[VGPU_MAX_SCANOUTS]; /* a DMABUF_UPDATE awaits its reply */
+  VgpuRect dmabuf_held[VGPU_MAX_SCANOUTS];     /* damage held until then (c->lock) */
   MsgHeader rx_hdr;
   gsize rx_got;
   guint8 rx_buf[MAX_REPLY_SIZE];
@@ -186,6 +202,7 @@ out_msg_new(guint32 request, guint scanout, const void *body, gsize body_len)
   m->hdr.request = request;
   m->hdr.size = (guint32)body_len;
   m->scanout = scanout;
+  m->fd = -1;
   if (body_len)
     memcpy(&m->body, body, body_len);
   m->body_len = body_len;
@@ -212,6 +229,8 @@ out_msg_free(OutMsg *m)
   out_msg_unmark(m);
   g_clear_pointer(&m->backing, vgpu_backing_unref);
   g_clear_pointer(&m->image, vgpu_image_unref);
+  if (m->fd >= 0)
+    close(m->fd);
   g_free(m->data);
   g_free(m);
 }
@@ -595,7 +614,26 @@ write_msg(Conn *c, OutMsg *m, const char **why)
   n = arr->len;
   while (sent < total) {
     struct msghdr mh = { .msg_iov = iov, .msg_iovlen = MIN(n, MAX_WRITE_IOV) };
-    ssize_t r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    union {
+      struct cmsghdr align;
+      char buf[CMSG_SPACE(sizeof(int))];
+    } control;
+    ssize_t r;
+
+    if (m->fd >= 0) {
+      /* With the first byte that goes: the fd then belongs to the display. */
+      struct cmsghdr *cm;
+
+      memset(&control, 0, sizeof control);
+      mh.msg_control = control.buf;
+      mh.msg_controllen = sizeof control.buf;
+      cm = CMSG_FIRSTHDR(&mh);
+      cm->cmsg_level = SOL_SOCKET;
+      cm->cmsg_type = SCM_RIGHTS;
+      cm->cmsg_len = CMSG_LEN(sizeof(int));
+      memcpy(CMSG_DATA(cm), &m->fd, sizeof(int));
+    }
+    r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     int err = r < 0 ? errno : 0;
     gboolean marked = g_atomic_int_get(&m->marked), lost = FALSE;
     gsize base;
@@ -603,6 +641,10 @@ write_msg(Conn *c, OutMsg *m, const char **why)
     if (r > 0) {
       sent += (gsize)r;
       iov_advance(&iov, &n, (gsize)r);
+      if (m->fd >= 0) {
+        close(m->fd);
+        m->fd = -1;
+      }
       continue;
     }
     if (err == EINTR)
@@ -701,6 +743,10 @@ writer_main(gpointer data)
       if (is_update(m)) {
         stats_add(qd, &qd->stats.updates, 1);
         stats_add(qd, &qd->stats.update_bytes, m->hdr.size - m->body_len);
+      } else if (m->hdr.request == VHU_DISPLAY_DMABUF_UPDATE) {
+        stats_add(qd, &qd->stats.dmabuf_updates, 1);
+      } else if (m->hdr.request == VHU_DISPLAY_DMABUF_SCANOUT2) {
+        stats_add(qd, &qd->stats.dmabuf_scanouts, 1);
       }
     }
     g_mutex_lock(&c->lock);
@@ -762,6 +808,45 @@ typedef struct {
 
 static void negotiated(VgpuQemuDisplay *qd, Conn *c, guint64 offered, gboolean replied);
 
+/* The display is done with scanout @id's last DMABUF_UPDATE (replied, or
+ * not in time): the damage held meanwhile goes to the writer. */
+static void
+dmabuf_done(Conn *c, guint id)
+{
+  VgpuRect held;
+
+  if (!c->dmabuf_inflight[id])
+    return;
+  c->dmabuf_inflight[id] = FALSE;
+  g_mutex_lock(&c->lock);
+  held = c->dmabuf_held[id];
+  c->dmabuf_held[id] = (VgpuRect){ 0, 0, 0, 0 };
+  if (held.width && held.height && !c->closing && !c->writer_gone)
+    add_damage(c, id, &held);
+  g_mutex_unlock(&c->lock);
+}
+
+static gboolean expect_timeout_cb(gpointer data);
+static void timeout_data_free(gpointer data);
+
+/* Waits for a reply to @request, answering @query with it (device lock). */
+static Expect *
+expect_push(VgpuQemuDisplay *qd, Conn *c, guint32 request, VgpuQuery *query)
+{
+  Expect *e = g_new0(Expect, 1);
+  TimeoutData *td = g_new0(TimeoutData, 1);
+
+  e->request = request;
+  e->query = query;
+  e->timeout = g_timeout_source_new(qd->options.reply_timeout_ms);
+  td->conn = conn_ref(c);
+  td->expect = e;
+  g_source_set_callback(e->timeout, expect_timeout_cb, td, timeout_data_free);
+  g_source_attach(e->timeout, c->context);
+  g_queue_push_tail(&c->expects, e);
+  return e;
+}
+
 static gboolean
 expect_timeout_cb(gpointer data)
 {
@@ -783,6 +868,9 @@ expect_timeout_cb(gpointer data)
     if (e->request == VHU_DISPLAY_GET_PROTOCOL_FEATURES) {
       g_warning("display socket: no answer to GET_PROTOCOL_FEATURES; assuming none");
       negotiated(qd, c, 0, FALSE);
+    } else if (e->request == VHU_DISPLAY_DMABUF_UPDATE) {
+      display_warning(qd, "no answer to DMABUF_UPDATE in time; sending the next one");
+      dmabuf_done(c, e->scanout);
     } else {
       g_message("display socket: no answer to request %u in time; using our own", e->request);
       answer_query(qd, &e->query, NULL, 0);
@@ -805,18 +893,7 @@ timeout_data_free(gpointer data)
 static void
 send_request(VgpuQemuDisplay *qd, OutMsg *m, VgpuQuery *query)
 {
-  Conn *c = qd->conn;
-  Expect *e = g_new0(Expect, 1);
-  TimeoutData *td = g_new0(TimeoutData, 1);
-
-  e->request = m->hdr.request;
-  e->query = query;
-  e->timeout = g_timeout_source_new(qd->options.reply_timeout_ms);
-  td->conn = conn_ref(c);
-  td->expect = e;
-  g_source_set_callback(e->timeout, expect_timeout_cb, td, timeout_data_free);
-  g_source_attach(e->timeout, c->context);
-  g_queue_push_tail(&c->expects, e);
+  expect_push(qd, qd->conn, m->hdr.request, query);
   send_msg(qd, m); /* may close the connection, which answers @query */
 }
 
@@ -880,6 +957,8 @@ handle_reply(VgpuQemuDisplay *qd, Conn *c, const MsgHeader *hdr, const guint8 *p
 
     if (head == e)
       break;
+    if (head->request == VHU_DISPLAY_DMABUF_UPDATE)
+      dmabuf_done(c, head->scanout);
     answer_query(qd, &head->query, NULL, 0);
     expect_free(head);
   }
@@ -893,6 +972,8 @@ handle_reply(VgpuQemuDisplay *qd, Conn *c, const MsgHeader *hdr, const guint8 *p
       else
         display_warning(qd, "GET_PROTOCOL_FEATURES reply of %u bytes", hdr->size);
       negotiated(qd, c, offered, TRUE);
+    } else if (e->request == VHU_DISPLAY_DMABUF_UPDATE) {
+      dmabuf_done(c, e->scanout);
     } else {
       answer_query(qd, &e->query, payload, hdr->size);
     }
@@ -1027,6 +1108,100 @@ update_msg_new(guint id, const VgpuRect *rect, VgpuImage *image, guint32 src_x, 
   return m;
 }
 
+/* TRUE when scanout @id goes to this display as a dmabuf (device lock):
+ * the client was asked to, the display negotiated DMABUF2, udmabuf exists
+ * and the scanout's pages could be exported (tried once per scanout). */
+static gboolean
+dmabuf_wanted(VgpuQemuDisplay *qd, Conn *c, guint id)
+{
+  return qd->dmabuf && c->negotiated && (c->features & (1ull << VHU_DISPLAY_PF_DMABUF2))
+         && !qd->scanouts[id].dmabuf_failed && vgpu_udmabuf_available();
+}
+
+static gboolean
+scanout_dmabuf(VgpuQemuDisplay *qd, Conn *c, guint id)
+{
+  ScanoutState *s = &qd->scanouts[id];
+  g_autoptr(GError) error = NULL;
+
+  if (!dmabuf_wanted(qd, c, id))
+    return FALSE;
+  if (s->dmabuf_fd >= 0)
+    return TRUE;
+  /* Once per scanout (SET_SCANOUT), under the device lock: pinning the
+   * pages is the one cost, then flushes are a 32-byte message. */
+  if (s->blob)
+    s->dmabuf_fd = vgpu_udmabuf_from_backing(s->blob, s->blob_offset,
+                                             (guint64)s->image->stride * s->image->height, &error);
+  else
+    s->dmabuf_fd = vgpu_udmabuf_from_image(s->image, &error);
+  if (s->dmabuf_fd < 0) {
+    g_info("display socket: scanout %u is not a dmabuf (%s); sending pixels", id, error->message);
+    s->dmabuf_failed = TRUE;
+    return FALSE;
+  }
+  return TRUE;
+}
+
+/* The next dmabuf message of scanout @id for damage @r (device lock):
+ * DMABUF_SCANOUT2 first (the damage stays for the update), then one
+ * DMABUF_UPDATE at a time, the next one's damage held until the display
+ * replied (QEMU replies once its window shows the buffer).  NULL: nothing
+ * to send now (*retry: look again soon). */
+static OutMsg *
+dmabuf_msg(VgpuQemuDisplay *qd, Conn *c, guint id, const VgpuRect *r, gboolean *retry)
+{
+  ScanoutState *s = &qd->scanouts[id];
+  VhuDisplayUpdate u = { id, r->x, r->y, r->width, r->height };
+  OutMsg *m;
+
+  if (!c->dmabuf_sent[id]) {
+    VhuDisplayDmabufScanout2 d = {
+      .dmabuf
+      = { id, s->rect.x, s->rect.y, s->rect.width, s->rect.height, s->image->width,
+          s->image->height, s->image->stride, 0, vgpu_format_to_drm_fourcc(s->image->format) },
+      .modifier = VHU_DISPLAY_MODIFIER_LINEAR,
+    };
+
+    m = out_msg_new(VHU_DISPLAY_DMABUF_SCANOUT2, id, &d, sizeof d);
+    m->fd = fcntl(s->dmabuf_fd, F_DUPFD_CLOEXEC, 3);
+    if (m->fd < 0) {
+      g_info("display socket: dmabuf of scanout %u: %s; sending pixels", id, g_strerror(errno));
+      s->dmabuf_failed = TRUE;
+      out_msg_free(m);
+      m = NULL;
+    } else {
+      c->dmabuf_sent[id] = TRUE;
+    }
+    g_mutex_lock(&c->lock);
+    add_damage(c, id, r);
+    g_mutex_unlock(&c->lock);
+    return m;
+  }
+  if (c->dmabuf_inflight[id]) {
+    g_mutex_lock(&c->lock);
+    vgpu_rect_union(&c->dmabuf_held[id], r, &c->dmabuf_held[id]);
+    g_mutex_unlock(&c->lock);
+    stats_add(qd, &qd->stats.coalesced, 1);
+    return NULL;
+  }
+  if (!s->blob) {
+    /* The display reads the image: pending transfers go in first. */
+    vgpu_device_sync_images(qd->dev);
+    if (vgpu_image_is_busy(s->image)) {
+      g_mutex_lock(&c->lock);
+      add_damage(c, id, r);
+      g_mutex_unlock(&c->lock);
+      *retry = TRUE;
+      return NULL;
+    }
+  }
+  m = out_msg_new(VHU_DISPLAY_DMABUF_UPDATE, id, &u, sizeof u);
+  expect_push(qd, c, VHU_DISPLAY_DMABUF_UPDATE, NULL)->scanout = id;
+  c->dmabuf_inflight[id] = TRUE;
+  return m;
+}
+
 static OutMsg *
 damage_msg(Conn *c, gboolean *retry)
 {
@@ -1055,7 +1230,9 @@ damage_msg(Conn *c, gboolean *retry)
 
   s = &qd->scanouts[id];
   area = (VgpuRect){ 0, 0, s->rect.width, s->rect.height };
-  if (s->image && vgpu_rect_intersect(&r, &area, &r)) {
+  if (s->image && vgpu_rect_intersect(&r, &area, &r) && scanout_dmabuf(qd, c, id)) {
+    m = dmabuf_msg(qd, c, id, &r, retry);
+  } else if (s->image && vgpu_rect_intersect(&r, &area, &r)) {
     /* Pending transfers go into the images first; one another sink still
      * reads is left as it is, and may miss them. */
     vgpu_device_sync_images(qd->dev);
@@ -1215,6 +1392,18 @@ vgpu_qemu_display_wait_writers(VgpuQemuDisplay *qd)
 /* ------------------------------------------------------------------------ */
 /* Sink interface (device lock held) */
 
+/* The scanout shows something else: its dmabuf (the display keeps its own
+ * fd of it as long as it shows it) and blob go. */
+static void
+scanout_reset_dmabuf(ScanoutState *s)
+{
+  if (s->dmabuf_fd >= 0)
+    close(s->dmabuf_fd);
+  s->dmabuf_fd = -1;
+  s->dmabuf_failed = FALSE;
+  g_clear_pointer(&s->blob, vgpu_backing_unref);
+}
+
 static void
 sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect)
 {
@@ -1224,6 +1413,18 @@ sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect
   VhuDisplayScanout so = { id, 0, 0 };
 
   g_clear_pointer(&s->image, vgpu_image_unref);
+  scanout_reset_dmabuf(s);
+  if (c && c->dmabuf_sent[id]) {
+    c->dmabuf_sent[id] = FALSE;
+    if (!image) {
+      /* No fd: the display drops its dmabuf (SCANOUT 0x0 may not). */
+      VhuDisplayDmabufScanout2 off = { .dmabuf = { .scanout_id = id } };
+
+      send_msg(qd, out_msg_new(VHU_DISPLAY_DMABUF_SCANOUT, id, &off, sizeof off.dmabuf));
+      if (!(c = qd->conn))
+        return;
+    }
+  }
   if (image) {
     s->image = vgpu_image_ref(image);
     s->rect = *rect;
@@ -1237,6 +1438,25 @@ sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect
   c->sent_width[id] = so.width;
   c->sent_height[id] = so.height;
   send_msg(qd, out_msg_new(VHU_DISPLAY_SCANOUT, id, &so, sizeof so));
+}
+
+static void
+sink_scanout_blob(gpointer sink, guint id, VgpuBacking *backing, guint64 offset, guint32 stride)
+{
+  VgpuQemuDisplay *qd = sink;
+  ScanoutState *s = &qd->scanouts[id];
+
+  guint64 head = (guint64)s->rect.y * stride + (guint64)s->rect.x * 4u;
+
+  scanout_reset_dmabuf(s);
+  if (qd->conn)
+    qd->conn->dmabuf_sent[id] = FALSE;
+  /* @offset is the scanout rectangle's first pixel; the dmabuf starts at
+   * the image's. */
+  if (s->image && stride == s->image->stride && offset >= head) {
+    s->blob = vgpu_backing_ref(backing);
+    s->blob_offset = offset - head;
+  }
 }
 
 /* Hands a flush of scanout @id at (@dst_x, @dst_y) to the writer: as a
@@ -1273,7 +1493,7 @@ queue_update(VgpuQemuDisplay *qd, guint id, VgpuImage *image, VgpuBacking *backi
   /* Only to an idle writer: one busy with a message may block on it at any
    * moment, and this one would then keep its resource until it turns it
    * into damage. */
-  if (c->current || c->blocked || c->n_damaged)
+  if (c->current || c->blocked || c->n_damaged || dmabuf_wanted(qd, c, id))
     direct = FALSE;
   for (GList *l = c->out.head; l && direct; l = l->next)
     direct = !is_update(l->data);
@@ -1400,6 +1620,7 @@ static const VgpuSinkIface sink_iface = {
   .query_display_info = sink_query_display_info,
   .query_edid = sink_query_edid,
   .update_guest = sink_update_guest,
+  .scanout_blob = sink_scanout_blob,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1421,6 +1642,8 @@ vgpu_qemu_display_new(VgpuDevice *dev, const VgpuQemuDisplayOptions *options)
   g_mutex_init(&qd->stats_lock);
   g_mutex_init(&qd->writers_lock);
   g_cond_init(&qd->writers_cond);
+  for (guint i = 0; i < VGPU_MAX_SCANOUTS; i++)
+    qd->scanouts[i].dmabuf_fd = -1;
   vgpu_device_add_sink(dev, &sink_iface, qd);
   return qd;
 }
@@ -1439,6 +1662,7 @@ vgpu_qemu_display_free(VgpuQemuDisplay *qd)
   vgpu_device_remove_sink(qd->dev, qd);
   for (guint i = 0; i < VGPU_MAX_SCANOUTS; i++) {
     g_clear_pointer(&qd->scanouts[i].image, vgpu_image_unref);
+    scanout_reset_dmabuf(&qd->scanouts[i]);
     g_free(qd->scanouts[i].cursor);
   }
   g_main_context_unref(qd->options.context);
@@ -1446,6 +1670,12 @@ vgpu_qemu_display_free(VgpuQemuDisplay *qd)
   g_mutex_clear(&qd->writers_lock);
   g_cond_clear(&qd->writers_cond);
   g_free(qd);
+}
+
+void
+vgpu_qemu_display_set_dmabuf(VgpuQemuDisplay *qd, gboolean dmabuf)
+{
+  qd->dmabuf = dmabuf;
 }
 
 void

@@ -70,6 +70,8 @@ typedef struct {
   guint64 replies;           /* replies matched to a request */
   guint64 timeouts;          /* requests that got no reply in time */
   guint64 dropped;           /* connections dropped for an error */
+  guint64 dmabuf_scanouts;   /* DMABUF_SCANOUT2 messages written (with their fd) */
+  guint64 dmabuf_updates;    /* DMABUF_UPDATE messages written */
   guint64 protocol_features; /* negotiated on the current connection */
   gboolean connected;
 } VgpuQemuDisplayStats;
@@ -98,6 +100,21 @@ void vgpu_qemu_display_close(VgpuQemuDisplay *qd);
 /* Waits, without the device lock, until the writers of closed connections
  * have exited. */
 void vgpu_qemu_display_wait_writers(VgpuQemuDisplay *qd);
+/* dmabuf scanouts (off by default): when on, a display that negotiated
+ * DMABUF2 gets each scanout as a dmabuf where /dev/udmabuf exists: the
+ * blob's guest pages (whole pages of sealed guest memory, rows from a page
+ * boundary) or the resource image's memfd, sent once with DMABUF_SCANOUT2
+ * (linear, the image's stride and DRM fourcc), then one DMABUF_UPDATE per
+ * flush instead of pixels.  DMABUF_UPDATE waits for its reply (QEMU sends it
+ * once its window shows the buffer): at most one is out per scanout, the
+ * flushes meanwhile merge into the next one, and a reply that does not come
+ * within reply_timeout_ms is given up on.  For a 2D resource the pending
+ * transfers are copied into its image before each update, as for pixels.  A
+ * scanout whose pages cannot be exported goes as pixels (said once).  Off
+ * by default because QEMU offers DMABUF2 whatever its display: only a GL
+ * display (gtk, sdl, egl-headless, spice or dbus with gl=on) shows dmabufs,
+ * any other shows nothing.  Device lock held. */
+void vgpu_qemu_display_set_dmabuf(VgpuQemuDisplay *qd, gboolean dmabuf);
 void vgpu_qemu_display_get_stats(VgpuQemuDisplay *qd, VgpuQemuDisplayStats *stats);
 
 G_END_DECLS

@@ -36,6 +36,7 @@ GST_DEBUG_CATEGORY_STATIC(gst_vhost_gpu_src_debug);
 #define DEFAULT_KEEPALIVE    0u
 #define DEFAULT_DRAW_CURSOR  FALSE
 #define DEFAULT_BLOB         TRUE
+#define DEFAULT_QEMU_DMABUF  FALSE
 #define MIN_SIDE             16u
 #define MAX_SIDE             4095u
 #define MAX_KEEPALIVE_MS     3600000u
@@ -54,6 +55,7 @@ enum {
   PROP_MAX_FRAMERATE,
   PROP_DRAW_CURSOR,
   PROP_BLOB,
+  PROP_QEMU_DMABUF,
   PROP_STATS,
 };
 
@@ -71,6 +73,7 @@ struct _GstVhostGpuSrc {
   gint max_fps_n, max_fps_d;
   gboolean draw_cursor;
   gboolean blob;
+  gboolean qemu_dmabuf;
 
   VgpuVhost *external; /* set_vhost: not owned */
 
@@ -238,13 +241,15 @@ serve(GstVhostGpuSrc *self, GError **error)
 }
 
 static void
-attach_sink(GstVhostGpuSrc *self, gboolean qemu_display)
+attach_sink(GstVhostGpuSrc *self, gboolean qemu_display, gboolean qemu_dmabuf)
 {
   VgpuDevice *dev = vgpu_vhost_get_device(self->vhost);
 
   vgpu_vhost_lock(self->vhost);
   if (!qemu_display)
     vgpu_device_remove_sink(dev, vgpu_vhost_get_display(self->vhost));
+  else if (self->own_vhost)
+    vgpu_qemu_display_set_dmabuf(vgpu_vhost_get_display(self->vhost), qemu_dmabuf);
   vgpu_device_add_sink(dev, gst_vhost_frame_queue_get_sink_iface(), self->queue);
   vgpu_vhost_unlock(self->vhost);
 }
@@ -255,12 +260,13 @@ gst_vhost_gpu_src_start(GstBaseSrc *bsrc)
   GstVhostGpuSrc *self = GST_VHOST_GPU_SRC(bsrc);
   g_autoptr(GError) error = NULL;
   GstVhostFrameQueue *queue;
-  gboolean qemu_display;
+  gboolean qemu_display, qemu_dmabuf;
   guint scanout;
 
   GST_OBJECT_LOCK(self);
   scanout = self->scanout;
   qemu_display = self->qemu_display;
+  qemu_dmabuf = self->qemu_dmabuf;
   GST_OBJECT_UNLOCK(self);
   queue = gst_vhost_frame_queue_new(scanout, FRAMES_PER_SCANOUT);
   GST_OBJECT_LOCK(self);
@@ -272,7 +278,7 @@ gst_vhost_gpu_src_start(GstBaseSrc *bsrc)
   if (self->external) {
     self->vhost = self->external;
     self->own_vhost = FALSE;
-    attach_sink(self, TRUE);
+    attach_sink(self, TRUE, FALSE);
     return TRUE;
   }
   if (!serve(self, &error)) {
@@ -286,7 +292,7 @@ gst_vhost_gpu_src_start(GstBaseSrc *bsrc)
     gst_vhost_frame_queue_free(queue);
     return FALSE;
   }
-  attach_sink(self, qemu_display);
+  attach_sink(self, qemu_display, qemu_dmabuf);
   self->loop = g_main_loop_new(self->context, FALSE);
   self->thread = g_thread_new("vhostgpusrc-ctl", control_main, self);
   GST_INFO_OBJECT(self, "serving the vhost-user-gpu frontend");
@@ -720,6 +726,9 @@ gst_vhost_gpu_src_set_property(GObject *object, guint prop_id, const GValue *val
     case PROP_DRAW_CURSOR:
       self->draw_cursor = g_value_get_boolean(value);
       break;
+    case PROP_QEMU_DMABUF:
+      self->qemu_dmabuf = g_value_get_boolean(value);
+      break;
     case PROP_BLOB:
       self->blob = g_value_get_boolean(value);
       break;
@@ -783,6 +792,9 @@ gst_vhost_gpu_src_get_property(GObject *object, guint prop_id, GValue *value, GP
     case PROP_DRAW_CURSOR:
       g_value_set_boolean(value, self->draw_cursor);
       break;
+    case PROP_QEMU_DMABUF:
+      g_value_set_boolean(value, self->qemu_dmabuf);
+      break;
     case PROP_BLOB:
       g_value_set_boolean(value, self->blob);
       break;
@@ -820,6 +832,7 @@ gst_vhost_gpu_src_init(GstVhostGpuSrc *self)
   self->max_fps_d = 1;
   self->draw_cursor = DEFAULT_DRAW_CURSOR;
   self->blob = DEFAULT_BLOB;
+  self->qemu_dmabuf = DEFAULT_QEMU_DMABUF;
   gst_base_src_set_live(GST_BASE_SRC(self), TRUE);
   gst_base_src_set_format(GST_BASE_SRC(self), GST_FORMAT_TIME);
 }
@@ -909,6 +922,13 @@ gst_vhost_gpu_src_class_init(GstVhostGpuSrcClass *klass)
                            "Offer guest-memory blob resources (VIRTIO_GPU_F_RESOURCE_BLOB): a "
                            "guest scanning out a blob has its frames sent without a copy",
                            DEFAULT_BLOB, READY_FLAGS));
+  g_object_class_install_property(
+      gobject_class, PROP_QEMU_DMABUF,
+      g_param_spec_boolean("qemu-dmabuf", "dmabuf scanouts to QEMU",
+                           "Send scanouts to QEMU's display as dmabufs (DMABUF_SCANOUT2 + "
+                           "DMABUF_UPDATE) where /dev/udmabuf exists and QEMU offers DMABUF2, "
+                           "instead of pixels; only a GL display of QEMU (gl=on) shows them",
+                           DEFAULT_QEMU_DMABUF, READY_FLAGS));
   g_object_class_install_property(
       gobject_class, PROP_STATS,
       g_param_spec_boxed("stats", "Statistics",

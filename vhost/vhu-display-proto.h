@@ -76,6 +76,20 @@ typedef struct __attribute__((packed)) {
   uint64_t modifier;
 } VhuDisplayDmabufScanout2;
 
+/* fd_drm_fourcc values (DRM fourccs, linux/drm_fourcc.h) of the eight
+ * virtio-gpu formats' memory layouts, and the one modifier we send. */
+#define VHU_DISPLAY_FOURCC(a, b, c, d)                                                             \
+  ((int32_t)((uint32_t)(a) | ((uint32_t)(b) << 8) | ((uint32_t)(c) << 16) | ((uint32_t)(d) << 24)))
+#define VHU_DISPLAY_FOURCC_XRGB8888 VHU_DISPLAY_FOURCC('X', 'R', '2', '4') /* B G R X bytes */
+#define VHU_DISPLAY_FOURCC_ARGB8888 VHU_DISPLAY_FOURCC('A', 'R', '2', '4') /* B G R A */
+#define VHU_DISPLAY_FOURCC_BGRX8888 VHU_DISPLAY_FOURCC('B', 'X', '2', '4') /* X R G B */
+#define VHU_DISPLAY_FOURCC_BGRA8888 VHU_DISPLAY_FOURCC('B', 'A', '2', '4') /* A R G B */
+#define VHU_DISPLAY_FOURCC_XBGR8888 VHU_DISPLAY_FOURCC('X', 'B', '2', '4') /* R G B X */
+#define VHU_DISPLAY_FOURCC_ABGR8888 VHU_DISPLAY_FOURCC('A', 'B', '2', '4') /* R G B A */
+#define VHU_DISPLAY_FOURCC_RGBX8888 VHU_DISPLAY_FOURCC('R', 'X', '2', '4') /* X B G R */
+#define VHU_DISPLAY_FOURCC_RGBA8888 VHU_DISPLAY_FOURCC('R', 'A', '2', '4') /* A B G R */
+#define VHU_DISPLAY_MODIFIER_LINEAR 0ull
+
 typedef struct __attribute__((packed)) {
   uint32_t scanout_id;
 } VhuDisplayEdidRequest;

@@ -16,6 +16,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -42,6 +43,10 @@ typedef struct {
   guint32 cursor[VHU_DISPLAY_CURSOR_SIZE * VHU_DISPLAY_CURSOR_SIZE];
   gboolean dmabuf;
   VhuDisplayDmabufScanout2 dmabuf_info;
+  int dmabuf_fd; /* the scanout's dmabuf, mapped read-only at dmabuf_map; -1 */
+  const guint8 *dmabuf_map;
+  gsize dmabuf_size;
+  int b, g, r; /* byte of blue, green and red in one of its pixels */
 } Scanout;
 
 struct _VhuDisplayServer {
@@ -356,6 +361,18 @@ handle_edid(VhuDisplayServer *ds, const DisplayMsg *msg, Reply *reply)
 }
 
 static void
+dmabuf_unmap(Scanout *so)
+{
+  if (so->dmabuf_map)
+    munmap((void *)so->dmabuf_map, so->dmabuf_size);
+  if (so->dmabuf_fd >= 0)
+    close(so->dmabuf_fd);
+  so->dmabuf_map = NULL;
+  so->dmabuf_fd = -1;
+  so->dmabuf = FALSE;
+}
+
+static void
 handle_scanout(VhuDisplayServer *ds, const DisplayMsg *msg)
 {
   VhuDisplayScanout s;
@@ -372,6 +389,7 @@ handle_scanout(VhuDisplayServer *ds, const DisplayMsg *msg)
     count_error(ds, "SCANOUT for an invalid scanout", msg->hdr.request);
     return;
   }
+  dmabuf_unmap(so);
   g_clear_pointer(&so->fb, g_free);
   so->width = so->height = 0;
   if (s.width == 0 || s.height == 0)
@@ -456,12 +474,76 @@ handle_cursor(VhuDisplayServer *ds, const DisplayMsg *msg)
     memcpy(so->cursor, msg->payload + offsetof(VhuDisplayCursorUpdate, data), sizeof so->cursor);
 }
 
+/* Where blue, green and red are in a pixel of @fourcc; FALSE if unknown. */
+static gboolean
+fourcc_layout(gint32 fourcc, Scanout *so)
+{
+  static const struct {
+    gint32 fourcc;
+    int b, g, r;
+  } layouts[] = {
+    { VHU_DISPLAY_FOURCC_XRGB8888, 0, 1, 2 }, { VHU_DISPLAY_FOURCC_ARGB8888, 0, 1, 2 },
+    { VHU_DISPLAY_FOURCC_BGRX8888, 3, 2, 1 }, { VHU_DISPLAY_FOURCC_BGRA8888, 3, 2, 1 },
+    { VHU_DISPLAY_FOURCC_XBGR8888, 2, 1, 0 }, { VHU_DISPLAY_FOURCC_ABGR8888, 2, 1, 0 },
+    { VHU_DISPLAY_FOURCC_RGBX8888, 1, 2, 3 }, { VHU_DISPLAY_FOURCC_RGBA8888, 1, 2, 3 },
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS(layouts); i++) {
+    if (layouts[i].fourcc == fourcc) {
+      so->b = layouts[i].b;
+      so->g = layouts[i].g;
+      so->r = layouts[i].r;
+      return TRUE;
+    }
+  }
+  return FALSE;
+}
+
+/* Checks what a DMABUF_SCANOUT says against its fd, and maps it: the
+ * framebuffer becomes its region, filled by DMABUF_UPDATEs. */
+static const char *
+dmabuf_map(Scanout *so, const VhuDisplayDmabufScanout *d, int fd)
+{
+  guint64 need, x_end, y_end;
+  off_t size = lseek(fd, 0, SEEK_END);
+  void *map;
+
+  if (d->fd_width == 0 || d->fd_height == 0 || d->fd_width > MAX_DIM || d->fd_height > MAX_DIM
+      || d->fd_stride / 4 < d->fd_width || d->width == 0 || d->height == 0)
+    return "DMABUF_SCANOUT with a bad geometry";
+  x_end = (guint64)d->x + d->width;
+  y_end = (guint64)d->y + d->height;
+  need = (guint64)d->fd_stride * d->fd_height;
+  if (x_end > d->fd_width || y_end > d->fd_height)
+    return "DMABUF_SCANOUT region outside its buffer";
+  if ((guint64)d->width * d->height * 4 > MAX_FB_BYTES || need > MAX_FB_BYTES)
+    return "DMABUF_SCANOUT too large";
+  if (!fourcc_layout(d->fd_drm_fourcc, so))
+    return "DMABUF_SCANOUT with an unknown fourcc";
+  if (size < 0 || (guint64)size < need)
+    return "DMABUF_SCANOUT buffer smaller than its geometry";
+  map = mmap(NULL, (gsize)need, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED)
+    return "DMABUF_SCANOUT buffer cannot be mapped";
+  so->fb = g_try_malloc0((gsize)d->width * d->height * 4);
+  if (so->fb == NULL) {
+    munmap(map, (gsize)need);
+    return "no memory for a framebuffer";
+  }
+  so->dmabuf_map = map;
+  so->dmabuf_size = (gsize)need;
+  so->width = d->width;
+  so->height = d->height;
+  return NULL;
+}
+
 static void
-handle_dmabuf_scanout(VhuDisplayServer *ds, const DisplayMsg *msg)
+handle_dmabuf_scanout(VhuDisplayServer *ds, DisplayMsg *msg)
 {
   gboolean v2 = msg->hdr.request == VHU_DISPLAY_DMABUF_SCANOUT2;
   gsize want = v2 ? sizeof(VhuDisplayDmabufScanout2) : sizeof(VhuDisplayDmabufScanout);
   VhuDisplayDmabufScanout2 info = { 0 };
+  const char *bad;
   Scanout *so;
 
   ds->stats.dmabuf_scanouts++;
@@ -475,13 +557,71 @@ handle_dmabuf_scanout(VhuDisplayServer *ds, const DisplayMsg *msg)
     count_error(ds, "DMABUF_SCANOUT for an invalid scanout", msg->hdr.request);
     return;
   }
-  so->dmabuf = msg->n_fds == 1;
+  dmabuf_unmap(so);
+  g_clear_pointer(&so->fb, g_free);
+  so->width = so->height = 0;
   so->dmabuf_info = info;
+  if (msg->n_fds == 0)
+    return; /* disabled */
+  if (v2 && info.modifier != VHU_DISPLAY_MODIFIER_LINEAR) {
+    count_error(ds, "DMABUF_SCANOUT2 with a modifier we cannot read", msg->hdr.request);
+    return;
+  }
+  if ((bad = dmabuf_map(so, &info.dmabuf, msg->fds[0]))) {
+    count_error(ds, bad, msg->hdr.request);
+    return;
+  }
+  /* Ours now: it stays open while it is shown. */
+  so->dmabuf_fd = msg->fds[0];
+  msg->n_fds = 0;
+  so->dmabuf = TRUE;
+}
+
+/* Copies the updated rectangle out of the dmabuf into the framebuffer. */
+static void
+handle_dmabuf_update(VhuDisplayServer *ds, const DisplayMsg *msg)
+{
+  VhuDisplayUpdate u;
+  const VhuDisplayDmabufScanout *d;
+  guint64 x_end, y_end;
+  Scanout *so;
+
+  ds->stats.dmabuf_updates++;
+  g_cond_broadcast(&ds->cond);
+  if (msg->hdr.size != sizeof u) {
+    count_error(ds, "DMABUF_UPDATE with a bad size", msg->hdr.request);
+    return;
+  }
+  memcpy(&u, msg->payload, sizeof u);
+  so = scanout_for(ds, u.scanout_id);
+  if (so == NULL) {
+    count_error(ds, "DMABUF_UPDATE for an invalid scanout", msg->hdr.request);
+    return;
+  }
+  if (!so->dmabuf)
+    return; /* nothing shown: QEMU answers all the same */
+  x_end = (guint64)u.x + u.width;
+  y_end = (guint64)u.y + u.height;
+  if (x_end > so->width || y_end > so->height) {
+    count_error(ds, "DMABUF_UPDATE rectangle outside the scanout", msg->hdr.request);
+    return;
+  }
+  d = &so->dmabuf_info.dmabuf;
+  for (guint y = u.y; y < y_end; y++) {
+    const guint8 *row = so->dmabuf_map + (gsize)(d->y + y) * d->fd_stride + (gsize)d->x * 4;
+    guint32 *dst = so->fb + (gsize)y * so->width;
+
+    for (guint x = u.x; x < x_end; x++) {
+      const guint8 *p = row + (gsize)x * 4;
+
+      dst[x] = 0xff000000u | (guint32)p[so->r] << 16 | (guint32)p[so->g] << 8 | p[so->b];
+    }
+  }
 }
 
 /* Handles one message; fills @reply when one is due. */
 static void
-dispatch(VhuDisplayServer *ds, const DisplayMsg *msg, Reply *reply)
+dispatch(VhuDisplayServer *ds, DisplayMsg *msg, Reply *reply)
 {
   reply->request = msg->hdr.request;
   ds->stats.messages++;
@@ -527,10 +667,9 @@ dispatch(VhuDisplayServer *ds, const DisplayMsg *msg, Reply *reply)
       handle_dmabuf_scanout(ds, msg);
       break;
     case VHU_DISPLAY_DMABUF_UPDATE:
-      /* Answer at once: there is no display to wait for. */
-      ds->stats.dmabuf_updates++;
-      if (msg->hdr.size != sizeof(VhuDisplayUpdate))
-        count_error(ds, "DMABUF_UPDATE with a bad size", msg->hdr.request);
+      /* Answered once the picture is in the framebuffer, as QEMU answers
+       * once its window shows it. */
+      handle_dmabuf_update(ds, msg);
       reply->size = 0;
       reply->send = TRUE;
       break;
@@ -681,6 +820,8 @@ vhu_display_server_new(const VhuDisplayConfig *config)
   ds->config = *config;
   ds->pending_fd = -1;
   ds->conn_fd = -1;
+  for (guint i = 0; i < VHU_DISPLAY_MAX_SCANOUTS; i++)
+    ds->scanouts[i].dmabuf_fd = -1;
   g_mutex_init(&ds->lock);
   g_cond_init(&ds->cond);
   ds->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -703,8 +844,10 @@ vhu_display_server_free(VhuDisplayServer *ds)
   if (ds->pending_fd >= 0)
     close(ds->pending_fd);
   close(ds->wake_fd);
-  for (guint i = 0; i < VHU_DISPLAY_MAX_SCANOUTS; i++)
+  for (guint i = 0; i < VHU_DISPLAY_MAX_SCANOUTS; i++) {
+    dmabuf_unmap(&ds->scanouts[i]);
     g_free(ds->scanouts[i].fb);
+  }
   g_free(ds->buf);
   g_mutex_clear(&ds->lock);
   g_cond_clear(&ds->cond);
@@ -753,11 +896,11 @@ vhu_display_server_wait_updates(VhuDisplayServer *ds, guint64 n, int timeout_ms)
   gboolean ok;
 
   g_mutex_lock(&ds->lock);
-  while (ds->stats.updates < n) {
+  while (ds->stats.updates + ds->stats.dmabuf_updates < n) {
     if (!g_cond_wait_until(&ds->cond, &ds->lock, end))
       break;
   }
-  ok = ds->stats.updates >= n;
+  ok = ds->stats.updates + ds->stats.dmabuf_updates >= n;
   g_mutex_unlock(&ds->lock);
   return ok;
 }

@@ -2,7 +2,10 @@
  *
  * Plays QEMU's part: makes a socketpair, hands one end to a GPU backend with
  * GPU_SET_SOCKET, answers GET_PROTOCOL_FEATURES / GET_DISPLAY_INFO / GET_EDID
- * and keeps one X8R8G8B8 framebuffer per scanout from SCANOUT/UPDATE.  It
+ * and keeps one X8R8G8B8 framebuffer per scanout from SCANOUT/UPDATE, or
+ * from DMABUF_SCANOUT(2)/DMABUF_UPDATE: the dmabuf is kept mapped while
+ * shown (linear only), each update copies its rectangle out of it before
+ * the reply, so the framebuffer is what the dmabuf held then.  It
  * runs on its own thread so a test blocked on a ring never stalls it. */
 #pragma once
 
@@ -50,7 +53,8 @@ typedef struct {
 } VhuDisplayStats;
 void vhu_display_server_get_stats(VhuDisplayServer *ds, VhuDisplayStats *stats);
 
-/* Waits until at least @n UPDATE messages have arrived in total. */
+/* Waits until at least @n UPDATE and DMABUF_UPDATE messages have arrived
+ * in total. */
 gboolean vhu_display_server_wait_updates(VhuDisplayServer *ds, guint64 n, int timeout_ms);
 /* Copy of scanout @id's framebuffer (X8R8G8B8, stride width*4); NULL when the
  * scanout is disabled.  Free with g_free. */

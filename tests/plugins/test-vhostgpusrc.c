@@ -1347,6 +1347,113 @@ test_blob_dmabuf(void)
   teardown(f, NULL);
 }
 
+/* Scanout @id of the display server shows @w x @h pixels of pattern @seed
+ * (RGB compared; alpha/padding aside). */
+static void
+check_display(VhuDisplayServer *ds, guint w, guint h, guint seed)
+{
+  guint fw = 0, fh = 0;
+  g_autofree guint32 *fb = vhu_display_server_get_frame(ds, 0, &fw, &fh);
+
+  g_assert_nonnull(fb);
+  g_assert_cmpuint(fw, ==, w);
+  g_assert_cmpuint(fh, ==, h);
+  for (guint y = 0; y < h; y++) {
+    for (guint x = 0; x < w; x++) {
+      guint8 r, g, b;
+
+      gpu_pattern(x, y, seed, &r, &g, &b);
+      if ((fb[(gsize)y * w + x] & 0xffffff) != ((guint32)r << 16 | (guint32)g << 8 | b))
+        g_error("display pixel (%u, %u) is %06x", x, y, fb[(gsize)y * w + x] & 0xffffff);
+    }
+  }
+}
+
+/* dmabuf scanouts to QEMU's display (qemu-dmabuf=true, a display offering
+ * DMABUF2 as QEMU 10 does): with /dev/udmabuf and sealed guest memory, a 2D
+ * resource goes as a dmabuf of its image and a blob as a dmabuf of the
+ * guest's pages: one DMABUF_SCANOUT2 each, DMABUF_UPDATEs for the flushes,
+ * no pixel byte on the socket, and the display shows exact pixels (another
+ * format than the first, so the fourcc matters).  A display offering no
+ * DMABUF2 (QEMU 7.2) gets pixels.  Without udmabuf everything is pixels. */
+static void
+test_qemu_dmabuf(void)
+{
+  gboolean have = g_file_test("/dev/udmabuf", G_FILE_TEST_EXISTS);
+  Fixture fx = { 0 }, *f = &fx;
+  g_autoptr(VhuDisplayServer) ds = NULL;
+  g_autoptr(GError) error = NULL;
+  VhuDisplayConfig cfg = { 1, 1024, 768, 3, FALSE };
+  g_autofree guint8 *packed = g_malloc((gsize)W * H * 4);
+  VhuDisplayStats st;
+  Blob b;
+  Res r;
+
+  if (g_strcmp0(g_getenv("GST_VHOST_REQUIRE_UDMABUF"), "1") == 0 && !have)
+    g_error("/dev/udmabuf is required here");
+  f->dir = tu_make_tmpdir("vhostgpusrc-XXXXXX");
+  f->path = g_build_filename(f->dir, "gpu.sock", NULL);
+  pipeline_start(f, "qemu-display=true qemu-dmabuf=true", NULL);
+  f->fe = frontend_new_opts(f, BIT(VIRTIO_GPU_F_RESOURCE_BLOB), TRUE);
+  ds = vhu_display_server_new(&cfg);
+  g_assert_true(vhu_display_server_attach(ds, f->fe, &error));
+  g_assert_no_error(error);
+
+  r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM, W, H);
+  res_paint(&r, 6);
+  scanout(f->fe, &r);
+  show(f->fe, &r, 0, 0, W, H);
+  g_assert_true(vhu_display_server_wait_updates(ds, 1, WAIT_MS));
+  check_display(ds, W, H, 6);
+  gst_sample_unref(pull(f));
+  /* A partial flush: only its rectangle changes. */
+  res_paint(&r, 7);
+  show(f->fe, &r, 0, 0, W, H / 2);
+  g_assert_true(vhu_display_server_wait_updates(ds, 2, WAIT_MS));
+  gst_sample_unref(pull(f));
+
+  b = blob_show_new(f->fe, 2, VIRTIO_GPU_FORMAT_R8G8B8A8_UNORM, W, H, W * 4 + 64, FALSE);
+  blob_paint(&b, 8, packed);
+  blob_flush(f->fe, &b);
+  g_assert_true(vhu_display_server_wait_updates(ds, 3, WAIT_MS));
+  check_display(ds, W, H, 8);
+  gst_sample_unref(pull(f));
+  vhu_display_server_get_stats(ds, &st);
+  if (have) {
+    g_assert_cmpuint(st.dmabuf_scanouts, ==, 2);
+    g_assert_cmpuint(st.dmabuf_updates, ==, 3);
+    g_assert_cmpuint(st.update_bytes, ==, 0);
+    g_assert_cmpuint(st.errors, ==, 0);
+  } else {
+    g_assert_cmpuint(st.dmabuf_scanouts, ==, 0);
+    g_assert_cmpuint(st.update_bytes, >, 0);
+  }
+
+  /* QEMU 7.2 offers no DMABUF2: pixels. */
+  cfg.protocol_features = 0;
+  g_clear_pointer(&ds, vhu_display_server_free);
+  ds = vhu_display_server_new(&cfg);
+  g_assert_true(vhu_display_server_attach(ds, f->fe, &error));
+  g_assert_no_error(error);
+  blob_paint(&b, 9, packed);
+  /* The handshake first: a flush before it goes as pixels anyway. */
+  for (gint64 end = g_get_monotonic_time() + WAIT_MS * 1000;; g_usleep(1000)) {
+    vhu_display_server_get_stats(ds, &st);
+    if (st.set_protocol_features > 0)
+      break;
+    g_assert_cmpint(g_get_monotonic_time(), <, end);
+  }
+  blob_flush(f->fe, &b);
+  g_assert_true(vhu_display_server_wait_updates(ds, 1, WAIT_MS));
+  vhu_display_server_get_stats(ds, &st);
+  g_assert_cmpuint(st.dmabuf_scanouts, ==, 0);
+  g_assert_cmpuint(st.updates, >=, 1);
+  g_test_message(have ? "/dev/udmabuf: the display got dmabufs, then pixels without DMABUF2"
+                      : "no /dev/udmabuf: the display got pixels");
+  vhu_display_server_detach(ds);
+  teardown(f, NULL);
+}
+
 /* The backend's own warnings about a peer that went away (a display socket
  * closed while written) are what it should say, not test failures. */
 static gboolean
@@ -1385,6 +1492,7 @@ main(int argc, char **argv)
   ADD("blob-with-display", test_blob_with_display, "qemu-display=true", setup_blob);
   g_test_add_func("/vhostgpusrc/dmabuf", test_dmabuf);
   g_test_add_func("/vhostgpusrc/blob-dmabuf", test_blob_dmabuf);
+  g_test_add_func("/vhostgpusrc/qemu-dmabuf", test_qemu_dmabuf);
   g_test_add_func("/vhostgpusrc/fd", test_fd);
   g_test_add_func("/vhostgpusrc/harness", test_harness);
   g_test_add_func("/vhostgpusrc/daemon-pipeline", test_daemon_pipeline);
