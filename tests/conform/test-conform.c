@@ -147,8 +147,18 @@ test_element_passes(void)
   const char *args[] = { "--device", "gpu", "--start", NULL, NULL };
   g_auto(Run) r = { 0 };
 
-  if (launch == NULL || !g_file_test(so, G_FILE_TEST_EXISTS)) {
-    g_test_skip("no gst-launch-1.0, or the plugin was not built");
+  g_autofree char *inspect = g_find_program_in_path("gst-inspect-1.0");
+  g_auto(GStrv) env = g_environ_setenv(g_get_environ(), "GST_PLUGIN_PATH", plugins, TRUE);
+  const char *inspect_argv[] = { inspect, "vhostgpusrc", NULL };
+  int st = -1;
+
+  /* Not built, or not loadable (a sanitizer build in a plain gst-launch). */
+  if (launch == NULL || inspect == NULL || !g_file_test(so, G_FILE_TEST_EXISTS)
+      || !g_spawn_sync(NULL, (char **)inspect_argv, env,
+                       G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, NULL,
+                       NULL, &st, NULL)
+      || !g_spawn_check_wait_status(st, NULL)) {
+    g_test_skip("no gst-launch-1.0, or the plugin is not built or cannot be loaded");
     return;
   }
   start = g_strdup_printf("env GST_PLUGIN_PATH=%s %s -q vhostgpusrc socket-path={socket} ! "
