@@ -4,13 +4,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <gst/allocators/allocators.h>
-#include <linux/udmabuf.h>
 #include <pixman.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "vgpu-udmabuf.h"
 
 GST_DEBUG_CATEGORY_STATIC(frames_debug);
 #define GST_CAT_DEFAULT frames_debug
@@ -163,31 +163,23 @@ frame_is_free(Frame *f)
          && (!f->dmabuf || g_atomic_int_get(&GST_MINI_OBJECT_CAST(f->dmabuf)->refcount) == 1);
 }
 
-/* /dev/udmabuf, opened once; -1 (logged once) where there is none. */
+/* Said once where there is no udmabuf. */
 static gpointer
-udmabuf_open(gpointer data)
+udmabuf_check(gpointer data)
 {
-  int fd = open("/dev/udmabuf", O_RDWR | O_CLOEXEC);
-
-  if (fd < 0)
-    GST_INFO("frames are not exported as dmabuf: /dev/udmabuf: %s; they go as fd memory",
-             g_strerror(errno));
-  return GINT_TO_POINTER(fd + 1);
-}
-
-static int
-udmabuf_device(void)
-{
-  static GOnce once = G_ONCE_INIT;
-
-  return GPOINTER_TO_INT(g_once(&once, udmabuf_open, NULL)) - 1;
+  if (!vgpu_udmabuf_available())
+    GST_INFO("frames are not exported as dmabuf: no /dev/udmabuf; they go as fd memory");
+  return NULL;
 }
 
 gboolean
 gst_vhost_udmabuf_available(void)
 {
+  static GOnce once = G_ONCE_INIT;
+
   GST_DEBUG_CATEGORY_INIT(frames_debug, "vhostframes", 0, "vhost GPU scanout frames");
-  return udmabuf_device() >= 0;
+  g_once(&once, udmabuf_check, NULL);
+  return vgpu_udmabuf_available();
 }
 
 static gsize
@@ -203,20 +195,18 @@ page_round(gsize size)
 static GstMemory *
 frame_dmabuf(GstVhostFrameQueue *q, Frame *f)
 {
-  struct udmabuf_create c = { 0 };
+  VhuMemFdPiece piece = { gst_fd_memory_get_fd(f->mem), 0, page_round(f->mem->size) };
+  g_autoptr(GError) error = NULL;
   int dfd;
 
   if (f->dmabuf)
     return f->dmabuf;
-  if (udmabuf_device() < 0)
+  if (!gst_vhost_udmabuf_available())
     return NULL;
-  c.memfd = (guint32)gst_fd_memory_get_fd(f->mem);
-  c.flags = UDMABUF_FLAGS_CLOEXEC;
-  c.size = page_round(f->mem->size);
-  dfd = ioctl(udmabuf_device(), UDMABUF_CREATE, &c);
+  dfd = vgpu_udmabuf_create(&piece, 1, &error);
   if (dfd < 0) {
     if (!q->export_failed)
-      GST_WARNING("UDMABUF_CREATE: %s; frames go as fd memory", g_strerror(errno));
+      GST_WARNING("%s; frames go as fd memory", error->message);
     q->export_failed = TRUE;
     return NULL;
   }
@@ -354,26 +344,14 @@ static GstMemory *
 blob_dmabuf_create(GstVhostFrameQueue *q, const GstVhostBlobExport *e)
 {
   gsize n = e->pieces->len;
-  g_autofree struct udmabuf_create_list *list
-      = g_malloc0(sizeof *list + n * sizeof(struct udmabuf_create_item));
+  g_autoptr(GError) error = NULL;
   GstMemory *mem;
   int dfd;
 
-  list->flags = UDMABUF_FLAGS_CLOEXEC;
-  list->count = (guint32)n;
-  for (gsize i = 0; i < n; i++) {
-    const VhuMemFdPiece *p = &g_array_index(e->pieces, VhuMemFdPiece, i);
-
-    list->list[i] = (struct udmabuf_create_item){ .memfd = (guint32)p->fd,
-                                                  .offset = p->offset,
-                                                  .size = p->len };
-  }
-  dfd = ioctl(udmabuf_device(), UDMABUF_CREATE_LIST, list);
+  dfd = vgpu_udmabuf_create((const VhuMemFdPiece *)(void *)e->pieces->data, (guint)n, &error);
   if (dfd < 0) {
     if (!q->export_failed)
-      GST_WARNING("UDMABUF_CREATE_LIST (%" G_GSIZE_FORMAT " pieces): %s; blob frames go as "
-                  "guest memory",
-                  n, g_strerror(errno));
+      GST_WARNING("%s; blob frames go as guest memory", error->message);
     q->export_failed = TRUE;
     return NULL;
   }

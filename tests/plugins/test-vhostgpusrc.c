@@ -1369,6 +1369,23 @@ check_display(VhuDisplayServer *ds, guint w, guint h, guint seed)
   }
 }
 
+/* Until the backend has sent SET_PROTOCOL_FEATURES: a flush before the
+ * handshake goes as pixels whatever the display offers. */
+static void
+wait_negotiated(VhuDisplayServer *ds)
+{
+  gint64 end = g_get_monotonic_time() + WAIT_MS * 1000;
+  VhuDisplayStats st;
+
+  for (;;) {
+    vhu_display_server_get_stats(ds, &st);
+    if (st.set_protocol_features > 0)
+      return;
+    g_assert_cmpint(g_get_monotonic_time(), <, end);
+    g_usleep(1000);
+  }
+}
+
 /* dmabuf scanouts to QEMU's display (qemu-dmabuf=true, a display offering
  * DMABUF2 as QEMU 10 does): with /dev/udmabuf and sealed guest memory, a 2D
  * resource goes as a dmabuf of its image and a blob as a dmabuf of the
@@ -1399,6 +1416,7 @@ test_qemu_dmabuf(void)
   g_assert_true(vhu_display_server_attach(ds, f->fe, &error));
   g_assert_no_error(error);
 
+  wait_negotiated(ds);
   r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM, W, H);
   res_paint(&r, 6);
   scanout(f->fe, &r);
@@ -1436,13 +1454,7 @@ test_qemu_dmabuf(void)
   g_assert_true(vhu_display_server_attach(ds, f->fe, &error));
   g_assert_no_error(error);
   blob_paint(&b, 9, packed);
-  /* The handshake first: a flush before it goes as pixels anyway. */
-  for (gint64 end = g_get_monotonic_time() + WAIT_MS * 1000;; g_usleep(1000)) {
-    vhu_display_server_get_stats(ds, &st);
-    if (st.set_protocol_features > 0)
-      break;
-    g_assert_cmpint(g_get_monotonic_time(), <, end);
-  }
+  wait_negotiated(ds);
   blob_flush(f->fe, &b);
   g_assert_true(vhu_display_server_wait_updates(ds, 1, WAIT_MS));
   vhu_display_server_get_stats(ds, &st);
