@@ -20,6 +20,9 @@ GST_DEBUG_CATEGORY_STATIC(snd_debug);
 #define IN_SLACK (100 * GST_MSECOND)
 /* Capture samples buffered in front of the stream. */
 #define IN_BUFFERS 8
+/* A pipeline clock that stands still this long (monotonic time) while a
+ * stream runs is given up for the system clock: the guest never stalls. */
+#define STALL_US (2 * G_USEC_PER_SEC)
 /* Bounded waits for pipeline state changes. */
 #define STATE_TIMEOUT (2 * GST_SECOND)
 
@@ -40,8 +43,12 @@ typedef struct {
   gboolean quit;
   gboolean want_open, want_run;
   VsndPcmParams want_params;
-  guint gen; /* bumped by every request */
-  GstClockID wait_id;
+  gint64 start_us;    /* monotonic time of the last START */
+  guint gen;          /* bumped by every request */
+  GstClockID wait_id; /* the pending tick, waited for asynchronously */
+  gdouble gain;       /* playback controls not yet sent down */
+  gboolean mute, volume_changed;
+  gboolean fired; /* it has come */
 
   /* The stream thread's own. */
   guint seen_gen;
@@ -51,7 +58,10 @@ typedef struct {
   GstClock *clock;
   GstClockTime base, t0, tick; /* base and t0 in clock time */
   guint64 moved;               /* frames since t0 */
-  GstAdapter *adapter;         /* capture */
+  gint64 started_us;           /* the start_us running now */
+  guint64 dropped;             /* playback frames the pipeline had no room for */
+  gint64 last_drop_log;
+  GstAdapter *adapter; /* capture */
 
   gint failed;      /* atomic: the pipeline posted an error */
   gint delay_bytes; /* atomic: latency_bytes for the guest */
@@ -188,8 +198,6 @@ static void
 request(Stream *s)
 {
   s->gen++;
-  if (s->wait_id)
-    gst_clock_id_unschedule(s->wait_id);
   g_cond_signal(&s->cond);
 }
 
@@ -226,6 +234,8 @@ set_run(GstVhostSndStream *self, guint stream, gboolean open, gboolean run)
   Stream *s = &self->streams[stream];
 
   g_mutex_lock(&s->lock);
+  if (run && !s->want_run)
+    s->start_us = g_get_monotonic_time();
   s->want_open = open;
   s->want_run = run;
   request(s);
@@ -266,8 +276,18 @@ i_set_volume(gpointer data, guint stream, gdouble gain, gboolean mute)
 {
   Stream *s = &((GstVhostSndStream *)data)->streams[stream];
 
-  /* The element's own lock, never held while it calls out. */
-  g_object_set(s->volume, "volume", gain, "mute", mute, NULL);
+  if (s->direction == VIRTIO_SND_D_INPUT) {
+    /* The element's own lock, never held while it calls out. */
+    g_object_set(s->volume, "volume", gain, "mute", mute, NULL);
+    return;
+  }
+  /* Playback: from the next frames taken from the guest on, not for what
+   * the pipeline still holds (see send_volume()). */
+  g_mutex_lock(&s->lock);
+  s->gain = gain;
+  s->mute = mute;
+  s->volume_changed = TRUE;
+  g_mutex_unlock(&s->lock);
 }
 
 static const VsndStreamIface stream_iface = {
@@ -301,11 +321,14 @@ time_to_frames(const Stream *s, GstClockTime t)
 }
 
 /* Takes the clock to pace by: the pipeline's while it is healthy, the
- * system clock otherwise. */
+ * system clock otherwise.  Frames are due from @since_us (monotonic), the
+ * guest's START, however long the pipeline took to get going. */
 static void
-take_clock(Stream *s)
+take_clock(Stream *s, gboolean system, gint64 since_us)
 {
-  GstClock *clock = g_atomic_int_get(&s->failed) ? NULL : gst_element_get_clock(s->pipeline);
+  GstClockTime late = (GstClockTime)MAX(g_get_monotonic_time() - since_us, 0) * GST_USECOND;
+  GstClock *clock
+      = system || g_atomic_int_get(&s->failed) ? NULL : gst_element_get_clock(s->pipeline);
 
   gst_clear_object(&s->clock);
   s->system_clock = !clock;
@@ -317,6 +340,7 @@ take_clock(Stream *s)
     s->base = gst_clock_get_time(s->clock);
   }
   s->t0 = gst_clock_get_time(s->clock);
+  s->t0 -= MIN(late, s->t0 - MIN(s->base, s->t0));
   s->moved = 0;
   s->discont = TRUE;
 }
@@ -369,12 +393,13 @@ stream_open(Stream *s, const VsndPcmParams *params)
         &s->delay_bytes,
         (gint)MIN(frames_to_bytes(s, time_to_frames(s, pipeline_latency(s) + s->tick)), G_MAXINT));
   } else {
-    if (!s->caps || !gst_caps_is_equal(s->caps, caps))
+    if (!s->caps || !gst_caps_is_equal(s->caps, caps)) {
       gst_adapter_clear(s->adapter);
-    g_object_set(s->filter, "caps", caps, NULL);
-    if (gst_element_set_state(s->pipeline, GST_STATE_PAUSED) == GST_STATE_CHANGE_NO_PREROLL)
-      s->live = TRUE;
-    g_object_set(s->app, "drop", s->live, NULL);
+      g_object_set(s->filter, "caps", caps, NULL);
+    }
+    /* Playing from PREPARE on, so that START finds it running (a live
+     * source's oldest samples are dropped meanwhile). */
+    gst_element_set_state(s->pipeline, GST_STATE_PLAYING);
   }
   gst_caps_replace(&s->caps, caps);
   s->is_open = TRUE;
@@ -382,22 +407,30 @@ stream_open(Stream *s, const VsndPcmParams *params)
 }
 
 static void
-stream_start(Stream *s)
+stream_start(Stream *s, gint64 since_us)
 {
   if (s->direction == VIRTIO_SND_D_INPUT) {
-    gst_element_set_state(s->pipeline, GST_STATE_PLAYING);
+    GstSample *stale;
+
+    /* Its clock, once it got there (at once, unless START follows PREPARE
+     * closely); the frames due meanwhile are caught up. */
     gst_element_get_state(s->pipeline, NULL, NULL, STATE_TIMEOUT);
+    /* What a live source captured before START is not the guest's. */
+    while (s->live && (stale = gst_app_sink_try_pull_sample(GST_APP_SINK(s->app), 0)))
+      gst_sample_unref(stale);
+    if (s->live)
+      gst_adapter_clear(s->adapter);
   }
-  take_clock(s);
+  take_clock(s, FALSE, since_us);
+  s->started_us = since_us;
   s->running = TRUE;
+  GST_INFO("stream %u: running on %" GST_PTR_FORMAT, s->index, s->clock);
 }
 
 static void
 stream_stop(Stream *s)
 {
   s->running = FALSE;
-  if (s->direction == VIRTIO_SND_D_INPUT)
-    gst_element_set_state(s->pipeline, GST_STATE_PAUSED);
 }
 
 static void
@@ -405,26 +438,65 @@ stream_close(Stream *s)
 {
   if (s->running)
     stream_stop(s);
+  /* A live source stops capturing; any other waits where it is. */
+  if (s->direction == VIRTIO_SND_D_INPUT && s->live)
+    gst_element_set_state(s->pipeline, GST_STATE_PAUSED);
   s->is_open = FALSE;
   g_atomic_int_set(&s->delay_bytes, 0);
 }
 
 /* Brings the stream where the device asked (stream lock not held). */
 static void
-apply(Stream *s, gboolean open, gboolean run, const VsndPcmParams *params)
+apply(Stream *s, gboolean open, gboolean run, const VsndPcmParams *params, gint64 since_us)
 {
   if (s->is_open && (!open || memcmp(&s->params, params, sizeof *params) != 0))
     stream_close(s);
   if (open && !s->is_open)
     stream_open(s, params);
-  if (s->running && !run)
+  /* A STOP and START both come before we look: a new start all the same. */
+  if (s->running && (!run || since_us != s->started_us))
     stream_stop(s);
   if (run && !s->running)
-    stream_start(s);
+    stream_start(s, since_us);
 }
 
 /* ------------------------------------------------------------------------ */
 /* The stream thread: moving frames */
+
+#define VOLUME_EVENT "GstVhostSndVolume"
+
+/* Playback controls travel in order with the audio, as a serialized event
+ * that the volume element's sink pad turns into its properties. */
+static void
+send_volume(Stream *s)
+{
+  GstStructure *st = NULL;
+
+  g_mutex_lock(&s->lock);
+  if (s->volume_changed)
+    st = gst_structure_new(VOLUME_EVENT, "volume", G_TYPE_DOUBLE, s->gain, "mute", G_TYPE_BOOLEAN,
+                           s->mute, NULL);
+  s->volume_changed = FALSE;
+  g_mutex_unlock(&s->lock);
+  if (st)
+    gst_element_send_event(s->app, gst_event_new_custom(GST_EVENT_CUSTOM_DOWNSTREAM, st));
+}
+
+static GstPadProbeReturn
+on_volume_event(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+  GstEvent *event = GST_PAD_PROBE_INFO_EVENT(info);
+  const GstStructure *st = gst_event_get_structure(event);
+  gdouble gain;
+  gboolean mute;
+
+  if (GST_EVENT_TYPE(event) != GST_EVENT_CUSTOM_DOWNSTREAM || !st
+      || !gst_structure_has_name(st, VOLUME_EVENT))
+    return GST_PAD_PROBE_OK;
+  if (gst_structure_get_double(st, "volume", &gain) && gst_structure_get_boolean(st, "mute", &mute))
+    g_object_set(data, "volume", gain, "mute", mute, NULL);
+  return GST_PAD_PROBE_DROP;
+}
 
 static void
 pace_output(Stream *s, guint64 due)
@@ -432,6 +504,14 @@ pace_output(Stream *s, guint64 due)
   GstVhostSndStream *self = s->owner;
   guint64 max = MAX(time_to_frames(s, s->tick), 1);
 
+  gint64 now = g_get_monotonic_time();
+
+  if (s->dropped > 0 && now - s->last_drop_log >= G_USEC_PER_SEC) {
+    g_warning("stream %u: the pipeline does not keep up: %" G_GUINT64_FORMAT " ms of audio dropped",
+              s->index, s->dropped * 1000 / s->params.rate);
+    s->dropped = 0;
+    s->last_drop_log = now;
+  }
   while (s->moved < due) {
     guint64 n = MIN(due - s->moved, max);
     GstBuffer *buf = gst_buffer_new_allocate(NULL, frames_to_bytes(s, n), NULL);
@@ -446,8 +526,16 @@ pace_output(Stream *s, guint64 due)
     if (s->discont)
       GST_BUFFER_FLAG_SET(buf, GST_BUFFER_FLAG_DISCONT);
     s->discont = FALSE;
-    /* Refused only while the pipeline is down: the guest goes on. */
-    gst_app_src_push_buffer(GST_APP_SRC(s->app), buf);
+    send_volume(s);
+    /* A pipeline that does not keep up loses audio, counted; refused
+     * pushes (the pipeline is down) too: the guest goes on either way. */
+    if (gst_app_src_get_current_level_bytes(GST_APP_SRC(s->app))
+        > frames_to_bytes(s, time_to_frames(s, OUT_QUEUE))) {
+      s->dropped += n;
+      gst_buffer_unref(buf);
+    } else {
+      gst_app_src_push_buffer(GST_APP_SRC(s->app), buf);
+    }
     s->moved += n;
   }
 }
@@ -476,6 +564,7 @@ pace_input(Stream *s, guint64 due)
 
   fill_adapter(s, need);
   have = gst_adapter_available(s->adapter);
+  GST_LOG("stream %u: %zu bytes due, %zu there", s->index, need, have);
   have = MIN(have, need) / s->params.frame_bytes * s->params.frame_bytes;
   if (have > 0) {
     const guint8 *data = gst_adapter_map(s->adapter, have);
@@ -504,8 +593,6 @@ pace(Stream *s)
 {
   GstClockTime now;
 
-  if (g_atomic_int_get(&s->failed) && !s->system_clock)
-    take_clock(s); /* the pipeline's clock may stand still now */
   now = gst_clock_get_time(s->clock);
   if (now <= s->t0)
     return;
@@ -525,6 +612,78 @@ next_tick(Stream *s)
   return s->t0 + k * s->tick;
 }
 
+static gboolean
+on_tick(GstClock *clock, GstClockTime time, GstClockID id, gpointer data)
+{
+  Stream *s = data;
+
+  g_mutex_lock(&s->lock);
+  if (id == s->wait_id) {
+    s->fired = TRUE;
+    g_cond_signal(&s->cond);
+  }
+  g_mutex_unlock(&s->lock);
+  return TRUE;
+}
+
+/* Drops the pending tick.  The lock is released around the unschedule: the
+ * clock may be calling on_tick(), which waits for it. */
+static void
+clear_tick(Stream *s)
+{
+  GstClockID id = s->wait_id;
+
+  if (!id)
+    return;
+  s->wait_id = NULL;
+  g_mutex_unlock(&s->lock);
+  gst_clock_id_unschedule(id);
+  gst_clock_id_unref(id);
+  g_mutex_lock(&s->lock);
+}
+
+/* Waits (lock held) for the next tick of the stream's clock, a request, or
+ * a clock that stands still; TRUE when the tick came. */
+static gboolean
+wait_tick(Stream *s)
+{
+  GstClockTime seen, next;
+  gboolean fired;
+  gint64 deadline;
+
+  /* A pipeline that failed may have stopped its clock. */
+  if (g_atomic_int_get(&s->failed) && !s->system_clock)
+    take_clock(s, TRUE, g_get_monotonic_time());
+  seen = gst_clock_get_time(s->clock);
+  s->fired = FALSE;
+  next = next_tick(s);
+  s->wait_id = gst_clock_new_single_shot_id(s->clock, next);
+  GST_LOG("stream %u: tick at %" GST_TIME_FORMAT ", now %" GST_TIME_FORMAT, s->index,
+          GST_TIME_ARGS(next), GST_TIME_ARGS(seen));
+  gst_clock_id_wait_async(s->wait_id, on_tick, s, NULL);
+  for (;;) {
+    deadline = g_get_monotonic_time() + STALL_US;
+    while (!s->fired && !s->quit && s->seen_gen == s->gen)
+      if (!g_cond_wait_until(&s->cond, &s->lock, deadline))
+        break;
+    if (s->fired || s->quit || s->seen_gen != s->gen)
+      break;
+    if (s->system_clock || gst_clock_get_time(s->clock) != seen) {
+      seen = gst_clock_get_time(s->clock);
+      continue; /* slow, not stopped */
+    }
+    g_warning("stream %u: the pipeline's clock stands still; the stream goes on by the system "
+              "clock",
+              s->index);
+    clear_tick(s);
+    take_clock(s, TRUE, g_get_monotonic_time());
+    return FALSE;
+  }
+  fired = s->fired && !s->quit && s->seen_gen == s->gen;
+  clear_tick(s);
+  return fired;
+}
+
 static gpointer
 stream_thread(gpointer data)
 {
@@ -535,10 +694,11 @@ stream_thread(gpointer data)
     if (s->seen_gen != s->gen) {
       gboolean open = s->want_open, run = s->want_run;
       VsndPcmParams params = s->want_params;
+      gint64 since_us = s->start_us;
 
       s->seen_gen = s->gen;
       g_mutex_unlock(&s->lock);
-      apply(s, open, run, &params);
+      apply(s, open, run, &params, since_us);
       g_mutex_lock(&s->lock);
       continue;
     }
@@ -546,13 +706,7 @@ stream_thread(gpointer data)
       g_cond_wait(&s->cond, &s->lock);
       continue;
     }
-    s->wait_id = gst_clock_new_single_shot_id(s->clock, next_tick(s));
-    g_mutex_unlock(&s->lock);
-    gst_clock_id_wait(s->wait_id, NULL);
-    g_mutex_lock(&s->lock);
-    gst_clock_id_unref(s->wait_id);
-    s->wait_id = NULL;
-    if (s->quit || s->seen_gen != s->gen)
+    if (!wait_tick(s))
       continue;
     g_mutex_unlock(&s->lock);
     pace(s);
@@ -581,6 +735,9 @@ on_bus_message(GstBus *bus, GstMessage *msg, gpointer data)
         g_warning("stream %u: pipeline: %s (%s); the stream goes on without it", s->index,
                   error->message, dbg ? dbg : "no details");
       g_atomic_int_set(&s->failed, 1);
+      g_mutex_lock(&s->lock);
+      request(s); /* to leave the pipeline's clock */
+      g_mutex_unlock(&s->lock);
       break;
     case GST_MESSAGE_WARNING:
       gst_message_parse_warning(msg, &error, &dbg);
@@ -663,9 +820,9 @@ build_output(Stream *s, GstElement *user, GError **error)
   if (!s->app)
     return FALSE;
   g_object_set(s->app, "is-live", TRUE, "format", GST_FORMAT_TIME, "do-timestamp", FALSE, "block",
-               FALSE, "max-bytes", (guint64)0, "max-buffers", (guint64)0, "max-time",
-               (guint64)OUT_QUEUE, "leaky-type", GST_APP_LEAKY_TYPE_DOWNSTREAM, "min-latency",
-               (gint64)(2 * MAX_TICK), "max-latency", (gint64)OUT_QUEUE, NULL);
+               FALSE, "max-bytes", (guint64)0, "max-buffers", (guint64)0, "max-time", (guint64)0,
+               "leaky-type", GST_APP_LEAKY_TYPE_NONE, "min-latency", (gint64)(2 * MAX_TICK),
+               "max-latency", (gint64)OUT_QUEUE, NULL);
   gst_bin_add(bin, s->app);
   if (!add_chain(bin, chain, &first, &last, error))
     return FALSE;
@@ -731,6 +888,24 @@ sound_server_found(const char *factory)
   return found;
 }
 
+/* TRUE when autoaudiosrc delivers audio within a second: some sources
+ * (openalsrc) only fail once they start capturing. */
+static gboolean
+capture_works(void)
+{
+  g_autoptr(GstElement) p = gst_parse_launch("autoaudiosrc ! fakesink num-buffers=1", NULL);
+  g_autoptr(GstBus) bus = NULL;
+  g_autoptr(GstMessage) msg = NULL;
+
+  if (!p)
+    return FALSE;
+  bus = gst_element_get_bus(p);
+  if (gst_element_set_state(p, GST_STATE_PLAYING) != GST_STATE_CHANGE_FAILURE)
+    msg = gst_bus_timed_pop_filtered(bus, GST_SECOND, GST_MESSAGE_EOS | GST_MESSAGE_ERROR);
+  gst_element_set_state(p, GST_STATE_NULL);
+  return msg && GST_MESSAGE_TYPE(msg) == GST_MESSAGE_EOS;
+}
+
 static const char *
 default_description(guint8 direction)
 {
@@ -739,7 +914,8 @@ default_description(guint8 direction)
   guint d = direction == VIRTIO_SND_D_OUTPUT ? 0 : 1;
 
   if (!g_atomic_int_get(&probed[d])) {
-    found[d] = sound_server_found(d == 0 ? "autoaudiosink" : "autoaudiosrc");
+    found[d] = d == 0 ? sound_server_found("autoaudiosink")
+                      : sound_server_found("autoaudiosrc") && capture_works();
     if (!found[d])
       g_message("no sound server for %s: %s", d == 0 ? "playback" : "capture",
                 d == 0 ? "playback is consumed at real-time pace and dropped"
@@ -759,6 +935,7 @@ stream_build(GstVhostSndStream *self, Stream *s, GError **error)
       "%s%u", s->direction == VIRTIO_SND_D_OUTPUT ? "playback" : "capture", s->index);
   GstElement *user = gst_parse_bin_from_description(desc, TRUE, error);
   g_autoptr(GstBus) bus = NULL;
+  GstStateChangeReturn ret;
   gboolean ok;
 
   if (!user)
@@ -771,15 +948,42 @@ stream_build(GstVhostSndStream *self, Stream *s, GError **error)
   if (!ok)
     return FALSE;
   s->volume = find_volume(GST_BIN(s->pipeline));
+  if (s->direction == VIRTIO_SND_D_OUTPUT) {
+    g_autoptr(GstPad) pad = gst_element_get_static_pad(s->volume, "sink");
+
+    gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, on_volume_event, s->volume, NULL);
+  }
   bus = gst_element_get_bus(s->pipeline);
   s->bus_watch = gst_bus_create_watch(bus);
   g_source_set_callback(s->bus_watch, G_SOURCE_FUNC(on_bus_message), s, NULL);
   g_source_attach(s->bus_watch, self->context);
-  if (gst_element_set_state(s->pipeline, s->direction == VIRTIO_SND_D_OUTPUT ? GST_STATE_PLAYING
-                                                                             : GST_STATE_READY)
-      == GST_STATE_CHANGE_FAILURE) {
+  if (s->direction == VIRTIO_SND_D_INPUT) {
+    /* Prerolled in the format a guest most likely asks for, so that its
+     * capture starts without the pipeline's start-up time. */
+    VsndPcmParams p;
+    g_autoptr(GstCaps) caps = NULL;
+
+    vsnd_vhost_lock(self->vsnd);
+    vsnd_device_get_preferred_params(vsnd_vhost_get_device(self->vsnd), s->index, &p);
+    vsnd_vhost_unlock(self->vsnd);
+    caps = gst_vhost_snd_params_to_caps(&p);
+    g_object_set(s->filter, "caps", caps, NULL);
+    gst_caps_replace(&s->caps, caps);
+  }
+  /* Playback plays for good.  Capture from a live source waits for the
+   * guest in PAUSED (nothing captured); any other source plays at once and
+   * waits on the full appsink, so the guest's capture starts with data. */
+  ret = gst_element_set_state(s->pipeline, s->direction == VIRTIO_SND_D_OUTPUT ? GST_STATE_PLAYING
+                                                                               : GST_STATE_PAUSED);
+  if (ret == GST_STATE_CHANGE_FAILURE) {
     g_set_error(error, GST_CORE_ERROR, GST_CORE_ERROR_STATE_CHANGE, "the pipeline does not start");
     return FALSE;
+  }
+  s->live = s->direction == VIRTIO_SND_D_INPUT && ret == GST_STATE_CHANGE_NO_PREROLL;
+  if (s->direction == VIRTIO_SND_D_INPUT) {
+    g_object_set(s->app, "drop", s->live, NULL);
+    if (!s->live)
+      gst_element_set_state(s->pipeline, GST_STATE_PLAYING);
   }
   s->thread = g_thread_new(name, stream_thread, s);
   g_info("stream %u (%s): '%s'", s->index, name, desc);
@@ -847,6 +1051,10 @@ gst_vhost_snd_stream_start(GstVhostSndStream *self, GError **error)
       return FALSE;
     }
   }
+  /* Capture pipelines have prerolled (bounded) before the first guest. */
+  for (guint i = 0; i < self->n_streams; i++)
+    if (self->streams[i].direction == VIRTIO_SND_D_INPUT)
+      gst_element_get_state(self->streams[i].pipeline, NULL, NULL, STATE_TIMEOUT);
   vsnd_vhost_set_stream_iface(self->vsnd, &stream_iface, self);
   return TRUE;
 }

@@ -25,8 +25,11 @@
  * silence.
  *
  * Playback pipelines run from gst_vhost_snd_stream_start() to
- * gst_vhost_snd_stream_finish(); a capture pipeline plays while the guest
- * captures and pauses in between (a file source resumes where it was).
+ * gst_vhost_snd_stream_finish().  A capture pipeline with a live source
+ * plays from PREPARE to RELEASE and pauses in between (what it captured
+ * before START is dropped); any other source plays from the start and
+ * waits on its full appsink, so a file is read on from where the last
+ * capture left it.
  *
  * Threads and locks: the VsndStreamIface callbacks run under the VsndVhost
  * device lock and only note the request for the stream's thread (order:

@@ -423,17 +423,6 @@ main(int argc, char **argv)
   vsnd = vsnd_vhost_new(&config, NULL, &error);
   if (!vsnd)
     return usage_error("%s", error->message);
-  if (opts.socket_path) {
-    if (!vhu_backend_listen(vsnd_vhost_get_backend(vsnd), opts.socket_path, &error)) {
-      g_printerr("%s: %s\n", g_get_prgname(), error->message);
-      vsnd_vhost_free(vsnd);
-      return EXIT_FAILURE;
-    }
-  } else if (!vhu_backend_serve_fd(vsnd_vhost_get_backend(vsnd), opts.fd, &error)) {
-    g_printerr("%s: --fd %d: %s\n", g_get_prgname(), opts.fd, error->message);
-    vsnd_vhost_free(vsnd);
-    return EXIT_FAILURE;
-  }
 #ifdef HAVE_GST_PIPELINE
   gst_init(NULL, NULL);
   pipelines = gst_vhost_snd_stream_new(vsnd, NULL);
@@ -447,6 +436,21 @@ main(int argc, char **argv)
 #else
   output = vsnd_null_output_new(vsnd);
 #endif
+  /* Served once the streams are ready. */
+  if (opts.socket_path ? !vhu_backend_listen(vsnd_vhost_get_backend(vsnd), opts.socket_path, &error)
+                       : !vhu_backend_serve_fd(vsnd_vhost_get_backend(vsnd), opts.fd, &error)) {
+    if (opts.socket_path)
+      g_printerr("%s: %s\n", g_get_prgname(), error->message);
+    else
+      g_printerr("%s: --fd %d: %s\n", g_get_prgname(), opts.fd, error->message);
+#ifdef HAVE_GST_PIPELINE
+    gst_vhost_snd_stream_free(pipelines);
+#else
+    vsnd_null_output_free(output);
+#endif
+    vsnd_vhost_free(vsnd);
+    return EXIT_FAILURE;
+  }
   dd.loop = loop;
   dd.backend = vsnd_vhost_get_backend(vsnd);
   vsnd_vhost_set_disconnect_func(vsnd, on_frontend_gone, &dd);

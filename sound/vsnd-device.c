@@ -1359,6 +1359,32 @@ vsnd_device_get_direction(VsndDevice *dev, guint stream)
   return dev->streams[stream].config.direction;
 }
 
+void
+vsnd_device_get_preferred_params(VsndDevice *dev, guint stream, VsndPcmParams *params)
+{
+  const VsndStreamConfig *c;
+  guint format = VIRTIO_SND_PCM_FMT_S16, rate = VIRTIO_SND_PCM_RATE_48000;
+
+  g_return_if_fail(stream < dev->config.n_streams);
+  c = &dev->streams[stream].config;
+  if (!(c->formats & (1ull << format)))
+    format = (guint)g_bit_nth_lsf(c->formats, -1);
+  if (!(c->rates & (1ull << rate))) {
+    guint64 below = c->rates & ((1ull << VIRTIO_SND_PCM_RATE_48000) - 1);
+
+    rate = (guint)(below ? g_bit_nth_msf(below, -1) : g_bit_nth_lsf(c->rates, -1));
+  }
+  *params = (VsndPcmParams){
+    .direction = c->direction,
+    .format = (guint8)format,
+    .rate = rates_hz[rate],
+    .channels = CLAMP(2, c->channels_min, c->channels_max),
+  };
+  params->frame_bytes = sample_bytes[format] * params->channels;
+  params->period_bytes = params->frame_bytes * (params->rate / 100);
+  params->buffer_bytes = params->period_bytes * 4;
+}
+
 gboolean
 vsnd_device_get_params(VsndDevice *dev, guint stream, VsndPcmParams *params)
 {

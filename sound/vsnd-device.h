@@ -238,6 +238,10 @@ gsize vsnd_device_get_queued(VsndDevice *dev, guint stream);
 VsndPcmState vsnd_device_get_state(VsndDevice *dev, guint stream);
 /* VIRTIO_SND_D_OUTPUT or _INPUT, as configured. */
 guint8 vsnd_device_get_direction(VsndDevice *dev, guint stream);
+/* The parameters a driver most likely picks for @stream (S16, 48 kHz and
+ * stereo where offered, else the nearest offer), for an output to get
+ * ready before the guest asks; positions are left NONE. */
+void vsnd_device_get_preferred_params(VsndDevice *dev, guint stream, VsndPcmParams *params);
 /* The parameters of @stream; FALSE before its first SET_PARAMS. */
 gboolean vsnd_device_get_params(VsndDevice *dev, guint stream, VsndPcmParams *params);
 

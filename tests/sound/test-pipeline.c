@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "test-util.h"
 #include "vhu-frontend.h"
@@ -59,12 +60,20 @@ connect_frontend(Fixture *f)
   }
 }
 
+/* A test that fails must not leave its daemon behind. */
+static void
+child_setup(gpointer data)
+{
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
 /* Starts the daemon with S16 at 48 kHz only and @args (%s is the WAV path). */
 static void
 daemon_start(Fixture *f, const char *output, const char *input)
 {
   g_autoptr(GError) error = NULL;
   g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+  g_autoptr(GSubprocessLauncher) launcher = NULL;
 
   tu_backend_init(&f->b, "test-sound-pipeline-XXXXXX", "snd.sock");
   f->wav = g_build_filename(f->b.dir, "out.wav", NULL);
@@ -79,7 +88,9 @@ daemon_start(Fixture *f, const char *output, const char *input)
   if (input)
     g_ptr_array_add(argv, g_strdup_printf("--input-pipeline=%s", input));
   g_ptr_array_add(argv, NULL);
-  f->b.proc = g_subprocess_newv((const char *const *)argv->pdata, G_SUBPROCESS_FLAGS_NONE, &error);
+  launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_NONE);
+  g_subprocess_launcher_set_child_setup(launcher, child_setup, NULL, NULL);
+  f->b.proc = g_subprocess_launcher_spawnv(launcher, (const char *const *)argv->pdata, &error);
   g_assert_no_error(error);
   connect_frontend(f);
 }
@@ -215,6 +226,9 @@ run_stream(Fixture *f, guint qidx, guint32 stream, guint8 *data, guint n)
     Slot *s;
 
     if (!vhu_driver_queue_get_used(q, &token, &len)) {
+      if (now >= due_late)
+        g_test_message("period %u of %u not back %" G_GINT64_FORMAT " us after START", done, n,
+                       now - after);
       g_assert_cmpint(now, <, due_late); /* an upper bound: it must have come by then */
       vhu_driver_queue_wait(q, (int)MAX((due_late - now) / 1000, 1));
       continue;
@@ -498,8 +512,13 @@ test_volume_survives_reconnect(void)
     g_assert_cmpuint(pos + len, <=, n);
     s = (const gint16 *)(w + pos);
     /* volume scales 16-bit samples by a gain in steps of 1/8192. */
-    for (gsize i = 0; i < len / 2; i++)
+    for (gsize i = 0; i < len / 2; i++) {
+      if (fabs(s[i] - p[i] * gain) > 1 + abs(p[i]) / 8192.0) {
+        g_test_message("run %u at byte %zu of %zu: sample %zu of %zu is %d, not %d * %f", run, pos,
+                       n, i, len / 2, s[i], p[i], gain);
+      }
       g_assert_cmpfloat(fabs(s[i] - p[i] * gain), <=, 1 + abs(p[i]) / 8192.0);
+    }
     pos += len;
   }
   /* Muted: the third run is silence (the gaps' trailing silence too). */
