@@ -33,6 +33,7 @@ struct _GstVhostRtsp {
   GstElement *frames; /* vhostgpusrc ! appsink */
   GMutex lock;
   GPtrArray *appsrcs; /* GstAppSrc of each prepared media */
+  GPtrArray *medias;  /* GstRTSPMedia not yet unprepared, for free */
   GstCaps *caps;      /* of the newest frame */
 };
 
@@ -238,6 +239,10 @@ on_media(GstRTSPMediaFactory *factory, GstRTSPMedia *media, gpointer data)
 
   g_signal_connect(media, "unprepared", G_CALLBACK(on_unprepared), rtsp);
   g_mutex_lock(&rtsp->lock);
+  for (guint i = rtsp->medias->len; i-- > 0;)
+    if (gst_rtsp_media_get_status(rtsp->medias->pdata[i]) == GST_RTSP_MEDIA_STATUS_UNPREPARED)
+      g_ptr_array_remove_index_fast(rtsp->medias, i);
+  g_ptr_array_add(rtsp->medias, g_object_ref(media));
   if (rtsp->caps)
     gst_app_src_set_caps(GST_APP_SRC(appsrc), rtsp->caps);
   g_ptr_array_add(rtsp->appsrcs, appsrc);
@@ -361,6 +366,7 @@ gst_vhost_rtsp_new(const GstVhostRtspConfig *config, GError **error)
   rtsp->path = g_strdup(config->address->path);
   g_mutex_init(&rtsp->lock);
   rtsp->appsrcs = g_ptr_array_new_with_free_func(g_object_unref);
+  rtsp->medias = g_ptr_array_new_with_free_func(g_object_unref);
   rtsp->server = gst_rtsp_server_new();
   gst_rtsp_server_set_address(rtsp->server, rtsp->host);
   gst_rtsp_server_set_service(rtsp->server, service);
@@ -409,6 +415,8 @@ remove_client(GstRTSPServer *server, GstRTSPClient *client, gpointer data)
 void
 gst_vhost_rtsp_free(GstVhostRtsp *rtsp)
 {
+  GPtrArray *medias;
+
   if (!rtsp)
     return;
   if (rtsp->source) {
@@ -422,7 +430,19 @@ gst_vhost_rtsp_free(GstVhostRtsp *rtsp)
   }
   if (rtsp->server)
     gst_rtsp_server_client_filter(rtsp->server, remove_client, NULL);
+  /* The medias' threads end here, not at some point during exit. */
+  g_mutex_lock(&rtsp->lock);
+  medias = g_steal_pointer(&rtsp->medias);
+  g_mutex_unlock(&rtsp->lock);
+  for (guint i = 0; i < medias->len; i++) {
+    g_autoptr(GstElement) element = gst_rtsp_media_get_element(medias->pdata[i]);
+
+    gst_rtsp_media_unprepare(medias->pdata[i]);
+    gst_element_set_state(element, GST_STATE_NULL);
+  }
+  g_ptr_array_unref(medias);
   g_clear_object(&rtsp->server);
+  gst_rtsp_thread_pool_cleanup();
   g_ptr_array_unref(rtsp->appsrcs);
   gst_clear_caps(&rtsp->caps);
   g_mutex_clear(&rtsp->lock);

@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -30,6 +31,27 @@
 #define TOLERANCE  24    /* per channel, after 4:2:0 and the codec */
 
 /* --- the daemon ------------------------------------------------------------ */
+
+/* Children die with the test, so that a failed test leaves no process holding
+ * its output pipes open. */
+static void
+die_with_parent(gpointer data)
+{
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+}
+
+static GSubprocess *
+spawn(GSubprocessFlags flags, const char *const *argv)
+{
+  g_autoptr(GSubprocessLauncher) launcher = g_subprocess_launcher_new(flags);
+  g_autoptr(GError) error = NULL;
+  GSubprocess *p;
+
+  g_subprocess_launcher_set_child_setup(launcher, die_with_parent, NULL, NULL);
+  p = g_subprocess_launcher_spawnv(launcher, argv, &error);
+  g_assert_no_error(error);
+  return p;
+}
 
 typedef struct {
   GSubprocess *proc;
@@ -85,9 +107,7 @@ daemon_wait_log(Daemon *d, const char *text, int timeout_ms)
 static void
 daemon_start(Daemon *d, const char *const *extra)
 {
-  g_autoptr(GSubprocessLauncher) launcher = NULL;
   g_autoptr(GPtrArray) argv = g_ptr_array_new();
-  g_autoptr(GError) error = NULL;
   g_autofree char *line = NULL;
   const char *at;
 
@@ -106,10 +126,8 @@ daemon_start(Daemon *d, const char *const *extra)
   for (; extra && *extra; extra++)
     g_ptr_array_add(argv, (gpointer)*extra);
   g_ptr_array_add(argv, NULL);
-  launcher = g_subprocess_launcher_new(G_SUBPROCESS_FLAGS_STDOUT_SILENCE
-                                       | G_SUBPROCESS_FLAGS_STDERR_PIPE);
-  d->proc = g_subprocess_launcher_spawnv(launcher, (const char *const *)argv->pdata, &error);
-  g_assert_no_error(error);
+  d->proc = spawn(G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_PIPE,
+                  (const char *const *)argv->pdata);
   d->reader = g_thread_new("daemon-stderr", daemon_reader, d);
   line = daemon_wait_log(d, "rtsp: serving", WAIT_MS);
   g_assert_nonnull(line);
@@ -265,7 +283,6 @@ static Viewer *
 viewer_start(const char *url, const char *user, const char *pass)
 {
   Viewer *v = g_new0(Viewer, 1);
-  g_autoptr(GError) error = NULL;
   g_autofree char *loc = g_strdup_printf("location=%s", url);
   g_autofree char *uid = g_strdup_printf("user-id=%s", user ? user : "");
   g_autofree char *upw = g_strdup_printf("user-pw=%s", pass ? pass : "");
@@ -292,8 +309,7 @@ viewer_start(const char *url, const char *user, const char *pass)
 
   g_mutex_init(&v->lock);
   g_cond_init(&v->cond);
-  v->proc = g_subprocess_newv(argv, G_SUBPROCESS_FLAGS_STDOUT_PIPE, &error);
-  g_assert_no_error(error);
+  v->proc = spawn(G_SUBPROCESS_FLAGS_STDOUT_PIPE, argv);
   v->reader = g_thread_new("viewer", viewer_reader, v);
   return v;
 }
@@ -348,6 +364,14 @@ viewer_stop(Viewer *v)
   g_free(v);
 }
 
+static gboolean
+have_program(const char *name)
+{
+  g_autofree char *path = g_find_program_in_path(name);
+
+  return path != NULL;
+}
+
 static const guint32 colours[] = { 0xff0000, 0x00ff00, 0x0000ff, 0xffffff, 0x808080, 0xffff00 };
 
 /* --- tests ----------------------------------------------------------------- */
@@ -385,8 +409,8 @@ static GBytes *
 run_client(Guest *g, const char *const *argv, guint32 rgb, int *status)
 {
   g_autoptr(GError) error = NULL;
-  g_autoptr(GSubprocess) p = g_subprocess_newv(
-      argv, G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_PIPE, &error);
+  g_autoptr(GSubprocess) p
+      = spawn(G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_SILENCE, argv);
   GInputStream *out;
   GByteArray *buf = g_byte_array_new();
   guint8 chunk[65536];
@@ -458,7 +482,7 @@ test_ffmpeg(void)
   guint sum[3] = { 0 }, n = 0;
   guint8 mean[3];
 
-  if (!g_find_program_in_path("ffprobe") || !g_find_program_in_path("ffmpeg")) {
+  if (!have_program("ffprobe") || !have_program("ffmpeg")) {
     g_test_skip("ffprobe/ffmpeg not installed (ffmpeg)");
     return;
   }
@@ -533,7 +557,7 @@ test_auth(void)
   v = viewer_start(g.d.url, "alice", "s3cret");
   viewer_expect(v, &g, 0xff0000, FALSE);
   viewer_stop(v);
-  if (g_find_program_in_path("ffprobe")) {
+  if (have_program("ffprobe")) {
     probe_argv[5] = g.d.url;
     o1 = run_client(&g, probe_argv, 0xff0000, &status);
     g_assert_cmpint(status, !=, 0);
@@ -700,7 +724,7 @@ int
 main(int argc, char **argv)
 {
   g_test_init(&argc, &argv, NULL);
-  if (!g_find_program_in_path("gst-launch-1.0")) {
+  if (!have_program("gst-launch-1.0")) {
     g_printerr("gst-launch-1.0 not installed (gstreamer1.0-tools)\n");
     return 77;
   }
