@@ -90,6 +90,12 @@ struct _GstVhostFrameQueue {
    * (whole pages of sealed files); NULL otherwise. */
   GstVhostBlobExport *blob_export;
   GPtrArray *blob_dmabufs; /* CachedDmabuf, oldest first */
+  /* The consumer takes blob frames as the blob's dmabuf: a blob in several
+   * host pieces is then not copied into frame memory either.  When that
+   * stops while the blob is shown, the next flush copies all of it from
+   * @resync first (frame memory missed what went by). */
+  gboolean consumer_dmabuf;
+  GstVhostBlobExport *resync;
 
   /* What the next frame carries. */
   gboolean ready;
@@ -418,7 +424,9 @@ blob_dmabuf(GstVhostFrameQueue *q, const GstVhostBlobExport *e)
     c->dmabuf = gst_memory_ref(mem);
     g_ptr_array_add(q->blob_dmabufs, c);
   } else if (q->blob_export == e) {
-    /* The next frame renegotiates without it. */
+    /* The next frame renegotiates without it, from a full copy. */
+    if (q->consumer_dmabuf && !q->blob_mem && !q->resync)
+      q->resync = blob_export_ref(q->blob_export);
     g_clear_pointer(&q->blob_export, blob_export_unref);
   }
   g_mutex_unlock(&q->lock);
@@ -559,6 +567,7 @@ sink_set_scanout(gpointer sink, guint id, VgpuImage *image, const VgpuRect *rect
   g_mutex_lock(&q->lock);
   g_clear_pointer(&q->blob_mem, gst_memory_unref);
   g_clear_pointer(&q->blob_export, blob_export_unref);
+  g_clear_pointer(&q->resync, blob_export_unref);
   cache_prune(q);
   if (!image) {
     if (q->enabled)
@@ -583,6 +592,30 @@ out:
   g_mutex_unlock(&q->lock);
 }
 
+/* Frames are the blob itself (its memory, or its dmabuf): nothing to copy. */
+static gboolean
+frames_are_blob(GstVhostFrameQueue *q)
+{
+  return q->blob_mem || (q->blob_export && q->consumer_dmabuf);
+}
+
+/* All of the blob @e into frame memory: what the skipped flushes missed. */
+static void
+resync_blob(GstVhostFrameQueue *q, const GstVhostBlobExport *e)
+{
+  Source all = { .backing = e->backing, .offset = e->start + e->head, .stride = e->stride };
+  VgpuRect full = { 0, 0, GST_VIDEO_INFO_WIDTH(&q->info), GST_VIDEO_INFO_HEIGHT(&q->info) };
+  pixman_region32_t r;
+  Frame *f;
+
+  pixman_region32_init_rect(&r, 0, 0, full.width, full.height);
+  if ((f = target_for(q, &r, q->max_frames))) {
+    copy_in(q, f->data, &all, &full);
+    pixman_region32_union(&q->history[q->gen % HISTORY], &q->history[q->gen % HISTORY], &r);
+  }
+  pixman_region32_fini(&r);
+}
+
 static void
 flushed(GstVhostFrameQueue *q, const Source *src, guint32 w, guint32 h, guint32 dst_x,
         guint32 dst_y)
@@ -600,7 +633,11 @@ flushed(GstVhostFrameQueue *q, const Source *src, guint32 w, guint32 h, guint32 
     d.height = MIN(h, fh - dst_y);
   }
   pixman_region32_init_rect(&incoming, (int)d.x, (int)d.y, d.width, d.height);
-  if (q->blob_mem) {
+  if (q->resync && !frames_are_blob(q)) {
+    resync_blob(q, q->resync);
+    g_clear_pointer(&q->resync, blob_export_unref);
+  }
+  if (frames_are_blob(q)) {
     /* The frame is the guest's memory: nothing to copy. */
   } else if ((f = target_for(q, &incoming, q->max_frames))) {
     copy_in(q, f->data, src, &d);
@@ -701,7 +738,7 @@ out:
 static gboolean
 has_content(GstVhostFrameQueue *q)
 {
-  return q->cur || q->blob_mem;
+  return q->cur || frames_are_blob(q);
 }
 
 static void
@@ -800,7 +837,9 @@ fill_frame(GstVhostFrameQueue *q, GstVhostFrame *frame, gboolean with_damage)
     frame->zero_copy = TRUE;
     q->stats.zero_copy_frames++;
   } else {
-    gst_buffer_append_memory(frame->buffer, gst_memory_ref(q->cur->mem));
+    /* No memory when the frame is the blob's dmabuf, made on export. */
+    if (q->cur)
+      gst_buffer_append_memory(frame->buffer, gst_memory_ref(q->cur->mem));
     frame->info = q->info;
   }
   frame->geometry = q->geometry;
@@ -941,7 +980,10 @@ export_blob(GstVhostFrameQueue *q, GstVhostFrame *frame)
     gst_memory_unref(d);
     d = part;
   }
-  gst_buffer_replace_memory(frame->buffer, 0, d);
+  if (gst_buffer_n_memory(frame->buffer) > 0)
+    gst_buffer_replace_memory(frame->buffer, 0, d);
+  else
+    gst_buffer_append_memory(frame->buffer, d);
   frame->info = q->blob_info;
   frame->info.stride[0] = (gint)e->stride;
   frame->info.size = e->len;
@@ -955,10 +997,11 @@ export_blob(GstVhostFrameQueue *q, GstVhostFrame *frame)
 gboolean
 gst_vhost_frame_queue_export_dmabuf(GstVhostFrameQueue *q, GstVhostFrame *frame)
 {
-  GstMemory *mem = gst_buffer_peek_memory(frame->buffer, 0), *d = NULL;
+  GstMemory *mem, *d = NULL;
 
   if (frame->blob_export)
     return export_blob(q, frame);
+  mem = gst_buffer_peek_memory(frame->buffer, 0);
   g_mutex_lock(&q->lock);
   for (guint i = 0; i < q->frames->len && !frame->zero_copy; i++) {
     Frame *f = q->frames->pdata[i];
@@ -974,6 +1017,16 @@ gst_vhost_frame_queue_export_dmabuf(GstVhostFrameQueue *q, GstVhostFrame *frame)
     q->stats.dmabuf_frames++;
   g_mutex_unlock(&q->lock);
   return d != NULL;
+}
+
+void
+gst_vhost_frame_queue_set_dmabuf_consumer(GstVhostFrameQueue *q, gboolean dmabuf)
+{
+  g_mutex_lock(&q->lock);
+  if (q->consumer_dmabuf && !dmabuf && q->blob_export && !q->blob_mem && !q->resync)
+    q->resync = blob_export_ref(q->blob_export);
+  q->consumer_dmabuf = dmabuf;
+  g_mutex_unlock(&q->lock);
 }
 
 void
@@ -1014,6 +1067,7 @@ gst_vhost_frame_queue_free(GstVhostFrameQueue *q)
   reset_content(q);
   g_clear_pointer(&q->blob_mem, gst_memory_unref);
   g_clear_pointer(&q->blob_export, blob_export_unref);
+  g_clear_pointer(&q->resync, blob_export_unref);
   g_ptr_array_unref(q->blob_dmabufs);
   g_ptr_array_unref(q->frames);
   for (guint i = 0; i < HISTORY; i++)

@@ -140,6 +140,13 @@ gboolean gst_vhost_udmabuf_available(void);
  * dmabuf (an ioctl) without holding anything the device waits for. */
 gboolean gst_vhost_frame_queue_export_dmabuf(GstVhostFrameQueue *q, GstVhostFrame *frame);
 
+/* The consumer negotiated memory:DMABuf (any thread).  While it has, the
+ * flushes of a blob that can be a dmabuf are not copied into frame memory
+ * at all, even for a blob in several host pieces: its frames carry no
+ * memory until export_dmabuf() gives them the blob's dmabuf.  When it stops
+ * (or the export fails), the next flush first copies the whole blob. */
+void gst_vhost_frame_queue_set_dmabuf_consumer(GstVhostFrameQueue *q, gboolean dmabuf);
+
 /* The GStreamer format of a virtio-gpu format (GST_VIDEO_FORMAT_UNKNOWN if
  * none): byte order in memory is the same, so no conversion is needed. */
 GstVideoFormat gst_vhost_video_format_from_virtio(guint32 format);

@@ -415,6 +415,7 @@ renegotiate(GstVhostGpuSrc *self, const GstVhostFrame *frame)
   self->dmabuf = current
                  && gst_caps_features_contains(gst_caps_get_features(current, 0),
                                                GST_CAPS_FEATURE_MEMORY_DMABUF);
+  gst_vhost_frame_queue_set_dmabuf_consumer(self->queue, self->dmabuf);
   gst_clear_caps(&current);
   return ok;
 }
@@ -538,6 +539,8 @@ gst_vhost_gpu_src_create(GstPushSrc *psrc, GstBuffer **outbuf)
   draw = self->draw_cursor;
   GST_OBJECT_UNLOCK(self);
 
+again:
+  keepalive = FALSE;
   for (;;) {
     GstVhostFrameResult r;
 
@@ -566,13 +569,20 @@ gst_vhost_gpu_src_create(GstPushSrc *psrc, GstBuffer **outbuf)
                       ("downstream refused the scanout's caps %" GST_PTR_FORMAT, self->caps));
     return GST_FLOW_NOT_NEGOTIATED;
   }
-  if (self->dmabuf && !gst_vhost_frame_queue_export_dmabuf(self->queue, &frame)
-      && !self->dmabuf_warned) {
-    GST_WARNING_OBJECT(self,
-                       "memory:DMABuf negotiated but frame %" G_GUINT64_FORMAT
-                       " could not be exported: sent as fd memory",
-                       frame.number);
+  if (self->dmabuf && !gst_vhost_frame_queue_export_dmabuf(self->queue, &frame)) {
+    if (!self->dmabuf_warned)
+      GST_WARNING_OBJECT(self,
+                         "memory:DMABuf negotiated but frame %" G_GUINT64_FORMAT
+                         " could not be exported: sent as fd memory",
+                         frame.number);
     self->dmabuf_warned = TRUE;
+  }
+  if (gst_buffer_n_memory(frame.buffer) == 0) {
+    /* A blob's frame that only its dmabuf could carry, and it did not (the
+     * export failed, or downstream no longer takes dmabufs): the queue
+     * copies the whole blob on the next flush. */
+    gst_vhost_frame_clear(&frame);
+    goto again;
   }
   *outbuf = decorate(self, &frame, draw);
   GST_LOG_OBJECT(

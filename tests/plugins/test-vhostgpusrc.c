@@ -1240,7 +1240,7 @@ dmabuf_fd_of(GstSample *s)
  * exact with the blob's stride, no byte copied, what the guest writes
  * there later shows through, the same dmabuf for every frame of the blob
  * and again after a flip to another blob and back (cached per blob); a
- * blob in two host pieces is one dmabuf too.  Without udmabuf (or without
+ * blob in two host pieces is one dmabuf too, and not copied either.  Without udmabuf (or without
  * the seals: the test's unsealed frontends elsewhere) blob frames stay
  * guest memory, the caps offer no memory:DMABuf. */
 static void
@@ -1337,6 +1337,8 @@ test_blob_dmabuf(void)
   check_blob_sample(s2, &c, other);
   g_assert_cmpint(dmabuf_fd_of(s2), >=, 0);
   g_assert_cmpuint(stat_of(f, "blob-dmabuf-frames"), ==, 5);
+  /* Not copied into frame memory either, unlike for system memory. */
+  g_assert_cmpuint(stat_of(f, "bytes-copied"), ==, 0);
   /* The buffers outlive the frontend and the element: the pages are
    * pinned by their dmabufs. */
   g_clear_pointer(&f->fe, vhu_frontend_free);
