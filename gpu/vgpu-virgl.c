@@ -851,6 +851,22 @@ level_size(guint32 size, guint32 level)
   return MAX(size >> level, 1u);
 }
 
+/* The start of the last row of the last layer lies in the backing (with a
+ * stride of 0 the renderer packs the rows; it checks the rest itself). */
+static gboolean
+transfer_fits(Resource *res, const struct virtio_gpu_box *b, guint64 offset, guint32 stride,
+              guint32 layer_stride)
+{
+  guint64 end = offset, part;
+
+  if (!g_uint64_checked_mul(&part, (guint64)(b->h - 1), stride)
+      || !g_uint64_checked_add(&end, end, part)
+      || !g_uint64_checked_mul(&part, (guint64)(b->d - 1), layer_stride)
+      || !g_uint64_checked_add(&end, end, part))
+    return FALSE;
+  return end < vgpu_backing_get_size(res->backing);
+}
+
 static guint32
 cmd_transfer(VgpuVirgl *v, const struct virtio_gpu_ctrl_hdr *hdr, Resource *res, guint32 level,
              const struct virtio_gpu_box *b, guint64 offset, guint32 stride, guint32 layer_stride,
@@ -876,9 +892,11 @@ cmd_transfer(VgpuVirgl *v, const struct virtio_gpu_ctrl_hdr *hdr, Resource *res,
     guest_error(v, VE_BACKING, "%s: resource %u has no backing", what, res->id);
     return VIRTIO_GPU_RESP_ERR_UNSPEC;
   }
-  if (offset >= vgpu_backing_get_size(res->backing) && b->w && b->h && b->d) {
-    guest_error(v, VE_PARAMETER, "%s: offset %" G_GUINT64_FORMAT " beyond the backing of %u", what,
-                offset, res->id);
+  if (b->w && b->h && b->d && !transfer_fits(res, b, offset, stride, layer_stride)) {
+    guest_error(v, VE_PARAMETER,
+                "%s: offset %" G_GUINT64_FORMAT
+                ", stride %u, layer stride %u beyond the %" G_GUINT64_FORMAT "-byte backing of %u",
+                what, offset, stride, layer_stride, vgpu_backing_get_size(res->backing), res->id);
     return VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
   }
   if (to_host)

@@ -655,6 +655,9 @@ test_errors(Fixture *f, gconstpointer data)
   t = transfer_3d(VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D, 1, 1, 64, 64);
   t.offset = 64 * 64 * 4;
   g_assert_cmphex(CMD(f->fe, t), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
+  t = transfer_3d(VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D, 1, 1, 64, 64);
+  t.stride = G_MAXUINT32; /* rows far beyond the backing */
+  g_assert_cmphex(CMD(f->fe, t), ==, VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
   t = transfer_3d(VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D, 9, 1, 64, 64);
   g_assert_cmphex(CMD(f->fe, t), ==, VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID);
   t = transfer_3d(VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D, 1, 99, 64, 64);
