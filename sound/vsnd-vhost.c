@@ -11,6 +11,7 @@ struct _VsndVhost {
   VhuBackend *backend;
   VsndDevice *dev;
   gboolean batching[VSND_NUM_QUEUES]; /* inside queue_kick */
+  gboolean warned_config;
   void (*disconnect_func)(gpointer data);
   gpointer disconnect_data;
 };
@@ -55,6 +56,16 @@ iface_get_config(gpointer dev, guint8 *config, gsize size)
   VsndVhost *v = dev;
 
   g_mutex_lock(&v->lock);
+  /* QEMU's vhost-user-snd without controls=on has a 12-byte config space yet
+   * shows the guest our CTLS bit: the driver then reads a controls count
+   * that is not there and fails its probe. */
+  if (size < sizeof(struct virtio_snd_config)
+      && (vsnd_device_get_features(v->dev) & (1ull << VIRTIO_SND_F_CTLS)) && !v->warned_config) {
+    g_warning("sound: the frontend reads %zu bytes of config, without the controls count: "
+              "give QEMU's vhost-user-snd-pci controls=on, or run with --no-controls",
+              size);
+    v->warned_config = TRUE;
+  }
   vsnd_device_get_config(v->dev, config, size);
   g_mutex_unlock(&v->lock);
 }
