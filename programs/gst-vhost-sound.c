@@ -104,16 +104,18 @@ static const char description[]
       "Example (QEMU 9.0 or later):\n"
       "  gst-vhost-sound --socket-path /tmp/snd.sock &\n"
       "  qemu-system-x86_64 -m 1G \\\n"
-      "    -object memory-backend-memfd,id=mem,size=1G,share=on -machine q35,memory-backend=mem "
+      "    -object memory-backend-memfd,id=mem,size=1G,share=on -machine pc,memory-backend=mem "
       "\\\n"
       "    -chardev socket,id=snd,path=/tmp/snd.sock \\\n"
-      "    -device vhost-user-snd-pci,chardev=snd ...\n"
+      "    -device vhost-user-snd-pci,chardev=snd,controls=on ...\n"
       "\n"
       "Recording the guest's playback into a WAV file:\n"
       "  gst-vhost-sound --socket-path /tmp/snd.sock \\\n"
       "    --output-pipeline 'wavenc ! filesink location=guest.wav'\n"
       "\n"
-      "Guest memory must be shared (memory-backend-memfd with share=on).";
+      "Guest memory must be shared (memory-backend-memfd with share=on).  With the volume and\n"
+      "switch controls (the default) QEMU's device needs controls=on, else the guest's driver\n"
+      "fails to probe; --no-controls goes without.";
 
 static int log_threshold = G_LOG_LEVEL_MESSAGE;
 
