@@ -905,6 +905,31 @@ vhu_display_server_wait_updates(VhuDisplayServer *ds, guint64 n, int timeout_ms)
   return ok;
 }
 
+static gboolean
+frame_is(const VhuDisplayServer *ds, guint id, const guint32 *pixels, guint width, guint height)
+{
+  const Scanout *so = &ds->scanouts[id];
+
+  return so->fb != NULL && so->width == width && so->height == height
+         && memcmp(so->fb, pixels, (gsize)width * height * 4) == 0;
+}
+
+gboolean
+vhu_display_server_wait_frame(VhuDisplayServer *ds, guint id, const guint32 *pixels, guint width,
+                              guint height, int timeout_ms)
+{
+  gint64 end = g_get_monotonic_time() + (gint64)MAX(timeout_ms, 0) * 1000;
+  gboolean ok;
+
+  g_return_val_if_fail(id < ds->config.num_scanouts, FALSE);
+  g_mutex_lock(&ds->lock);
+  while (!(ok = frame_is(ds, id, pixels, width, height)))
+    if (!g_cond_wait_until(&ds->cond, &ds->lock, end))
+      break;
+  g_mutex_unlock(&ds->lock);
+  return ok;
+}
+
 guint32 *
 vhu_display_server_get_frame(VhuDisplayServer *ds, guint id, guint *width, guint *height)
 {

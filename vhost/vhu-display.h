@@ -56,6 +56,11 @@ void vhu_display_server_get_stats(VhuDisplayServer *ds, VhuDisplayStats *stats);
 /* Waits until at least @n UPDATE and DMABUF_UPDATE messages have arrived
  * in total. */
 gboolean vhu_display_server_wait_updates(VhuDisplayServer *ds, guint64 n, int timeout_ms);
+/* Waits until scanout @id is @width x @height and shows exactly @pixels
+ * (X8R8G8B8, stride width*4): the frame a test expects, however many
+ * updates the backend merged on the way. */
+gboolean vhu_display_server_wait_frame(VhuDisplayServer *ds, guint id, const guint32 *pixels,
+                                       guint width, guint height, int timeout_ms);
 /* Copy of scanout @id's framebuffer (X8R8G8B8, stride width*4); NULL when the
  * scanout is disabled.  Free with g_free. */
 guint32 *vhu_display_server_get_frame(VhuDisplayServer *ds, guint id, guint *width, guint *height);

@@ -743,11 +743,10 @@ test_daemon_pipeline(void)
   g_autoptr(GSubprocess) proc = NULL;
   g_autoptr(GError) error = NULL;
   g_autoptr(GstElement) play = NULL;
-  g_autofree guint32 *fb = NULL;
   VhuDisplayServer *ds;
   GstElement *sink;
   VhuFrontend *fe;
-  guint fw = 0, fh = 0, frames = 0;
+  guint frames = 0;
   Res r;
 
   if (g_test_verbose())
@@ -768,11 +767,9 @@ test_daemon_pipeline(void)
     res_paint(&r, seed);
     show(fe, &r, 0, 0, r.w, r.h);
   }
-  /* QEMU's display got the last frame. */
-  g_assert_true(vhu_display_server_wait_updates(ds, 10, WAIT_MS));
-  fb = vhu_display_server_get_frame(ds, 0, &fw, &fh);
-  g_assert_cmpuint(fw, ==, r.w);
-  g_assert_cmpmem(fb, r.w * r.h * 4, r.pixels, r.w * r.h * 4);
+  /* QEMU's display got the last frame (flushes behind a busy writer merge:
+   * how many updates carried it depends on timing). */
+  g_assert_true(vhu_display_server_wait_frame(ds, 0, (const guint32 *)r.pixels, r.w, r.h, WAIT_MS));
   g_subprocess_send_signal(proc, SIGTERM);
   g_assert_cmpint(tu_wait_exit(proc, 3 * WAIT_MS), ==, 0);
   vhu_frontend_free(fe);
