@@ -13,8 +13,8 @@
  * writable buffers and gives the element back through ops->complete, at
  * once or later.
  *
- * Not thread-safe: the caller serialises every call (the daemon holds the
- * vhost backend lock).  ops->wake may be called from any thread.
+ * Not thread-safe: the caller serialises every call (VgpuVhost holds its
+ * device lock, vgpu_vhost_lock()).  ops->wake may be called from any thread.
  *
  * Completion order: a request without VIRTIO_GPU_FLAG_FENCE completes as soon
  * as it is done.  GET_DISPLAY_INFO and GET_EDID may be answered by a sink
