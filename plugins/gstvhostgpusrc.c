@@ -37,6 +37,8 @@ GST_DEBUG_CATEGORY_STATIC(gst_vhost_gpu_src_debug);
 #define DEFAULT_DRAW_CURSOR  FALSE
 #define DEFAULT_BLOB         TRUE
 #define DEFAULT_QEMU_DMABUF  FALSE
+#define DEFAULT_VIRGL        FALSE
+#define DEFAULT_GLES         FALSE
 #define MIN_SIDE             16u
 #define MAX_SIDE             4095u
 #define MAX_KEEPALIVE_MS     3600000u
@@ -56,6 +58,9 @@ enum {
   PROP_DRAW_CURSOR,
   PROP_BLOB,
   PROP_QEMU_DMABUF,
+  PROP_VIRGL,
+  PROP_RENDER_NODE,
+  PROP_GLES,
   PROP_STATS,
 };
 
@@ -74,6 +79,8 @@ struct _GstVhostGpuSrc {
   gboolean draw_cursor;
   gboolean blob;
   gboolean qemu_dmabuf;
+  gboolean virgl, gles;
+  char *render_node;
 
   VgpuVhost *external; /* set_vhost: not owned */
 
@@ -192,7 +199,9 @@ static gboolean
 serve(GstVhostGpuSrc *self, GError **error)
 {
   VgpuVhostConfig cfg = { 0 };
+  VgpuVirglConfig virgl = { 0 };
   VhuBackend *backend;
+  g_autofree char *render_node = NULL;
   char *path;
   int fd;
 
@@ -202,6 +211,13 @@ serve(GstVhostGpuSrc *self, GError **error)
   cfg.device.height = self->height;
   cfg.device.max_hostmem = self->max_hostmem;
   cfg.device.blob = self->blob;
+  /* 3D exactly as gst-vhost-gpu --virgl: the device model starts the
+   * renderer on its queue thread. */
+  if (self->virgl) {
+    virgl.render_node = render_node = g_strdup(self->render_node);
+    virgl.gles = self->gles;
+    cfg.virgl = &virgl;
+  }
   path = g_strdup(self->socket_path);
   fd = self->fd;
   GST_OBJECT_UNLOCK(self);
@@ -742,6 +758,16 @@ gst_vhost_gpu_src_set_property(GObject *object, guint prop_id, const GValue *val
     case PROP_BLOB:
       self->blob = g_value_get_boolean(value);
       break;
+    case PROP_VIRGL:
+      self->virgl = g_value_get_boolean(value);
+      break;
+    case PROP_RENDER_NODE:
+      g_free(self->render_node);
+      self->render_node = g_value_dup_string(value);
+      break;
+    case PROP_GLES:
+      self->gles = g_value_get_boolean(value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
       break;
@@ -808,6 +834,15 @@ gst_vhost_gpu_src_get_property(GObject *object, guint prop_id, GValue *value, GP
     case PROP_BLOB:
       g_value_set_boolean(value, self->blob);
       break;
+    case PROP_VIRGL:
+      g_value_set_boolean(value, self->virgl);
+      break;
+    case PROP_RENDER_NODE:
+      g_value_set_string(value, self->render_node);
+      break;
+    case PROP_GLES:
+      g_value_set_boolean(value, self->gles);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID(object, prop_id, pspec);
       break;
@@ -821,6 +856,7 @@ gst_vhost_gpu_src_finalize(GObject *object)
   GstVhostGpuSrc *self = GST_VHOST_GPU_SRC(object);
 
   g_free(self->socket_path);
+  g_free(self->render_node);
   gst_clear_caps(&self->caps);
   if (self->last_stats)
     gst_structure_free(self->last_stats);
@@ -843,6 +879,8 @@ gst_vhost_gpu_src_init(GstVhostGpuSrc *self)
   self->draw_cursor = DEFAULT_DRAW_CURSOR;
   self->blob = DEFAULT_BLOB;
   self->qemu_dmabuf = DEFAULT_QEMU_DMABUF;
+  self->virgl = DEFAULT_VIRGL;
+  self->gles = DEFAULT_GLES;
   gst_base_src_set_live(GST_BASE_SRC(self), TRUE);
   gst_base_src_set_format(GST_BASE_SRC(self), GST_FORMAT_TIME);
 }
@@ -939,6 +977,24 @@ gst_vhost_gpu_src_class_init(GstVhostGpuSrcClass *klass)
                            "DMABUF_UPDATE) where /dev/udmabuf exists and QEMU offers DMABUF2, "
                            "instead of pixels; only a GL display of QEMU (gl=on) shows them",
                            DEFAULT_QEMU_DMABUF, READY_FLAGS));
+  g_object_class_install_property(
+      gobject_class, PROP_VIRGL,
+      g_param_spec_boolean("virgl", "virgl 3D",
+                           "Offer 3D (VIRTIO_GPU_F_VIRGL) through virglrenderer, as "
+                           "gst-vhost-gpu --virgl; without render-node it renders on the CPU "
+                           "(llvmpipe); start fails where the renderer cannot start",
+                           DEFAULT_VIRGL, READY_FLAGS));
+  g_object_class_install_property(
+      gobject_class, PROP_RENDER_NODE,
+      g_param_spec_string("render-node", "Render node",
+                          "With virgl, render on the GPU of this DRM render node (e.g. "
+                          "/dev/dri/renderD128); NULL: surfaceless EGL",
+                          NULL, READY_FLAGS));
+  g_object_class_install_property(
+      gobject_class, PROP_GLES,
+      g_param_spec_boolean("gles", "OpenGL ES",
+                           "With virgl, render through OpenGL ES rather than desktop OpenGL",
+                           DEFAULT_GLES, READY_FLAGS));
   g_object_class_install_property(
       gobject_class, PROP_STATS,
       g_param_spec_boxed("stats", "Statistics",
