@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "vgpu-qemu-display.h"
+#include "vgpu-udmabuf.h"
 #include "vgpu-vhost.h"
 #ifdef HAVE_GST_PIPELINE
 #include "gstvhostgpusrc.h"
@@ -43,6 +45,7 @@ typedef struct {
   gboolean virgl, gles;
   char *render_node;
   gboolean no_blob;
+  gboolean qemu_dmabuf;
   char *rtsp, *rtsp_codec, *rtsp_auth;
 } Options;
 
@@ -151,10 +154,13 @@ static const GOptionEntry entries[] = {
     "on the CPU (EGL surfaceless, llvmpipe)",
     NULL },
   { "render-node", 0, 0, G_OPTION_ARG_FILENAME, &opts.render_node,
-    "With --virgl, render on the GPU of this DRM render node (e.g. /dev/dri/renderD128)",
-    "PATH" },
+    "With --virgl, render on the GPU of this DRM render node (e.g. /dev/dri/renderD128)", "PATH" },
   { "no-blob", 0, 0, G_OPTION_ARG_NONE, &opts.no_blob,
     "Do not offer guest-memory blob resources (VIRTIO_GPU_F_RESOURCE_BLOB, offered by default)",
+    NULL },
+  { "qemu-dmabuf", 0, 0, G_OPTION_ARG_NONE, &opts.qemu_dmabuf,
+    "Send scanouts to QEMU's display as dmabufs (no copy) where /dev/udmabuf exists and the "
+    "guest memory is sealed; only a GL display (gl=on) shows them",
     NULL },
   { "gles", 0, 0, G_OPTION_ARG_NONE, &opts.gles,
     "With --virgl, render through OpenGL ES rather than desktop OpenGL", NULL },
@@ -227,6 +233,20 @@ raise_fd_limit(void)
   if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= VGPU_DEFAULT_MAX_RESOURCES + FD_RESERVE)
     return VGPU_DEFAULT_MAX_RESOURCES;
   return rl.rlim_cur > 2 * FD_RESERVE ? (guint)rl.rlim_cur - FD_RESERVE : FD_RESERVE;
+}
+
+/* --qemu-dmabuf: without udmabuf every scanout goes as pixels (said once,
+ * here, rather than per scanout). */
+static void
+enable_qemu_dmabuf(VgpuVhost *vgpu)
+{
+  vgpu_vhost_lock(vgpu);
+  vgpu_qemu_display_set_dmabuf(vgpu_vhost_get_display(vgpu), TRUE);
+  vgpu_vhost_unlock(vgpu);
+  if (vgpu_udmabuf_available())
+    g_info("qemu-dmabuf: scanouts go to QEMU's display as dmabufs where it takes them");
+  else
+    g_message("qemu-dmabuf: no /dev/udmabuf; scanouts go to QEMU's display as pixels");
 }
 
 typedef struct {
@@ -429,6 +449,8 @@ main(int argc, char **argv)
   }
   if (!vgpu)
     return usage_error(ctx, "%s", error->message);
+  if (opts.qemu_dmabuf)
+    enable_qemu_dmabuf(vgpu);
   if (opts.virgl)
     g_message("virgl: 3D through %s", vgpu_virgl_get_renderer(vgpu_vhost_get_virgl(vgpu)));
   if (opts.socket_path) {

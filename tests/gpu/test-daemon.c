@@ -443,6 +443,48 @@ test_draw(Fixture *f, gconstpointer data)
   g_assert_cmpuint(st.errors, ==, 0);
 }
 
+/* --qemu-dmabuf reaches the display: with udmabuf the scanout goes as a
+ * dmabuf, without it the daemon says so once and sends pixels; the picture
+ * is right either way.  Without the option nothing goes as a dmabuf. */
+static void
+qemu_dmabuf_draw(gboolean on)
+{
+  Fixture fx = { 0 }, *f = &fx;
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, 320, 200);
+  gboolean udmabuf = g_file_test("/dev/udmabuf", G_FILE_TEST_EXISTS);
+  VhuDisplayStats st;
+  Res r;
+
+  if (on)
+    daemon_start(&f->d, "--qemu-dmabuf");
+  else
+    daemon_start(&f->d, NULL);
+  f->fe = frontend_connect(&f->d);
+  frontend_init(f->fe);
+  f->ds
+      = display_attach(f->fe, 1, 1024, 768, BIT(VHU_DISPLAY_PF_EDID) | BIT(VHU_DISPLAY_PF_DMABUF2));
+  frontend_start(f->fe);
+  r = res_create(f->fe, 1, VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM, 320, 200);
+  res_paint(&r, 1);
+  g_assert_cmphex(CMD(f->fe, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  res_show(f->fe, f->ds, &r, 0, 0, 320, 200);
+  check_frame(f->ds, 0, &r, 1, 0, 0, 320, 200);
+  vhu_display_server_get_stats(f->ds, &st);
+  g_assert_cmpuint(st.errors, ==, 0);
+  g_assert_cmpuint(st.dmabuf_scanouts > 0, ==, on && udmabuf);
+  g_assert_cmpuint(st.dmabuf_updates > 0, ==, on && udmabuf);
+  g_assert_cmpuint(tu_daemon_count_log(&f->d, "qemu-dmabuf: no /dev/udmabuf"), ==,
+                   on && !udmabuf ? 1 : 0);
+  teardown(f, NULL);
+}
+
+static void
+test_qemu_dmabuf(void)
+{
+  qemu_dmabuf_draw(TRUE);
+  qemu_dmabuf_draw(FALSE);
+}
+
 /* All eight formats arrive as the same X8R8G8B8 colours. */
 static void
 test_formats(Fixture *f, gconstpointer data)
@@ -1049,6 +1091,7 @@ main(int argc, char **argv)
   g_test_add_func("/gpu/daemon/hostmem", test_hostmem);
   g_test_add_func("/gpu/daemon/two-scanouts", test_two_scanouts);
   g_test_add_func("/gpu/daemon/fd-mode", test_fd_mode);
+  g_test_add_func("/gpu/daemon/qemu-dmabuf", test_qemu_dmabuf);
   g_test_add_func("/gpu/daemon/memory-removed-after-transfer", test_memory_removed);
   return g_test_run();
 }
