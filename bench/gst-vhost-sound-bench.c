@@ -13,6 +13,7 @@
  * written when one completes).  A period written at w completes when its
  * last frame was due at the sink, ideally w + 2 periods (the period ahead,
  * then its own); what comes beyond that is what the backend adds. */
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -242,9 +243,10 @@ cmp_i64(gconstpointer a, gconstpointer b)
   return x < y ? -1 : x > y;
 }
 
-/* CPU per stream-second and xruns with @n streams of 10 ms periods. */
+/* CPU per stream-second and xruns with @n streams of @period_frames periods. */
 static gboolean
-measure_streams(guint n, double seconds, int cpu, double *ns_per_s, guint64 *xruns, GError **error)
+measure_streams(guint n, guint32 period_frames, double seconds, int cpu, double *ns_per_s,
+                guint64 *xruns, GError **error)
 {
   Run r = { 0 };
   const char *pid;
@@ -252,7 +254,7 @@ measure_streams(guint n, double seconds, int cpu, double *ns_per_s, guint64 *xru
   gint64 t0, t1;
   gboolean ok = FALSE;
 
-  if (!run_start(&r, n, RATE / 100 * FRAME, QUEUED, cpu, error)
+  if (!run_start(&r, n, period_frames * FRAME, QUEUED, cpu, error)
       || !pump(&r, g_get_monotonic_time() + G_USEC_PER_SEC / 2, NULL, error))
     goto out;
   pid = g_subprocess_get_identifier(r.be.proc);
@@ -304,11 +306,14 @@ int
 main(int argc, char **argv)
 {
   double seconds = 5.0;
-  int max_streams = 128;
+  int max_streams = 128, period_ms = 10;
+  cpu_set_t set;
   GOptionEntry entries[] = {
     { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds, "Measured seconds per run (5)", "S" },
     { "max-streams", 'n', 0, G_OPTION_ARG_INT, &max_streams,
       "Most playback streams tried (128; 1..255)", "N" },
+    { "period-ms", 'p', 0, G_OPTION_ARG_INT, &period_ms,
+      "Period of the stream-count runs, milliseconds (10; 1..100)", "MS" },
     { NULL },
   };
   g_autoptr(GOptionContext) ctx = g_option_context_new("- gst-vhost-sound CPU, streams, latency");
@@ -321,21 +326,26 @@ main(int argc, char **argv)
   signal(SIGPIPE, SIG_IGN);
   g_option_context_add_main_entries(ctx, entries, NULL);
   if (!g_option_context_parse(ctx, &argc, &argv, &error) || seconds <= 0 || max_streams < 1
-      || max_streams >= (int)VSND_MAX_STREAMS) {
+      || max_streams >= (int)VSND_MAX_STREAMS || period_ms < 1 || period_ms > 100) {
     g_printerr("%s\n", error ? error->message : "bad --seconds or --max-streams");
     return 2;
   }
+  /* The driver off the daemon's CPU, where there is another. */
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 1 && CPU_ISSET(0, &set)) {
+    CPU_CLR(0, &set);
+    sched_setaffinity(0, sizeof set, &set);
+  }
   printf("gst-vhost-sound-bench: 48 kHz S16 stereo playback into fakesink sync=true, daemon "
-         "pinned to CPU 0, driver on CPU 1;\n%.1f s measured per run after 0.5 s, %u periods "
-         "of 10 ms queued per stream; CPU: daemon threads' run time (schedstat)\n\n",
-         seconds, QUEUED);
+         "pinned to CPU 0, driver on the others;\n%.1f s measured per run after 0.5 s, %u periods "
+         "of %d ms queued per stream; CPU: daemon threads' run time (schedstat)\n\n",
+         seconds, QUEUED, period_ms);
   printf("%8s %16s %14s %8s\n", "streams", "CPU/stream-s", "% core/stream", "xruns");
   fflush(stdout);
   for (guint n = 1; n <= (guint)max_streams; n = n < 16 ? n * 4 : n + 16) {
     double ns;
     guint64 xruns;
 
-    if (!measure_streams(n, seconds, 0, &ns, &xruns, &error)) {
+    if (!measure_streams(n, RATE / 1000 * (guint32)period_ms, seconds, 0, &ns, &xruns, &error)) {
       g_printerr("%u streams: %s\n", n, error->message);
       g_clear_error(&error);
       status = EXIT_FAILURE;
