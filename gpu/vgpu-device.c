@@ -1587,12 +1587,55 @@ vgpu_device_reset(VgpuDevice *dev)
   dev->features = 0;
 }
 
+/* Tells sink @k, attached late, what scanout @id shows now: set_scanout,
+ * the blob's pages, and the whole current picture, from guest memory when
+ * the sink reads it and it holds all of it, else from the image (pending
+ * transfers copied in first).  An image a sink still reads cannot take that
+ * copy: the next flush then sends the whole scanout to every sink. */
+static void
+sink_replay(VgpuDevice *dev, const Sink *k, guint id)
+{
+  Scanout *s = &dev->scanouts[id];
+  Resource *res = find_resource(dev, s->resource_id);
+  VgpuRect common;
+
+  if (!s->image)
+    return;
+  if (res && res->image != s->image)
+    res = NULL; /* an external (3D) scanout: its image is the picture */
+  if (k->iface->set_scanout)
+    k->iface->set_scanout(k->sink, id, s->image, &s->rect);
+  if (res && res->blob_size && k->iface->scanout_blob)
+    k->iface->scanout_blob(k->sink, id, res->backing,
+                           res->pending_offset + (guint64)s->rect.y * res->image->stride
+                               + (guint64)s->rect.x * 4u,
+                           res->image->stride);
+  if (s->full_pending)
+    return; /* the next flush sends it all anyway */
+  if (res && res->backing && vgpu_rect_intersect(&s->rect, &res->pending, &common)) {
+    if (k->iface->update_guest && rect_contains(&res->pending, &s->rect)) {
+      k->iface->update_guest(k->sink, id, res->image, res->backing,
+                             pending_offset_at(res, s->rect.x, s->rect.y), &s->rect, 0, 0);
+      return;
+    }
+    if (vgpu_image_is_busy(res->image)) {
+      s->full_pending = TRUE;
+      return;
+    }
+    materialize(dev, res);
+  }
+  if (k->iface->update)
+    k->iface->update(k->sink, id, s->image, &s->rect, 0, 0);
+}
+
 void
 vgpu_device_add_sink(VgpuDevice *dev, const VgpuSinkIface *iface, gpointer sink)
 {
   Sink k = { iface, sink };
 
   g_array_append_val(dev->sinks, k);
+  for (guint i = 0; i < dev->config.num_scanouts; i++)
+    sink_replay(dev, &k, i);
 }
 
 void

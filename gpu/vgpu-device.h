@@ -154,6 +154,10 @@ VgpuDevice *vgpu_device_new(const VgpuDeviceConfig *config, const VgpuDeviceOps 
 /* Discards every held request (ops->discard); sinks must be removed first. */
 void vgpu_device_free(VgpuDevice *dev);
 
+/* Attaches @sink (caller holds the device's lock).  Scanouts already set are
+ * replayed to it at once: set_scanout (scanout_blob for a blob) and an update
+ * of the whole current picture, so a sink attached after the guest set its
+ * mode shows it without waiting for the next flush. */
 void vgpu_device_add_sink(VgpuDevice *dev, const VgpuSinkIface *iface, gpointer sink);
 void vgpu_device_remove_sink(VgpuDevice *dev, gpointer sink);
 

@@ -1737,6 +1737,63 @@ test_cursor_pending(Fixture *f, gconstpointer data)
   assert_stats(f, 2, 1, 0);
 }
 
+/* A sink attached after the guest set its scanout gets it at once: the
+ * scanout and the whole current picture (pending transfers included), from
+ * the image or, for a sink reading guest memory, from there. */
+static void
+test_late_sink(Fixture *f, gconstpointer data)
+{
+  struct virtio_gpu_set_scanout s = gpu_set_scanout(0, 1, 0, 0, 64, 64);
+  struct virtio_gpu_resource_flush fl = gpu_flush(1, 0, 0, 64, 64);
+  struct virtio_gpu_transfer_to_host_2d t = gpu_transfer(1, 0, 0, 64, 64, 0);
+  guint8 *backing = make_resource(f, 1, FMT, 64, 64, GPA0);
+  const ScanoutCall *sc;
+  const UpdateCall *u;
+
+  /* nothing shown yet: a new sink hears nothing */
+  vgpu_device_remove_sink(f->dev, f);
+  vgpu_device_add_sink(f->dev, &sink_iface, f);
+  g_assert_cmpuint(f->scanout_calls->len, ==, 0);
+  g_assert_cmpuint(f->update_calls->len, ==, 0);
+  paint(backing, 64, 64, 1);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, s), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  /* the picture changes while no sink is attached */
+  vgpu_device_remove_sink(f->dev, f);
+  paint(backing, 64, 64, 2);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_array_set_size(f->scanout_calls, 0);
+  g_array_set_size(f->update_calls, 0);
+  vgpu_device_add_sink(f->dev, &sink_iface, f);
+  g_assert_cmpuint(f->scanout_calls->len, ==, 1);
+  sc = &g_array_index(f->scanout_calls, ScanoutCall, 0);
+  g_assert_true(sc->enabled);
+  g_assert_cmpuint(sc->rect.width, ==, 64);
+  g_assert_cmpuint(sc->rect.height, ==, 64);
+  g_assert_cmpuint(f->update_calls->len, ==, 1);
+  u = last_update(f);
+  g_assert_null(u->backing);
+  g_assert_cmpuint(u->rect.width, ==, 64);
+  g_assert_cmpuint(u->rect.height, ==, 64);
+  assert_shows(f, 2);
+  /* a sink reading guest memory gets the pending transfer from there */
+  vgpu_device_remove_sink(f->dev, f);
+  paint(backing, 64, 64, 3);
+  g_assert_cmphex(CTRL(f, t), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_array_set_size(f->update_calls, 0);
+  vgpu_device_add_sink(f->dev, &guest_sink_iface, f);
+  g_assert_cmpuint(f->update_calls->len, ==, 1);
+  u = last_update(f);
+  g_assert_nonnull(u->backing);
+  assert_shows(f, 3);
+  /* and the next flush goes on as usual */
+  g_assert_cmphex(CTRL(f, fl), ==, VIRTIO_GPU_RESP_OK_NODATA);
+  g_assert_cmpuint(f->update_calls->len, ==, 2);
+  assert_shows(f, 3);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1775,6 +1832,7 @@ main(int argc, char **argv)
   ADD("query-fallbacks", test_query_fallbacks);
   ADD("flush-and-reset", test_flush_and_reset);
   ADD("busy-image", test_busy_image);
+  ADD("late-sink", test_late_sink);
   ADD("log-rate-limit", test_log_rate_limit);
   ADD("garbage", test_garbage);
 #define ADD_GUEST(name, fn)                                                                        \
