@@ -7,6 +7,8 @@
  *           VIRTIO_GPU_FLAG_FENCE over vhost-user, the answer waited for);
  *           rounds alternate between the two; wall time per iteration, the
  *           median of the rounds, and the ratio.
+ *           Then the same without the clear (an empty fenced SUBMIT_3D, a
+ *           fence alone directly): the transport and fence share of the extra.
  *   glmark2 one glmark2-es2 scene through gst-vhost-vtest and gst-vhost-gpu
  *           against virgl_test_server (bench/gst-vhost-virgl-glmark2.sh):
  *           frames per second and the ratio.
@@ -101,8 +103,9 @@ direct_init(guint8 **pixels)
   return TRUE;
 }
 
+/* @clear FALSE: the fence alone (what the path costs without rendering). */
 static double
-direct_round(guint iters, guint *seq)
+direct_round(guint iters, guint *seq, gboolean clear)
 {
   guint32 dw[32];
   gint64 t0 = g_get_monotonic_time();
@@ -112,7 +115,7 @@ direct_round(guint iters, guint *seq)
     guint n = stream(dw, i);
     guint32 fence = ++*seq;
 
-    if (virgl_renderer_submit_cmd(dw, 1, (int)n) != 0) {
+    if (clear && virgl_renderer_submit_cmd(dw, 1, (int)n) != 0) {
       g_printerr("direct: the stream was refused\n");
       exit(1);
     }
@@ -189,7 +192,7 @@ ours_init(BenchBackend *b, GError **error)
 }
 
 static double
-ours_round(VhuFrontend *fe, guint iters)
+ours_round(VhuFrontend *fe, guint iters, gboolean clear)
 {
   guint8 req[sizeof(struct virtio_gpu_cmd_submit) + 32 * 4];
   struct virtio_gpu_cmd_submit s
@@ -197,7 +200,7 @@ ours_round(VhuFrontend *fe, guint iters)
   gint64 t0 = g_get_monotonic_time();
 
   for (guint i = 0; i < iters; i++) {
-    guint n = stream((guint32 *)(req + sizeof s), i);
+    guint n = clear ? stream((guint32 *)(req + sizeof s), i) : 0;
 
     s.hdr.fence_id = i + 1;
     s.size = n * 4;
@@ -229,7 +232,7 @@ main(int argc, char **argv)
   g_autoptr(GError) error = NULL;
   BenchBackend b = { 0 };
   guint iters = 200, rounds = 7, seq = 0;
-  double d[16], o[16], dm, om;
+  double d[16], o[16], fd[16], fo[16], dm, om, fdm, fom;
   guint8 *pixels = NULL;
   gboolean glmark = TRUE;
 
@@ -257,16 +260,18 @@ main(int argc, char **argv)
     return 1;
   }
   /* warm both */
-  direct_round(20, &seq);
-  if (ours_round(b.fe, 20) < 0) {
+  direct_round(20, &seq, TRUE);
+  if (ours_round(b.fe, 20, TRUE) < 0) {
     g_printerr("gst-vhost-gpu refused a SUBMIT_3D\n");
     bench_backend_clear(&b);
     return 1;
   }
   for (guint r = 0; r < rounds; r++) {
-    d[r] = direct_round(iters, &seq);
-    o[r] = ours_round(b.fe, iters);
-    if (o[r] < 0) {
+    d[r] = direct_round(iters, &seq, TRUE);
+    o[r] = ours_round(b.fe, iters, TRUE);
+    fd[r] = direct_round(iters, &seq, FALSE);
+    fo[r] = ours_round(b.fe, iters, FALSE);
+    if (o[r] < 0 || fo[r] < 0) {
       g_printerr("gst-vhost-gpu refused a SUBMIT_3D\n");
       bench_backend_clear(&b);
       return 1;
@@ -279,6 +284,14 @@ main(int argc, char **argv)
   printf("  gst-vhost-gpu --virgl       %8.1f us/iteration\n", om);
   printf("  ratio                       %8.3f (target <= 1.05: %s)\n", om / dm,
          om / dm <= 1.05 ? "met" : "NOT met");
+  /* The same without the clear: the fence's round trip alone, so that the
+   * extra above splits into transport + fence and rendering. */
+  fdm = median(fd, rounds);
+  fom = median(fo, rounds);
+  printf("fence alone (empty SUBMIT_3D for ours), same rounds (median):\n");
+  printf("  virglrenderer directly      %8.1f us/iteration\n", fdm);
+  printf("  gst-vhost-gpu --virgl       %8.1f us/iteration\n", fom);
+  printf("  extra of ours               %8.1f us (clear: %.1f us)\n", fom - fdm, om - dm);
   bench_backend_clear(&b);
   virgl_renderer_cleanup(&cookie);
   g_free(pixels);
