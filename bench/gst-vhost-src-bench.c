@@ -81,6 +81,50 @@ task_cpu_ns(GPid pid)
   return total;
 }
 
+/* Thread run times (ns, schedstat) of this process by thread id, names in
+ * @names. */
+static GHashTable *
+threads_cpu_ns(GHashTable *names)
+{
+  g_autoptr(GDir) d = g_dir_open("/proc/self/task", 0, NULL);
+  GHashTable *ns = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+  const char *name;
+
+  while (d && (name = g_dir_read_name(d))) {
+    g_autofree char *path = g_strdup_printf("/proc/self/task/%s/schedstat", name);
+    g_autofree char *comm_path = g_strdup_printf("/proc/self/task/%s/comm", name);
+    g_autofree char *text = NULL;
+    char *comm = NULL;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+      continue;
+    g_hash_table_insert(ns, g_strdup(name),
+                        GSIZE_TO_POINTER((gsize)g_ascii_strtoull(text, NULL, 10)));
+    if (g_file_get_contents(comm_path, &comm, NULL, NULL))
+      g_hash_table_insert(names, g_strdup(name), g_strstrip(comm));
+  }
+  return ns;
+}
+
+/* Per update, the run time of each thread that ran between @before and now. */
+static void
+print_threads(GHashTable *before, GHashTable *names, int updates)
+{
+  g_autoptr(GHashTable) after = threads_cpu_ns(names);
+  GHashTableIter it;
+  gpointer k, v;
+
+  g_hash_table_iter_init(&it, after);
+  while (g_hash_table_iter_next(&it, &k, &v)) {
+    guint64 t
+        = (guint64)GPOINTER_TO_SIZE(v) - (guint64)GPOINTER_TO_SIZE(g_hash_table_lookup(before, k));
+
+    if (t >= (guint64)updates * 500)
+      printf("  thread %-16s %8" G_GUINT64_FORMAT " ns per update\n",
+             (const char *)g_hash_table_lookup(names, k), t / (guint64)updates);
+  }
+}
+
 static GstPadProbeReturn
 on_buffer(GstPad *pad, GstPadProbeInfo *info, gpointer data)
 {
@@ -318,7 +362,14 @@ bench_element(double memcpy_warm, double memcpy_cold)
   setup_scanout(fe);
   update(fe, 0, 0, FRAME_W, FRAME_H, NULL); /* warm up: renegotiation, first frames */
   probe_wait(&p, 1, &dummy);
-  run_updates(fe, &p, FRAME_W, FRAME_H, &full, &full_drv, lat);
+  {
+    g_autoptr(GHashTable) names = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    g_autoptr(GHashTable) before = threads_cpu_ns(names);
+
+    run_updates(fe, &p, FRAME_W, FRAME_H, &full, &full_drv, lat);
+    printf("full-frame updates (%s), thread run times:\n", blob_mode ? "blob" : "2D");
+    print_threads(before, names, n_frames);
+  }
   run_updates(fe, &p, 64, 64, &small, &small_drv, NULL);
   g_array_sort(lat, cmp_i64);
   g_object_get(src, "stats", &stats, NULL);
