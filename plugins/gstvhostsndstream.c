@@ -521,6 +521,10 @@ pace_output(Stream *s, guint64 due)
     GstClockTime t = s->t0 - MIN(s->base, s->t0);
     GstMapInfo map;
 
+    /* Before the read: a control change that comes while (or after) the
+     * guest's frames are read, e.g. once their buffer completed, is for the
+     * frames after them. */
+    send_volume(s);
     gst_buffer_map(buf, &map, GST_MAP_WRITE);
     vsnd_vhost_read(self->vsnd, s->index, map.data, map.size, TRUE);
     gst_buffer_unmap(buf, &map);
@@ -529,7 +533,6 @@ pace_output(Stream *s, guint64 due)
     if (s->discont)
       GST_BUFFER_FLAG_SET(buf, GST_BUFFER_FLAG_DISCONT);
     s->discont = FALSE;
-    send_volume(s);
     /* A pipeline that does not keep up loses audio, counted; refused
      * pushes (the pipeline is down) too: the guest goes on either way. */
     if (gst_app_src_get_current_level_bytes(GST_APP_SRC(s->app))
